@@ -1,0 +1,29 @@
+package api
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseConfig(t *testing.T) {
+	c, err := ParseConfig("cfg", []byte("maxExclusiveRatio: 0.5\nsharedHeadroom: 1\nscoringStrategy: LeastAllocated\npipelines:\n- name: database\n  selector: {matchLabels: {tier: db}}\n  filters: [topology, capacity]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Limits()
+	if l.MaxExclusiveRatio != 0.5 || l.SharedHeadroom != 1 || l.SharedOvercommit != 2 || c.Strategy() != LeastAllocated {
+		t.Fatalf("limits %+v strategy %s", l, c.Strategy())
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"maxExclusiveRatio: 2", "maxExclusiveRatio"},
+		{"bogus: 1", "bogus"},
+		{"scoringStrategy: Random", "scoringStrategy"},
+		{"pipelines: [{name: a, filters: [nope]}]", "nope"},
+		{"tls: {certFile: a}", "tls"},
+	} {
+		_, err := ParseConfig("cfg", []byte(tc.in))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want mention of %q", tc.in, err, tc.want)
+		}
+	}
+}
