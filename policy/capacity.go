@@ -1,0 +1,95 @@
+package policy
+
+import (
+	"fmt"
+	"math"
+)
+
+// Capacity is a node's position under the capacity rules (contract section 4).
+type Capacity struct {
+	// P is the number of online non-reserved CPUs.
+	P int
+	// E is the number of exclusive CPUs held.
+	E int
+	// S is the sum of shared pods' amounts; M the largest one (millicores).
+	S, M int64
+	// ExclusiveLimit = min(floor(ratio*P), P - h*M, P - ceil(S/r)), floored
+	// at 0 (a node whose shared load already exceeds the formula takes no
+	// exclusive CPUs at all).
+	ExclusiveLimit int
+}
+
+// epsilon absorbs float error in ratio*P, so a ratio of exactly 2/3 on
+// P = 96 gives 64 rather than 63.
+const epsilon = 1e-9
+
+// Capacity computes the node's capacity. A node without topology has P = 0.
+func (n *Node) Capacity() Capacity {
+	c := Capacity{E: n.held, S: n.sumS, M: n.maxShared()}
+	if n.Topo != nil {
+		c.P = n.Topo.allocatable
+	}
+	c.ExclusiveLimit = max(0, exclusiveLimit(n.Limits.MaxExclusiveRatio, n.Limits.SharedOvercommit, n.Limits.SharedHeadroom, c.P, c.S, c.M))
+	return c
+}
+
+// maxShared returns M, the largest single shared pod amount.
+func (n *Node) maxShared() int64 {
+	var m int64
+	for _, p := range n.pods {
+		m = max(m, p.SharedMilli)
+	}
+	return m
+}
+
+// exclusiveLimit is the contract's formula in millicores:
+// min(floor(ratio*P), floor(P - h*M), P - ceil(S/r)).
+func exclusiveLimit(ratio, r float64, h, p int, s, m int64) int {
+	byRatio := int(math.Floor(ratio*float64(p) + epsilon))
+	byHeadroom := floorDiv(int64(p)*1000-int64(h)*m, 1000)
+	bySum := p - sharedCPUs(s, r)
+	return min(byRatio, byHeadroom, bySum)
+}
+
+// sharedCPUs is ceil(S/r) for S in millicores.
+func sharedCPUs(s int64, r float64) int {
+	return int(math.Ceil(float64(s)/(r*1000) - epsilon))
+}
+
+func floorDiv(a, b int64) int {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return int(q)
+}
+
+// CheckExclusiveCapacity reports whether k more exclusive CPUs fit: E + k <= exclusiveLimit.
+func (n *Node) CheckExclusiveCapacity(k int) error {
+	c := n.Capacity()
+	if c.E+k > c.ExclusiveLimit {
+		return fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, k, c.E)
+	}
+	return nil
+}
+
+// CheckSharedCapacity reports whether a shared pod of amount a (millicores)
+// fits: with S' = S + a and M' = max(M, a), E <= P - h*M' and E <= P - ceil(S'/r).
+// A node without topology is not managed by corepin and takes any shared pod.
+func (n *Node) CheckSharedCapacity(a int64) error {
+	if n.Topo == nil {
+		return nil
+	}
+	c := n.Capacity()
+	s, m := c.S+a, max(c.M, a)
+	h, r := n.Limits.SharedHeadroom, n.Limits.SharedOvercommit
+	if byHeadroom := floorDiv(int64(c.P)*1000-int64(h)*m, 1000); c.E > byHeadroom {
+		return fmt.Errorf("shared headroom too small (needs %s CPUs; %d exclusive CPUs held, %d allowed beside a largest shared pod of %s with headroom %d)",
+			formatMilli(a), c.E, byHeadroom, formatMilli(m), h)
+	}
+	if bySum := c.P - sharedCPUs(s, r); c.E > bySum {
+		return fmt.Errorf("shared pool too small (needs %s CPUs; %d exclusive CPUs held, %d allowed with shared total %s at overcommit %g)",
+			formatMilli(a), c.E, bySum, formatMilli(s), r)
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package policy
+
+import (
+	"fmt"
+
+	"github.com/corepin/corepin/api"
+)
+
+// Fit runs every hard rule for req on the node and returns the first reason
+// it does not fit, in words a person can act on.
+func (n *Node) Fit(req Request) error {
+	for _, check := range []func(Request) error{n.CheckTopology, n.CheckCapacity, n.CheckAppSpread, n.CheckIOQueue} {
+		if err := check(req); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Check runs the named filters (api.Filter*) in order.
+func (n *Node) Check(req Request, filters []string) error {
+	for _, f := range filters {
+		var err error
+		switch f {
+		case api.FilterTopology:
+			err = n.CheckTopology(req)
+		case api.FilterCapacity:
+			err = n.CheckCapacity(req)
+		case api.FilterAppSpread:
+			err = n.CheckAppSpread(req)
+		case api.FilterIOQueue:
+			err = n.CheckIOQueue(req)
+		default:
+			err = fmt.Errorf("unknown filter %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CheckTopology reports whether the node's topology can give an exclusive
+// pod its CPUs under its cpu and numa policies. Shared pods always pass.
+func (n *Node) CheckTopology(req Request) error {
+	if !req.Exclusive() {
+		return nil
+	}
+	switch {
+	case n.Topo == nil:
+		return fmt.Errorf("node has no usable %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
+	case n.Attention != "":
+		return fmt.Errorf("node needs attention, no new exclusive pods: %s", n.Attention)
+	}
+	acc := newAccumulator(n, req)
+	_, err := acc.chooseNUMANodes()
+	return err
+}
+
+// CheckCapacity applies the capacity formula of contract section 4.
+func (n *Node) CheckCapacity(req Request) error {
+	if req.Exclusive() {
+		if n.Topo == nil {
+			return fmt.Errorf("node has no usable %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
+		}
+		return n.CheckExclusiveCapacity(req.ExclusiveCPUs())
+	}
+	return n.CheckSharedCapacity(req.SharedMilli())
+}
+
+// CheckAppSpread applies max-per-node: at most N pods of one app on the node,
+// where N is the smallest limit among the incoming pod and the same-app pods
+// already there.
+func (n *Node) CheckAppSpread(req Request) error {
+	app := req.Intent.App
+	if app == "" {
+		return nil
+	}
+	limit, count := req.Intent.MaxPerNode, 0
+	for _, p := range n.pods {
+		if p.App != app || p.Key == req.Key {
+			continue
+		}
+		count++
+		if p.MaxPerNode > 0 && (limit == 0 || p.MaxPerNode < limit) {
+			limit = p.MaxPerNode
+		}
+	}
+	if limit > 0 && count >= limit {
+		return fmt.Errorf("max-per-node %d reached for app %q (%d on the node)", limit, app, count)
+	}
+	return nil
+}
+
+// CheckIOQueue rejects, for a pod asking ioQueueSpread, a node that published
+// no IO queues: spreading over queues there would be a silent no-op.
+func (n *Node) CheckIOQueue(req Request) error {
+	if !req.Exclusive() || !req.Intent.Spec.IOQueueSpread {
+		return nil
+	}
+	if n.Topo == nil || !n.Topo.HasIOQueues() {
+		return fmt.Errorf("node publishes no IO queues but the pod asks for ioQueueSpread")
+	}
+	return nil
+}
+
+// Score ranks a node for req from 0 to 10 by how full it would be with the
+// pod on it: MostAllocated favours full nodes, LeastAllocated empty ones.
+// A node without topology scores 0.
+func (n *Node) Score(req Request, strategy api.ScoringStrategy) int {
+	c := n.Capacity()
+	if c.P == 0 {
+		return 0
+	}
+	used := int64(c.E)*1000 + c.S + req.SharedMilli()
+	if req.Exclusive() {
+		used += int64(req.ExclusiveCPUs()) * 1000
+	}
+	total := int64(c.P) * 1000
+	used = min(max(used, 0), total)
+	score := int((used*10 + total/2) / total)
+	if strategy == api.LeastAllocated {
+		return 10 - score
+	}
+	return score
+}

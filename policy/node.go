@@ -1,0 +1,198 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+
+	"k8s.io/utils/cpuset"
+
+	"github.com/corepin/corepin/api"
+)
+
+// Placement is one pod placed on a node: its exclusive CPUs (if any) and
+// what it adds to the shared side of the capacity rules.
+type Placement struct {
+	Key string
+	App string
+	// Policy is the alloc-spec cpu policy; it matters for stacking.
+	Policy api.CPUPolicy
+	// CPUs are the exclusive CPUs; empty for shared and BindAllCPUs pods.
+	CPUs cpuset.CPUSet
+	// SharedMilli is the pod's shared amount in millicores.
+	SharedMilli int64
+	// MaxPerNode is the pod's own max-per-node limit, 0 for none.
+	MaxPerNode int
+}
+
+// Exclusive reports whether the placement holds exclusive CPUs.
+func (p *Placement) Exclusive() bool { return p.CPUs.Size() > 0 }
+
+// PlacementFor describes req placed with the given exclusive CPUs.
+func PlacementFor(req Request, cpus cpuset.CPUSet) *Placement {
+	return &Placement{
+		Key: req.Key, App: req.Intent.App, Policy: req.Intent.Spec.CPU,
+		CPUs: cpus, SharedMilli: req.SharedMilli(), MaxPerNode: req.Intent.MaxPerNode,
+	}
+}
+
+// Node is the engine's state of one node: its topology, its limits and the
+// pods placed on it. It is not safe for concurrent use; its owner (the
+// extender's cache, the plugin's ledger) serialises access.
+type Node struct {
+	Name   string
+	Limits api.Limits
+	// Topo is nil when the node has published no usable topology; such a
+	// node takes shared pods but no exclusive ones.
+	Topo *Topology
+	// Attention, when set, says why the node takes no new exclusive pods
+	// (for example an incompatible topology change).
+	Attention string
+
+	pods map[string]*Placement
+	// owner maps a cpu index to the placement holding it exclusively.
+	owner []*Placement
+	held  int   // E
+	sumS  int64 // S, millicores
+}
+
+// NewNode returns an empty node. topo may be nil.
+func NewNode(name string, topo *Topology, limits api.Limits) *Node {
+	n := &Node{Name: name, Limits: limits, Topo: topo, pods: map[string]*Placement{}}
+	if topo != nil {
+		n.owner = make([]*Placement, len(topo.cpus))
+	}
+	return n
+}
+
+// Pod returns the placement of a pod, if any.
+func (n *Node) Pod(key string) (*Placement, bool) {
+	p, ok := n.pods[key]
+	return p, ok
+}
+
+// Pods returns the placements sorted by key.
+func (n *Node) Pods() []*Placement {
+	out := make([]*Placement, 0, len(n.pods))
+	for _, p := range n.pods {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// Len is the number of pods placed.
+func (n *Node) Len() int { return len(n.pods) }
+
+// Exclusive returns the CPUs held by exclusive placements.
+func (n *Node) Exclusive() cpuset.CPUSet {
+	if n.Topo == nil {
+		return cpuset.New()
+	}
+	var idx []int
+	for i, p := range n.owner {
+		if p != nil {
+			idx = append(idx, i)
+		}
+	}
+	return n.Topo.set(idx)
+}
+
+// SharedPool is the node's shared pool: online CPUs minus reserved minus the
+// CPUs held by exclusive placements (contract section 5).
+func (n *Node) SharedPool() cpuset.CPUSet {
+	if n.Topo == nil {
+		return cpuset.New()
+	}
+	var idx []int
+	for i, p := range n.owner {
+		if p == nil && !n.Topo.reserved[i] {
+			idx = append(idx, i)
+		}
+	}
+	return n.Topo.set(idx)
+}
+
+// Holder returns the pod holding a CPU exclusively, if any.
+func (n *Node) Holder(cpu int) (*Placement, bool) {
+	if n.Topo == nil {
+		return nil, false
+	}
+	i, ok := n.Topo.byID[cpu]
+	if !ok || n.owner[i] == nil {
+		return nil, false
+	}
+	return n.owner[i], true
+}
+
+// Add records a placement. Exclusive CPUs must be online, not reserved and
+// free; otherwise nothing changes and the error names the CPUs and, for a
+// conflict, the pod holding them. Adding a pod twice is an error.
+func (n *Node) Add(p *Placement) error {
+	if _, ok := n.pods[p.Key]; ok {
+		return fmt.Errorf("pod %s is already placed on node %s", p.Key, n.Name)
+	}
+	if p.Exclusive() {
+		idx, err := n.checkFree(p.Key, p.CPUs)
+		if err != nil {
+			return err
+		}
+		for _, i := range idx {
+			n.owner[i] = p
+		}
+		n.held += len(idx)
+	}
+	n.pods[p.Key] = p
+	n.sumS += p.SharedMilli
+	return nil
+}
+
+// checkFree returns the cpu indexes of cpus if every one of them may be
+// given to pod key.
+func (n *Node) checkFree(key string, cpus cpuset.CPUSet) ([]int, error) {
+	if n.Topo == nil {
+		return nil, fmt.Errorf("node %s has no CPU topology, so it cannot hold exclusive CPUs %s", n.Name, cpus)
+	}
+	idx, err := n.Topo.indexes(cpus)
+	if err != nil {
+		return nil, fmt.Errorf("CPUs %s for pod %s on node %s: %w", cpus, key, n.Name, err)
+	}
+	for _, i := range idx {
+		if n.Topo.reserved[i] {
+			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is reserved", cpus, key, n.Name, n.Topo.cpus[i].ID)
+		}
+		if holder := n.owner[i]; holder != nil {
+			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is held by pod %s", cpus, key, n.Name, n.Topo.cpus[i].ID, holder.Key)
+		}
+	}
+	return idx, nil
+}
+
+// Remove forgets a pod and frees its CPUs. It reports whether the pod was there.
+func (n *Node) Remove(key string) bool {
+	p, ok := n.pods[key]
+	if !ok {
+		return false
+	}
+	if p.Exclusive() {
+		for i, holder := range n.owner {
+			if holder == p {
+				n.owner[i] = nil
+				n.held--
+			}
+		}
+	}
+	n.sumS -= p.SharedMilli
+	delete(n.pods, key)
+	return true
+}
+
+// Clone returns a deep copy of the node's state sharing the immutable topology.
+func (n *Node) Clone() *Node {
+	c := NewNode(n.Name, n.Topo, n.Limits)
+	c.Attention = n.Attention
+	for _, p := range n.Pods() {
+		cp := *p
+		_ = c.Add(&cp)
+	}
+	return c
+}
