@@ -47,10 +47,10 @@ func (n *Node) CheckTopology(req Request) error {
 		return nil
 	}
 	switch {
-	case n.Topo == nil:
-		return fmt.Errorf("node has no usable %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
 	case n.Attention != "":
 		return fmt.Errorf("node needs attention, no new exclusive pods: %s", n.Attention)
+	case n.Topo == nil:
+		return fmt.Errorf("node has no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
 	}
 	acc := newAccumulator(n, req)
 	_, err := acc.chooseNUMANodes()
@@ -61,7 +61,7 @@ func (n *Node) CheckTopology(req Request) error {
 func (n *Node) CheckCapacity(req Request) error {
 	if req.Exclusive() {
 		if n.Topo == nil {
-			return fmt.Errorf("node has no usable %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
+			return fmt.Errorf("node has no %s annotation, so no exclusive capacity", api.AnnotationTopology)
 		}
 		return n.CheckExclusiveCapacity(req.ExclusiveCPUs())
 	}

@@ -196,3 +196,6 @@ func (n *Node) Clone() *Node {
 	}
 	return c
 }
+
+// NoCPUs is the empty CPU set of a placement without exclusive CPUs.
+func NoCPUs() cpuset.CPUSet { return cpuset.New() }

@@ -1,0 +1,491 @@
+package extender
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
+)
+
+// Binder commits a bind decision to the cluster: the extender's server talks
+// to the API server, the simulator records it in memory.
+type Binder interface {
+	// PatchAllocStatus writes corepin.io/alloc-status on the pod.
+	PatchAllocStatus(ctx context.Context, pod *v1.Pod, status string) error
+	// Bind binds the pod to the node (pods/binding).
+	Bind(ctx context.Context, pod *v1.Pod, node string) error
+}
+
+// Scheduler is the extender's view of the cluster: one policy.Node per node,
+// with every pod placed on it, including pods assumed by a bind whose result
+// the informers have not shown yet. It is the single owner of that state.
+//
+// One mutex guards it. Filter and prioritize read under the read lock; a bind
+// allocates and assumes under the write lock (microseconds), then talks to
+// the API server without it, so concurrent binds never see the same free CPU.
+type Scheduler struct {
+	cfg       api.Config
+	selectors []labels.Selector
+
+	mu    sync.RWMutex
+	nodes map[string]*nodeState
+	// podNode maps a pod key to the node it is placed on.
+	podNode map[string]string
+	// assumed are pods placed by Bind and not yet confirmed by UpsertPod.
+	assumed map[string]bool
+	// topologies interns parsed topologies by annotation value: identical
+	// nodes share one immutable index.
+	topologies map[string]*policy.Topology
+}
+
+type nodeState struct {
+	node *policy.Node
+	// topology is the annotation value the node's Topo was built from.
+	topology string
+	// attentionSeen is true once the node object carries corepin.io/attention.
+	attentionSeen bool
+}
+
+// NewScheduler returns an empty Scheduler. cfg must be valid.
+func NewScheduler(cfg api.Config) (*Scheduler, error) {
+	if err := cfg.Validate("config"); err != nil {
+		return nil, err
+	}
+	s := &Scheduler{cfg: cfg, nodes: map[string]*nodeState{}, podNode: map[string]string{},
+		assumed: map[string]bool{}, topologies: map[string]*policy.Topology{}}
+	for _, p := range cfg.Pipelines {
+		sel := labels.Everything()
+		if p.Selector != nil {
+			var err error
+			if sel, err = metav1.LabelSelectorAsSelector(p.Selector); err != nil {
+				return nil, err
+			}
+		}
+		s.selectors = append(s.selectors, sel)
+	}
+	return s, nil
+}
+
+// Config returns the configuration.
+func (s *Scheduler) Config() api.Config { return s.cfg }
+
+// NodeUpdate says what UpsertNode concluded, for the caller to publish.
+type NodeUpdate struct {
+	// Attention is set when this update made the node need attention: the
+	// caller records it on the node (annotation and event).
+	Attention string
+	// Problems are non-fatal issues with the node's annotations.
+	Problems []string
+}
+
+// UpsertNode adds or refreshes a node from its object. A topology change is
+// accepted only as a compatible grow; anything else keeps the old topology
+// (so held CPUs stay accounted) and marks the node as needing attention until
+// an operator removes the corepin.io/attention annotation.
+func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var upd NodeUpdate
+	limits := s.cfg.Limits()
+	policyErr := ""
+	if p, err := api.ParseNodePolicy(obj.Annotations[api.AnnotationNodePolicy]); err != nil {
+		policyErr = err.Error()
+		upd.Problems = append(upd.Problems, policyErr)
+	} else {
+		limits = p.Apply(limits)
+	}
+	value := obj.Annotations[api.AnnotationTopology]
+	old := s.nodes[obj.Name]
+	topo, topoErr := s.internTopology(value)
+	if topoErr != nil {
+		upd.Problems = append(upd.Problems, topoErr.Error())
+	}
+	attention := obj.Annotations[api.AnnotationNodeAttention]
+	// The operator resolves an attention by removing the annotation the
+	// extender wrote: the node's current topology becomes the baseline.
+	resolved := old != nil && old.attentionSeen && attention == ""
+	switch {
+	case old == nil || old.node.Topo == nil || old.topology == value || resolved:
+	case topo == nil:
+		// The annotation went missing or bad: keep what we know.
+		topo, value = old.node.Topo, old.topology
+	default:
+		if err := api.CompatibleGrow(old.node.Topo.Source, topo.Source); err != nil || attention != "" {
+			if attention == "" {
+				attention = "incompatible topology change: " + err.Error()
+				upd.Attention = attention
+			}
+			topo, value = old.node.Topo, old.topology
+		}
+	}
+	node := policy.NewNode(obj.Name, topo, limits)
+	node.Attention = attention
+	switch {
+	case node.Attention != "":
+	case topoErr != nil && node.Topo == nil:
+		node.Attention = "invalid " + topoErr.Error()
+	case policyErr != "":
+		node.Attention = "invalid " + policyErr
+	}
+	if old != nil {
+		for _, p := range old.node.Pods() {
+			if err := node.Add(p); err != nil {
+				upd.Problems = append(upd.Problems, err.Error())
+			}
+		}
+	}
+	s.nodes[obj.Name] = &nodeState{node: node, topology: value, attentionSeen: obj.Annotations[api.AnnotationNodeAttention] != ""}
+	return upd
+}
+
+func (s *Scheduler) internTopology(value string) (*policy.Topology, error) {
+	if value == "" {
+		return nil, nil
+	}
+	if t, ok := s.topologies[value]; ok {
+		return t, nil
+	}
+	src, err := api.ParseTopology(value)
+	if err != nil {
+		return nil, err
+	}
+	t, err := policy.NewTopology(src)
+	if err != nil {
+		return nil, err
+	}
+	s.topologies[value] = t
+	return t, nil
+}
+
+// DeleteNode forgets a node and the pods on it.
+func (s *Scheduler) DeleteNode(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.nodes[name]; ok {
+		for _, p := range st.node.Pods() {
+			delete(s.podNode, p.Key)
+			delete(s.assumed, p.Key)
+		}
+		delete(s.nodes, name)
+	}
+	// Interned topologies no node uses any more are dropped lazily.
+	if len(s.topologies) > 2*len(s.nodes)+16 {
+		s.topologies = map[string]*policy.Topology{}
+		for _, st := range s.nodes {
+			if st.node.Topo != nil {
+				s.topologies[st.topology] = st.node.Topo
+			}
+		}
+	}
+}
+
+// PodKey is namespace/name.
+func PodKey(pod *v1.Pod) string { return pod.Namespace + "/" + pod.Name }
+
+// UpsertPod records a pod as the API server shows it. A pod with a node and
+// not finished is placed there: its exclusive CPUs from alloc-status, its
+// shared amount from its containers. It confirms a pod assumed by Bind. The
+// error reports a pod whose alloc-status cannot be honoured (it is then
+// counted as shared so that it disturbs nobody's cores).
+func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
+	key := PodKey(pod)
+	finished := pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed
+	nodeName := pod.Spec.NodeName
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if finished {
+		s.removeLocked(key)
+		return nil
+	}
+	if nodeName == "" {
+		// Not bound yet. A pod we assumed stays assumed until it is bound
+		// or its bind fails (Forget).
+		return nil
+	}
+	placement, perr := PlacementFromPod(pod)
+	if cur, ok := s.podNode[key]; ok {
+		if cur == nodeName && s.nodes[cur] != nil {
+			if p, ok := s.nodes[cur].node.Pod(key); ok && samePlacement(p, placement) {
+				delete(s.assumed, key)
+				return perr
+			}
+		}
+		s.removeLocked(key)
+	}
+	st, ok := s.nodes[nodeName]
+	if !ok {
+		// The node is not known yet; the pod is recorded when it is
+		// re-listed after the node appears (informer resync), and a
+		// nodeless placement would have nothing to account against.
+		st = &nodeState{node: policy.NewNode(nodeName, nil, s.cfg.Limits())}
+		s.nodes[nodeName] = st
+	}
+	if err := st.node.Add(placement); err != nil {
+		shared := *placement
+		shared.CPUs = policy.NoCPUs()
+		if addErr := st.node.Add(&shared); addErr != nil {
+			return fmt.Errorf("pod %s: %w", key, addErr)
+		}
+		perr = fmt.Errorf("pod %s: its %s cannot be honoured: %w", key, api.AnnotationAllocStatus, err)
+	}
+	s.podNode[key] = nodeName
+	delete(s.assumed, key)
+	return perr
+}
+
+func samePlacement(a, b *policy.Placement) bool {
+	return a.CPUs.Equals(b.CPUs) && a.SharedMilli == b.SharedMilli && a.App == b.App && a.MaxPerNode == b.MaxPerNode && a.Policy == b.Policy
+}
+
+// DeletePod forgets a pod and frees its CPUs. It reports whether it was known.
+func (s *Scheduler) DeletePod(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removeLocked(key)
+}
+
+func (s *Scheduler) removeLocked(key string) bool {
+	name, ok := s.podNode[key]
+	if !ok {
+		return false
+	}
+	if st := s.nodes[name]; st != nil {
+		st.node.Remove(key)
+	}
+	delete(s.podNode, key)
+	delete(s.assumed, key)
+	return true
+}
+
+// PlacementFromPod builds a pod's placement from its annotations and
+// containers. A pod whose annotations do not parse is counted as shared
+// with all its containers' amounts, and the error says why.
+func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
+	req, err := policy.NewRequest(pod)
+	if err != nil {
+		var total int64
+		for i := range pod.Spec.Containers {
+			total += policy.ContainerAmount(&pod.Spec.Containers[i])
+		}
+		return &policy.Placement{Key: PodKey(pod), App: api.AppOf(pod.Annotations, pod.Labels), SharedMilli: total}, err
+	}
+	placement := policy.PlacementFor(req, policy.NoCPUs())
+	if !req.Exclusive() {
+		return placement, nil
+	}
+	value, ok := pod.Annotations[api.AnnotationAllocStatus]
+	if !ok {
+		// An exclusive pod not placed by corepin runs in the shared pool.
+		return placement, fmt.Errorf("pod %s: exclusive but has no %s (not placed by the corepin scheduler extender)", PodKey(pod), api.AnnotationAllocStatus)
+	}
+	status, err := api.ParseAllocStatus(value)
+	if err != nil {
+		return placement, fmt.Errorf("pod %s: %w", PodKey(pod), err)
+	}
+	if pod.Spec.NodeName != "" && status.Node != pod.Spec.NodeName {
+		return placement, fmt.Errorf("pod %s: %s names node %s but the pod is on %s", PodKey(pod), api.AnnotationAllocStatus, status.Node, pod.Spec.NodeName)
+	}
+	placement.CPUs = status.CPUs.Set()
+	return placement, nil
+}
+
+// pipeline returns the filters for a pod: those of the first pipeline whose
+// selector matches its labels, else all of them.
+func (s *Scheduler) pipeline(pod *v1.Pod) []string {
+	for i, sel := range s.selectors {
+		if sel.Matches(labels.Set(pod.Labels)) {
+			return s.cfg.Pipelines[i].Filters
+		}
+	}
+	return api.AllFilters
+}
+
+// request parses the pod and applies the cluster-wide admission rules.
+func (s *Scheduler) request(pod *v1.Pod) (policy.Request, error) {
+	req, err := policy.NewRequest(pod)
+	if err != nil {
+		return req, err
+	}
+	if req.Intent.BindAll() && !contains(s.cfg.BindAllNamespaces, pod.Namespace) {
+		return req, fmt.Errorf("pod %s: %s: BindAllCPUs is not allowed in namespace %q (the extender's bindAllNamespaces: [%s])",
+			req.Key, api.AnnotationAllocSpec, pod.Namespace, strings.Join(s.cfg.BindAllNamespaces, ", "))
+	}
+	return req, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Filter splits the candidate nodes into those where the pod fits and those
+// where it does not, with the engine's reason for each. A pod that is itself
+// malformed gets an error and no node.
+func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, extenderv1.FailedNodesMap, error) {
+	req, err := s.request(pod)
+	if err != nil {
+		return nil, nil, err
+	}
+	filters := s.pipeline(pod)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fits := make([]string, 0, len(nodeNames))
+	failed := extenderv1.FailedNodesMap{}
+	for _, name := range nodeNames {
+		st, ok := s.nodes[name]
+		if !ok {
+			failed[name] = "node unknown to the corepin extender (not in its cache yet)"
+			continue
+		}
+		if err := st.node.Check(req, filters); err != nil {
+			failed[name] = err.Error()
+			continue
+		}
+		fits = append(fits, name)
+	}
+	return fits, failed, nil
+}
+
+// Prioritize scores each node 0-10 for the pod.
+func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.HostPriorityList, error) {
+	req, err := s.request(pod)
+	if err != nil {
+		return nil, err
+	}
+	strategy := s.cfg.Strategy()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(extenderv1.HostPriorityList, 0, len(nodeNames))
+	for _, name := range nodeNames {
+		score := 0
+		if st, ok := s.nodes[name]; ok {
+			score = st.node.Score(req, strategy)
+		}
+		out = append(out, extenderv1.HostPriority{Host: name, Score: int64(score)})
+	}
+	return out, nil
+}
+
+// Bind chooses the pod's CPUs on the node against everything placed or
+// assumed there, assumes the result, writes alloc-status (exclusive pods)
+// and binds through binder. On any failure the assumption is dropped and the
+// error returned, so kube-scheduler retries the pod: a lost race never yields
+// overlapping cores. The status is nil for shared pods.
+func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, binder Binder) (*api.AllocStatus, error) {
+	req, err := s.request(pod)
+	if err != nil {
+		return nil, err
+	}
+	status, err := s.assume(pod, req, nodeName)
+	if err != nil {
+		return nil, err
+	}
+	if status != nil {
+		if err := binder.PatchAllocStatus(ctx, pod, status.String()); err != nil {
+			s.Forget(req.Key)
+			return nil, fmt.Errorf("pod %s: writing %s: %w", req.Key, api.AnnotationAllocStatus, err)
+		}
+	}
+	if err := binder.Bind(ctx, pod, nodeName); err != nil {
+		s.Forget(req.Key)
+		return nil, fmt.Errorf("pod %s: binding to %s: %w", req.Key, nodeName, err)
+	}
+	return status, nil
+}
+
+// assume allocates under the write lock and records the pod as assumed.
+func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*api.AllocStatus, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.nodes[nodeName]
+	if !ok {
+		return nil, fmt.Errorf("pod %s: node %s unknown to the corepin extender", req.Key, nodeName)
+	}
+	if cur, ok := s.podNode[req.Key]; ok {
+		if !s.assumed[req.Key] {
+			return nil, fmt.Errorf("pod %s is already placed on node %s", req.Key, cur)
+		}
+		// A retry of a bind that failed after assuming: start again.
+		s.removeLocked(req.Key)
+	}
+	alloc, err := st.node.Allocate(req)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s does not fit on %s: %w", req.Key, nodeName, err)
+	}
+	if err := st.node.Add(policy.PlacementFor(req, alloc.CPUs)); err != nil {
+		return nil, err
+	}
+	s.podNode[req.Key] = nodeName
+	s.assumed[req.Key] = true
+	if !req.Exclusive() {
+		return nil, nil
+	}
+	status := alloc.Status(nodeName)
+	return &status, nil
+}
+
+// Forget drops an assumed pod (its bind failed or its assumption expired).
+// A pod the informers have confirmed is left alone.
+func (s *Scheduler) Forget(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.assumed[key] {
+		s.removeLocked(key)
+	}
+}
+
+// Assumed lists the pods assumed and not yet confirmed, sorted.
+func (s *Scheduler) Assumed() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.assumed))
+	for k := range s.assumed {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// NodeNames lists the known nodes, sorted.
+func (s *Scheduler) NodeNames() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.nodes))
+	for name := range s.nodes {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// NodeSnapshot returns a copy of a node's state, for inspection (corepinctl,
+// invariant checks) without holding the lock.
+func (s *Scheduler) NodeSnapshot(name string) (*policy.Node, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st, ok := s.nodes[name]
+	if !ok {
+		return nil, false
+	}
+	return st.node.Clone(), true
+}
+
+// Counts returns the number of nodes and placed pods.
+func (s *Scheduler) Counts() (nodes, pods int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.nodes), len(s.podNode)
+}

@@ -1,0 +1,243 @@
+package extender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/cpuset"
+
+	"github.com/corepin/corepin/api"
+)
+
+// topologyJSON is a node without SMT with cpus CPUs on one NUMA node.
+func topologyJSON(cpus int, reserved string) string {
+	var b strings.Builder
+	b.WriteString(`{"version":1,"cpus":[`)
+	for i := 0; i < cpus; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"id":%d,"core":%d,"socket":0,"numa":0,"l3":0}`, i, i)
+	}
+	fmt.Fprintf(&b, `],"reserved":%q}`, reserved)
+	return b.String()
+}
+
+func testNode(name, topo string) *v1.Node {
+	return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{api.AnnotationTopology: topo}}}
+}
+
+func testPod(name string, cpus int, exclusive bool) *v1.Pod {
+	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Annotations: map[string]string{}},
+		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "main", Resources: v1.ResourceRequirements{
+			Limits: v1.ResourceList{v1.ResourceCPU: *resource.NewQuantity(int64(cpus), resource.DecimalSI)}}}}}}
+	if exclusive {
+		p.Annotations[api.AnnotationCPUMode] = "exclusive"
+	}
+	return p
+}
+
+// recordingBinder records what a bind wrote, and can fail on demand.
+type recordingBinder struct {
+	mu       sync.Mutex
+	statuses map[string]string
+	nodes    map[string]string
+	failBind error
+}
+
+func newRecordingBinder() *recordingBinder {
+	return &recordingBinder{statuses: map[string]string{}, nodes: map[string]string{}}
+}
+
+func (b *recordingBinder) PatchAllocStatus(_ context.Context, pod *v1.Pod, status string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.statuses[PodKey(pod)] = status
+	return nil
+}
+
+func (b *recordingBinder) Bind(_ context.Context, pod *v1.Pod, node string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failBind != nil {
+		return b.failBind
+	}
+	b.nodes[PodKey(pod)] = node
+	return nil
+}
+
+func newTestScheduler(t *testing.T, nodes ...*v1.Node) *Scheduler {
+	t.Helper()
+	one := 1.0
+	s, err := NewScheduler(api.Config{NodePolicy: api.NodePolicy{MaxExclusiveRatio: &one}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		s.UpsertNode(n)
+	}
+	return s
+}
+
+// Concurrent binds to one node never hand out the same CPU, and the ones
+// that lose the race fail (so kube-scheduler retries them).
+func TestConcurrentBindsNeverOverlap(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(16, "")))
+	binder := newRecordingBinder()
+	var wg sync.WaitGroup
+	errs := make([]error, 12)
+	for i := range errs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, errs[i] = s.Bind(context.Background(), testPod(fmt.Sprintf("p%d", i), 2, true), "n1", binder)
+		}(i)
+	}
+	wg.Wait()
+	held, ok, failed := cpuset.New(), 0, 0
+	for i, err := range errs {
+		if err != nil {
+			failed++
+			continue
+		}
+		ok++
+		st, perr := api.ParseAllocStatus(binder.statuses[fmt.Sprintf("default/p%d", i)])
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		if overlap := held.Intersection(st.CPUs.Set()); !overlap.IsEmpty() {
+			t.Fatalf("CPUs %s given twice", overlap)
+		}
+		held = held.Union(st.CPUs.Set())
+	}
+	if ok != 8 || failed != 4 {
+		t.Fatalf("%d binds succeeded and %d failed, want 8 and 4 on 16 CPUs", ok, failed)
+	}
+}
+
+func TestFailedBindIsForgotten(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(4, "")))
+	binder := newRecordingBinder()
+	binder.failBind = errors.New("conflict")
+	if _, err := s.Bind(context.Background(), testPod("a", 4, true), "n1", binder); err == nil || !strings.Contains(err.Error(), "conflict") {
+		t.Fatalf("bind error %v", err)
+	}
+	if n, _ := s.NodeSnapshot("n1"); n.Capacity().E != 0 || len(s.Assumed()) != 0 {
+		t.Fatalf("a failed bind left CPUs held: %+v", n.Capacity())
+	}
+	binder.failBind = nil
+	if _, err := s.Bind(context.Background(), testPod("a", 4, true), "n1", binder); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+}
+
+// The informer's view confirms an assumed pod; a restart rebuilds the same
+// state from the pods' annotations alone.
+func TestRebuildFromAnnotations(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "0")))
+	binder := newRecordingBinder()
+	pod := testPod("a", 3, true)
+	status, err := s.Bind(context.Background(), pod, "n1", binder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Annotations[api.AnnotationAllocStatus] = status.String()
+	pod.Spec.NodeName = "n1"
+	if err := s.UpsertPod(pod); err != nil || len(s.Assumed()) != 0 {
+		t.Fatalf("confirm: %v, assumed %v", err, s.Assumed())
+	}
+	restarted := newTestScheduler(t, testNode("n1", topologyJSON(8, "0")))
+	if err := restarted.UpsertPod(pod); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.NodeSnapshot("n1")
+	after, _ := restarted.NodeSnapshot("n1")
+	if !before.Exclusive().Equals(after.Exclusive()) || after.Exclusive().Size() != 3 {
+		t.Fatalf("rebuilt %s, want %s", after.Exclusive(), before.Exclusive())
+	}
+}
+
+// A pod whose alloc-status overlaps another's is counted as shared and
+// reported: it never takes the other pod's cores.
+func TestConflictingPodDisturbsNobody(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	mk := func(name, cpus string) *v1.Pod {
+		p := testPod(name, 2, true)
+		p.Spec.NodeName = "n1"
+		p.Annotations[api.AnnotationAllocStatus] = fmt.Sprintf(`{"node":"n1","cpus":%q,"containers":{"main":%q},"mems":"0"}`, cpus, cpus)
+		return p
+	}
+	if err := s.UpsertPod(mk("a", "2-3")); err != nil {
+		t.Fatal(err)
+	}
+	err := s.UpsertPod(mk("b", "3-4"))
+	if err == nil || !strings.Contains(err.Error(), "CPU 3 is held by pod default/a") {
+		t.Fatalf("conflict error %v", err)
+	}
+	n, _ := s.NodeSnapshot("n1")
+	if h, _ := n.Holder(3); h == nil || h.Key != "default/a" || n.Exclusive().String() != "2-3" {
+		t.Fatalf("exclusive %s after a conflicting pod", n.Exclusive())
+	}
+}
+
+func TestIncompatibleTopologyChange(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	if upd := s.UpsertNode(testNode("n1", topologyJSON(12, ""))); upd.Attention != "" {
+		t.Fatalf("a compatible grow needs attention: %s", upd.Attention)
+	}
+	upd := s.UpsertNode(testNode("n1", topologyJSON(6, "")))
+	if !strings.Contains(upd.Attention, "CPU 6 went offline") {
+		t.Fatalf("attention %q", upd.Attention)
+	}
+	fits, failed, err := s.Filter(testPod("a", 1, true), []string{"n1"})
+	if err != nil || len(fits) != 0 || !strings.Contains(failed["n1"], "needs attention") {
+		t.Fatalf("filter on an attention node: %v %v %v", fits, failed, err)
+	}
+	if fits, _, _ := s.Filter(testPod("b", 1, false), []string{"n1"}); len(fits) != 1 {
+		t.Fatal("a shared pod was refused by an attention node")
+	}
+	// The extender records the reason on the node; while it is there the
+	// node keeps its old topology and takes no exclusive pods.
+	marked := testNode("n1", topologyJSON(6, ""))
+	marked.Annotations[api.AnnotationNodeAttention] = upd.Attention
+	s.UpsertNode(marked)
+	if n, _ := s.NodeSnapshot("n1"); n.Attention == "" || n.Topo.Online().Size() != 12 {
+		t.Fatalf("attention lost: %q, %d CPUs", n.Attention, n.Topo.Online().Size())
+	}
+	// The operator resolves it by removing the annotation.
+	s.UpsertNode(testNode("n1", topologyJSON(6, "")))
+	if n, _ := s.NodeSnapshot("n1"); n.Attention != "" || n.Topo.Online().Size() != 6 {
+		t.Fatalf("after resolution: attention %q, %d CPUs", n.Attention, n.Topo.Online().Size())
+	}
+}
+
+func TestPipelines(t *testing.T) {
+	cfg, err := api.ParseConfig("cfg", []byte("pipelines:\n- name: relaxed\n  selector: {matchLabels: {tier: batch}}\n  filters: [topology]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewScheduler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.UpsertNode(testNode("n1", topologyJSON(3, "")))
+	big := testPod("big", 3, true) // over floor(2/3*3) = 2
+	if fits, _, _ := s.Filter(big, []string{"n1"}); len(fits) != 0 {
+		t.Fatal("default pipeline skipped the capacity filter")
+	}
+	big.Labels = map[string]string{"tier": "batch"}
+	if fits, _, _ := s.Filter(big, []string{"n1"}); len(fits) != 1 {
+		t.Fatal("the relaxed pipeline ran the capacity filter")
+	}
+	// Bind still enforces every rule.
+	if _, err := s.Bind(context.Background(), big, "n1", newRecordingBinder()); err == nil {
+		t.Fatal("bind ignored the capacity rule")
+	}
+}
