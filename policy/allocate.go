@@ -36,7 +36,7 @@ func (n *Node) Allocate(req Request) (Allocation, error) {
 	if !req.Exclusive() {
 		return Allocation{CPUs: cpuset.New(), Mems: cpuset.New()}, nil
 	}
-	acc := newAccumulator(n, req)
+	acc := newAccumulator(n, req, true)
 	numas, err := acc.chooseNUMANodes()
 	if err != nil {
 		return Allocation{}, err
@@ -82,42 +82,57 @@ type cpuAccumulator struct {
 	covered  []bool
 }
 
-func newAccumulator(n *Node, req Request) *cpuAccumulator {
+// newAccumulator prepares an allocation; with list false it only counts,
+// which is all a feasibility check needs.
+func newAccumulator(n *Node, req Request, list bool) *cpuAccumulator {
 	acc := &cpuAccumulator{
 		node: n, topo: n.Topo, req: req,
 		spread: req.Intent.Spec.CPU == api.Spread,
 		need:   req.ExclusiveCPUs(),
 	}
-	acc.collectCandidates()
+	if list {
+		acc.collectCandidates()
+	}
 	return acc
 }
 
 // collectCandidates lists the cores the pod may use, in topology order.
-// SameCoreFirst takes only cores no pod holds anything on. Spread may also
-// stack on a core whose holders are all Spread pods of other apps.
 func (a *cpuAccumulator) collectCandidates() {
-	app := a.req.Intent.App
 	a.buf = make([]int, 0, len(a.topo.cpus))
 	a.cands = make([]candidate, 0, len(a.topo.cores))
 	for ci := range a.topo.cores {
-		lo, held, blocked := len(a.buf), false, false
-		for _, i := range a.topo.cores[ci].cpus {
-			p := a.node.owner[i]
-			if p == nil {
-				a.buf = append(a.buf, i)
-				continue
-			}
-			held = true
-			if !a.spread || p.Policy != api.Spread || (app != "" && p.App == app) || p.Key == a.req.Key {
-				blocked = true
-			}
-		}
-		if blocked || len(a.buf) == lo {
-			a.buf = a.buf[:lo]
+		_, stacked, ok := a.node.eligible(ci, a.req, a.spread)
+		if !ok {
 			continue
 		}
-		a.cands = append(a.cands, candidate{core: ci, lo: lo, hi: len(a.buf), stacked: held})
+		lo := len(a.buf)
+		for _, i := range a.topo.cores[ci].cpus {
+			if a.node.owner[i] == nil {
+				a.buf = append(a.buf, i)
+			}
+		}
+		a.cands = append(a.cands, candidate{core: ci, lo: lo, hi: len(a.buf), stacked: stacked})
 	}
+}
+
+// eligible says whether req may take CPUs from core ci, how many threads are
+// free there, and whether another pod's Spread CPUs share it. SameCoreFirst
+// takes only cores no pod holds anything on; Spread may also stack on a core
+// whose holders are all Spread pods of other apps.
+func (n *Node) eligible(ci int, req Request, spread bool) (free int, stacked, ok bool) {
+	app := req.Intent.App
+	for _, i := range n.Topo.cores[ci].cpus {
+		p := n.owner[i]
+		if p == nil {
+			free++
+			continue
+		}
+		stacked = true
+		if !spread || p.Policy != api.Spread || (app != "" && p.App == app) || p.Key == req.Key {
+			return 0, false, false
+		}
+	}
+	return free, stacked, free > 0
 }
 
 // units is how many CPUs the pod can take from a candidate core.
@@ -137,10 +152,24 @@ func (a *cpuAccumulator) chooseNUMANodes() ([]int, error) {
 	numas := len(a.topo.numas)
 	capacity := make([]int, numas)
 	total := 0
-	for _, c := range a.cands {
-		u := a.units(c)
-		capacity[a.topo.cores[c.core].numa] += u
-		total += u
+	if a.cands != nil {
+		for _, c := range a.cands {
+			u := a.units(c)
+			capacity[a.topo.cores[c.core].numa] += u
+			total += u
+		}
+	} else {
+		// Feasibility only (filter): count without listing the candidates.
+		for ci := range a.topo.cores {
+			if free, _, ok := a.node.eligible(ci, a.req, a.spread); ok {
+				u := free
+				if a.spread {
+					u = 1
+				}
+				capacity[a.topo.cores[ci].numa] += u
+				total += u
+			}
+		}
 	}
 	sameApp := make([]bool, numas)
 	if app := a.req.Intent.App; app != "" {

@@ -52,7 +52,7 @@ func (n *Node) CheckTopology(req Request) error {
 	case n.Topo == nil:
 		return fmt.Errorf("node has no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
 	}
-	acc := newAccumulator(n, req)
+	acc := newAccumulator(n, req, false)
 	_, err := acc.chooseNUMANodes()
 	return err
 }
