@@ -1,0 +1,136 @@
+// Command corepin-extender is corepin's kube-scheduler extender: it serves
+// filter, prioritize and bind over HTTP(S) from a cache of every node's CPU
+// topology and every pod's cores.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/corepin/corepin/api"
+	extender "github.com/corepin/corepin/scheduler-extender"
+)
+
+func main() {
+	klog.InitFlags(nil)
+	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	configFile := flag.String("config", "", "configuration file (YAML); defaults apply when empty")
+	listen := flag.String("listen", ":8888", "address to serve the extender on")
+	flag.Parse()
+	if err := run(*kubeconfig, *configFile, *listen); err != nil {
+		klog.ErrorS(err, "corepin-extender failed")
+		os.Exit(1)
+	}
+}
+
+func run(kubeconfig, configFile, listen string) error {
+	cfg := api.Config{}
+	if configFile != "" {
+		var err error
+		if cfg, err = api.LoadConfig(configFile); err != nil {
+			return err
+		}
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	restCfg.QPS, restCfg.Burst = 200, 400
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	sched, err := extender.NewScheduler(cfg)
+	if err != nil {
+		return err
+	}
+	broadcaster := record.NewBroadcaster()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "corepin-extender"})
+
+	c, err := extender.NewCache(client, sched, recorder)
+	if err != nil {
+		return err
+	}
+	srv := &extender.Server{Sched: sched, Client: client, Metrics: extender.NewMetrics(sched),
+		Ready: c.Synced, AssumeTTL: 2 * time.Minute}
+	srv.Pods = c.Factory.Core().V1().Pods().Lister()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	httpSrv := &http.Server{Addr: listen, Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if cfg.TLS != nil {
+		if httpSrv.TLSConfig, err = tlsConfig(cfg.TLS); err != nil {
+			return err
+		}
+	}
+	errc := make(chan error, 1)
+	go func() {
+		klog.InfoS("Serving the extender", "address", listen, "tls", cfg.TLS != nil)
+		var err error
+		if cfg.TLS != nil {
+			err = httpSrv.ListenAndServeTLS(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		} else {
+			err = httpSrv.ListenAndServe()
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	if err := c.Start(ctx); err != nil {
+		return err
+	}
+	nodes, pods := sched.Counts()
+	klog.InfoS("Caches synced", "nodes", nodes, "pods", pods)
+	ticker := time.NewTicker(30 * time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case now := <-ticker.C:
+			srv.ExpireAssumed(now)
+		case <-ctx.Done():
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return httpSrv.Shutdown(shutdown)
+		}
+	}
+}
+
+// tlsConfig serves TLS, requiring client certificates signed by the client
+// CA when one is configured (mutual TLS from kube-scheduler).
+func tlsConfig(t *api.TLSConfig) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile == "" {
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(t.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls.clientCAFile: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls.clientCAFile %s: no PEM certificates", t.ClientCAFile)
+	}
+	cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	return cfg, nil
+}

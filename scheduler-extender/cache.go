@@ -1,0 +1,160 @@
+package extender
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/corepin/corepin/api"
+)
+
+// Cache feeds a Scheduler from shared informers on Nodes and Pods. The
+// transforms keep only what the engine reads, so the API server stays the
+// single source of truth and memory stays small.
+type Cache struct {
+	Factory  informers.SharedInformerFactory
+	Pods     cache.SharedIndexInformer
+	Nodes    cache.SharedIndexInformer
+	sched    *Scheduler
+	client   kubernetes.Interface
+	recorder record.EventRecorder
+}
+
+// NewCache wires informers to sched. recorder may be nil.
+func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.EventRecorder) (*Cache, error) {
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Transform))
+	c := &Cache{Factory: f, Pods: f.Core().V1().Pods().Informer(), Nodes: f.Core().V1().Nodes().Informer(),
+		sched: sched, client: client, recorder: recorder}
+	if _, err := c.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.upsertNode(obj) },
+		UpdateFunc: func(_, obj any) { c.upsertNode(obj) },
+		DeleteFunc: func(obj any) {
+			if n, ok := unwrap(obj).(*v1.Node); ok {
+				sched.DeleteNode(n.Name)
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := c.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.upsertPod(obj) },
+		UpdateFunc: func(_, obj any) { c.upsertPod(obj) },
+		DeleteFunc: func(obj any) {
+			if p, ok := unwrap(obj).(*v1.Pod); ok {
+				sched.DeletePod(PodKey(p))
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func unwrap(obj any) any {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return obj
+}
+
+// Start runs the informers and waits for them to sync.
+func (c *Cache) Start(ctx context.Context) error {
+	c.Factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.Nodes.HasSynced, c.Pods.HasSynced) {
+		return fmt.Errorf("informer caches did not sync")
+	}
+	return nil
+}
+
+// Synced reports whether both informers have synced.
+func (c *Cache) Synced() bool { return c.Nodes.HasSynced() && c.Pods.HasSynced() }
+
+func (c *Cache) upsertPod(obj any) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	if err := c.sched.UpsertPod(pod); err != nil {
+		klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+	}
+}
+
+func (c *Cache) upsertNode(obj any) {
+	node, ok := obj.(*v1.Node)
+	if !ok {
+		return
+	}
+	upd := c.sched.UpsertNode(node)
+	for _, p := range upd.Problems {
+		klog.InfoS("Node annotation problem", "node", node.Name, "problem", p)
+	}
+	if upd.Attention == "" {
+		return
+	}
+	klog.InfoS("Node needs attention: no new exclusive pods", "node", node.Name, "reason", upd.Attention)
+	if c.recorder != nil {
+		c.recorder.Eventf(&v1.ObjectReference{Kind: "Node", Name: node.Name, UID: node.UID}, v1.EventTypeWarning,
+			"TopologyChanged", "%s; remove annotation %s to accept the new topology", upd.Attention, api.AnnotationNodeAttention)
+	}
+	go c.markNode(node.Name, upd.Attention)
+}
+
+// markNode records the attention reason on the node, so it survives restarts.
+func (c *Cache) markNode(name, reason string) {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{api.AnnotationNodeAttention: reason}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		klog.ErrorS(err, "Recording node attention", "node", name)
+	}
+}
+
+// Transform strips objects down to what the engine reads: names, labels
+// (pipelines, app identity), corepin annotations, and for pods the node,
+// phase and container CPU resources. It runs before objects enter the
+// informer store.
+func Transform(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *v1.Pod:
+		out := &v1.Pod{ObjectMeta: slimMeta(o.ObjectMeta), Spec: v1.PodSpec{NodeName: o.Spec.NodeName}, Status: v1.PodStatus{Phase: o.Status.Phase}}
+		out.Spec.Containers = make([]v1.Container, len(o.Spec.Containers))
+		for i, c := range o.Spec.Containers {
+			out.Spec.Containers[i] = v1.Container{Name: c.Name, Resources: v1.ResourceRequirements{
+				Limits: cpuOnly(c.Resources.Limits), Requests: cpuOnly(c.Resources.Requests)}}
+		}
+		return out, nil
+	case *v1.Node:
+		return &v1.Node{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
+	}
+	return obj, nil
+}
+
+func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Labels: m.Labels}
+	for k, v := range m.Annotations {
+		if len(k) > len("corepin.io/") && k[:len("corepin.io/")] == "corepin.io/" {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	return out
+}
+
+func cpuOnly(l v1.ResourceList) v1.ResourceList {
+	if q, ok := l[v1.ResourceCPU]; ok {
+		return v1.ResourceList{v1.ResourceCPU: q}
+	}
+	return nil
+}

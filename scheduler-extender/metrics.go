@@ -1,0 +1,62 @@
+package extender
+
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the extender's Prometheus metrics.
+type Metrics struct {
+	Registry       *prometheus.Registry
+	RequestSeconds *prometheus.HistogramVec
+	Rejections     *prometheus.CounterVec
+	Binds          *prometheus.CounterVec
+	CacheNodes     prometheus.GaugeFunc
+	CachePods      prometheus.GaugeFunc
+}
+
+// NewMetrics registers the metrics; the cache gauges read s.
+func NewMetrics(s *Scheduler) *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.RequestSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "corepin_extender_request_duration_seconds", Help: "Latency of extender requests by verb.",
+		Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
+	}, []string{"verb"})
+	m.Rejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corepin_extender_filter_rejections_total", Help: "Nodes rejected by filter, by reason class.",
+	}, []string{"reason"})
+	m.Binds = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corepin_extender_binds_total", Help: "Bind requests by result (bound, conflict, error).",
+	}, []string{"result"})
+	m.CacheNodes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "corepin_extender_cache_nodes", Help: "Nodes in the extender's cache.",
+	}, func() float64 { n, _ := s.Counts(); return float64(n) })
+	m.CachePods = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "corepin_extender_cache_pods", Help: "Pods placed in the extender's cache (bound and assumed).",
+	}, func() float64 { _, p := s.Counts(); return float64(p) })
+	m.Registry.MustRegister(m.RequestSeconds, m.Rejections, m.Binds, m.CacheNodes, m.CachePods)
+	return m
+}
+
+// reasonClass maps an engine reason to a low-cardinality label.
+func reasonClass(reason string) string {
+	for _, c := range []struct{ substr, class string }{
+		{"exclusive limit", "exclusive-limit"},
+		{"shared headroom", "shared-headroom"},
+		{"shared pool too small", "shared-pool"},
+		{"max-per-node", "max-per-node"},
+		{"needs attention", "attention"},
+		{"no corepin.io/topology", "no-topology"},
+		{"numa Required", "numa-required"},
+		{"eligible for Spread", "spread"},
+		{"free CPUs on cores", "cores"},
+		{"IO queues", "io-queue"},
+		{"unknown to the corepin extender", "unknown-node"},
+	} {
+		if strings.Contains(reason, c.substr) {
+			return c.class
+		}
+	}
+	return "other"
+}

@@ -1,0 +1,272 @@
+package extender
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/klog/v2"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/corepin/corepin/api"
+)
+
+// maxBody bounds a request body; kube-scheduler's largest (filter without
+// nodeCacheCapable, 5,000 full Node objects) stays well below it.
+const maxBody = 64 << 20
+
+// Server serves kube-scheduler's extender protocol over HTTP.
+type Server struct {
+	Sched   *Scheduler
+	Client  kubernetes.Interface
+	Pods    corelisters.PodLister // optional: bind looks pods up here first
+	Metrics *Metrics
+	// Ready reports whether the caches have synced.
+	Ready func() bool
+	// AssumeTTL is how long an assumed pod waits for the informer.
+	AssumeTTL time.Duration
+
+	mu        sync.Mutex
+	assumedAt map[string]time.Time
+}
+
+// Handler returns the HTTP routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /filter", s.timed("filter", s.filter))
+	mux.HandleFunc("POST /prioritize", s.timed("prioritize", s.prioritize))
+	mux.HandleFunc("POST /bind", s.timed("bind", s.bind))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.Ready != nil && !s.Ready() {
+			http.Error(w, "caches not synced", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+func (s *Server) timed(verb string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		h(w, r)
+		if s.Metrics != nil {
+			s.Metrics.RequestSeconds.WithLabelValues(verb).Observe(time.Since(start).Seconds())
+		}
+	}
+}
+
+// decode reads a JSON body; the error says what is wrong. Unknown fields
+// are allowed here (unlike in annotations): a newer kube-scheduler sends pods
+// with fields this build does not know, and refusing them would stop all
+// scheduling.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed request body: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("malformed request body: trailing data after the JSON value")
+	}
+	return nil
+}
+
+func reply(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		klog.ErrorS(err, "Writing extender response")
+	}
+}
+
+// nodeNames takes the candidate names from either form kube-scheduler sends.
+func nodeNames(args *extenderv1.ExtenderArgs) []string {
+	if args.NodeNames != nil {
+		return *args.NodeNames
+	}
+	if args.Nodes != nil {
+		names := make([]string, len(args.Nodes.Items))
+		for i := range args.Nodes.Items {
+			names[i] = args.Nodes.Items[i].Name
+		}
+		return names
+	}
+	return nil
+}
+
+func readArgs(w http.ResponseWriter, r *http.Request) (*extenderv1.ExtenderArgs, bool) {
+	var args extenderv1.ExtenderArgs
+	if err := decode(r, &args); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	if args.Pod == nil {
+		http.Error(w, "malformed request body: no pod", http.StatusBadRequest)
+		return nil, false
+	}
+	return &args, true
+}
+
+func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
+	args, ok := readArgs(w, r)
+	if !ok {
+		return
+	}
+	names := nodeNames(args)
+	fits, failed, err := s.Sched.Filter(args.Pod, names)
+	if err != nil {
+		// The pod itself is malformed: no node can help, so every node is
+		// unresolvable and the reason shows in the FailedScheduling event.
+		unresolvable := extenderv1.FailedNodesMap{}
+		for _, n := range names {
+			unresolvable[n] = err.Error()
+		}
+		klog.InfoS("Pod refused", "pod", klog.KObj(args.Pod), "reason", err.Error())
+		reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &[]string{}, FailedAndUnresolvableNodes: unresolvable})
+		return
+	}
+	if s.Metrics != nil {
+		for _, reason := range failed {
+			s.Metrics.Rejections.WithLabelValues(reasonClass(reason)).Inc()
+		}
+	}
+	klog.V(4).InfoS("Filtered", "pod", klog.KObj(args.Pod), "fit", len(fits), "failed", len(failed))
+	reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &fits, FailedNodes: failed})
+}
+
+func (s *Server) prioritize(w http.ResponseWriter, r *http.Request) {
+	args, ok := readArgs(w, r)
+	if !ok {
+		return
+	}
+	scores, err := s.Sched.Prioritize(args.Pod, nodeNames(args))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	reply(w, &scores)
+}
+
+func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
+	var args extenderv1.ExtenderBindingArgs
+	if err := decode(r, &args); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if args.PodName == "" || args.PodNamespace == "" || args.Node == "" {
+		http.Error(w, "malformed request body: podName, podNamespace and node are required", http.StatusBadRequest)
+		return
+	}
+	result := s.bindPod(r.Context(), &args)
+	reply(w, &result)
+}
+
+func (s *Server) bindPod(ctx context.Context, args *extenderv1.ExtenderBindingArgs) extenderv1.ExtenderBindingResult {
+	key := args.PodNamespace + "/" + args.PodName
+	pod, err := s.getPod(ctx, args)
+	if err != nil {
+		s.countBind("error")
+		return extenderv1.ExtenderBindingResult{Error: fmt.Sprintf("pod %s: %v", key, err)}
+	}
+	status, err := s.Sched.Bind(ctx, pod, args.Node, &apiBinder{client: s.Client})
+	if err != nil {
+		s.countBind("conflict")
+		klog.InfoS("Bind refused", "pod", key, "node", args.Node, "reason", err.Error())
+		return extenderv1.ExtenderBindingResult{Error: err.Error()}
+	}
+	s.countBind("bound")
+	s.mu.Lock()
+	if s.assumedAt == nil {
+		s.assumedAt = map[string]time.Time{}
+	}
+	s.assumedAt[key] = time.Now()
+	s.mu.Unlock()
+	if status != nil {
+		klog.InfoS("Bound exclusive pod", "pod", key, "node", args.Node, "cpus", status.CPUs.String(), "mems", status.Mems.String())
+	} else {
+		klog.V(2).InfoS("Bound shared pod", "pod", key, "node", args.Node)
+	}
+	return extenderv1.ExtenderBindingResult{}
+}
+
+func (s *Server) countBind(result string) {
+	if s.Metrics != nil {
+		s.Metrics.Binds.WithLabelValues(result).Inc()
+	}
+}
+
+// getPod finds the pod to bind, from the informer cache when it has it with
+// the right UID, else from the API server.
+func (s *Server) getPod(ctx context.Context, args *extenderv1.ExtenderBindingArgs) (*v1.Pod, error) {
+	if s.Pods != nil {
+		if pod, err := s.Pods.Pods(args.PodNamespace).Get(args.PodName); err == nil && (args.PodUID == "" || pod.UID == args.PodUID) {
+			return pod, nil
+		}
+	}
+	pod, err := s.Client.CoreV1().Pods(args.PodNamespace).Get(ctx, args.PodName, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if args.PodUID != "" && pod.UID != args.PodUID {
+		return nil, fmt.Errorf("UID %s is not the pod's UID %s (recreated?)", args.PodUID, pod.UID)
+	}
+	return pod, nil
+}
+
+// ExpireAssumed forgets pods assumed longer than AssumeTTL ago that the
+// informers never confirmed (their bind succeeded but the pod went away
+// unseen, for example).
+func (s *Server) ExpireAssumed(now time.Time) {
+	assumed := map[string]bool{}
+	for _, k := range s.Sched.Assumed() {
+		assumed[k] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, at := range s.assumedAt {
+		switch {
+		case !assumed[key]:
+			delete(s.assumedAt, key)
+		case now.Sub(at) > s.AssumeTTL:
+			klog.InfoS("Assumed pod expired without being seen bound", "pod", key)
+			s.Sched.Forget(key)
+			delete(s.assumedAt, key)
+		}
+	}
+}
+
+// apiBinder commits binds to the API server.
+type apiBinder struct{ client kubernetes.Interface }
+
+func (b *apiBinder) PatchAllocStatus(ctx context.Context, pod *v1.Pod, status string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"annotations": map[string]string{api.AnnotationAllocStatus: status},
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = b.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
+func (b *apiBinder) Bind(ctx context.Context, pod *v1.Pod, node string) error {
+	return b.client.CoreV1().Pods(pod.Namespace).Bind(ctx, &v1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		Target:     v1.ObjectReference{Kind: "Node", Name: node},
+	}, metav1.CreateOptions{})
+}

@@ -1,0 +1,187 @@
+package extender
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/corepin/corepin/api"
+)
+
+func newTestServer(t *testing.T) (*Server, *fake.Clientset) {
+	t.Helper()
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")), testNode("n2", topologyJSON(4, "")))
+	client := fake.NewClientset()
+	return &Server{Sched: s, Client: client, Metrics: NewMetrics(s)}, client
+}
+
+func post(t *testing.T, h http.Handler, path string, body any) *httptest.ResponseRecorder {
+	t.Helper()
+	var buf bytes.Buffer
+	if s, ok := body.(string); ok {
+		buf.WriteString(s)
+	} else if err := json.NewEncoder(&buf).Encode(body); err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, &buf))
+	return rec
+}
+
+func TestHTTPFilterPrioritizeBind(t *testing.T) {
+	srv, client := newTestServer(t)
+	h := srv.Handler()
+	pod := testPod("db", 6, true)
+	if _, err := client.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"n1", "n2", "ghost"}
+	rec := post(t, h, "/filter", extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	var fr extenderv1.ExtenderFilterResult
+	if err := json.Unmarshal(rec.Body.Bytes(), &fr); err != nil || rec.Code != 200 {
+		t.Fatalf("filter: %d %s", rec.Code, rec.Body)
+	}
+	// 6 CPUs: n1 fits (the test scheduler's ratio is 1), n2 has only 4 CPUs.
+	if fr.NodeNames == nil || strings.Join(*fr.NodeNames, ",") != "n1" ||
+		!strings.Contains(fr.FailedNodes["n2"], "not enough free CPUs on cores no pod holds (needs 6, 4 available)") ||
+		!strings.Contains(fr.FailedNodes["ghost"], "unknown") {
+		t.Fatalf("filter result %+v", fr)
+	}
+	rec = post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: pod, NodeNames: fr.NodeNames})
+	var scores extenderv1.HostPriorityList
+	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || len(scores) != 1 || scores[0].Score < 0 || scores[0].Score > 10 {
+		t.Fatalf("prioritize: %s", rec.Body)
+	}
+	rec = post(t, h, "/bind", extenderv1.ExtenderBindingArgs{PodName: "db", PodNamespace: "default", Node: "n1"})
+	var br extenderv1.ExtenderBindingResult
+	if err := json.Unmarshal(rec.Body.Bytes(), &br); err != nil || br.Error != "" {
+		t.Fatalf("bind: %s", rec.Body)
+	}
+	got, err := client.CoreV1().Pods("default").Get(context.Background(), "db", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, err := api.ParseAllocStatus(got.Annotations[api.AnnotationAllocStatus])
+	if err != nil || status.Node != "n1" || status.CPUs.Size() != 6 {
+		t.Fatalf("alloc-status on the pod: %+v %v", status, err)
+	}
+	var bound bool
+	for _, a := range client.Actions() {
+		if a.GetVerb() == "create" && a.GetSubresource() == "binding" {
+			bound = true
+		}
+	}
+	if !bound {
+		t.Fatal("no Binding was created")
+	}
+	// A second bind of a pod that no longer fits fails so the scheduler retries.
+	other := testPod("db2", 4, true)
+	if _, err := client.CoreV1().Pods("default").Create(context.Background(), other, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec = post(t, h, "/bind", extenderv1.ExtenderBindingArgs{PodName: "db2", PodNamespace: "default", Node: "n1"})
+	if err := json.Unmarshal(rec.Body.Bytes(), &br); err != nil || !strings.Contains(br.Error, "does not fit on n1: not enough free CPUs on cores no pod holds (needs 4, 2 available)") {
+		t.Fatalf("losing bind: %s", rec.Body)
+	}
+}
+
+func TestHTTPBadPodIsUnresolvable(t *testing.T) {
+	srv, _ := newTestServer(t)
+	pod := testPod("bad", 1, true)
+	pod.Annotations[api.AnnotationAllocSpec] = `{"cpu":"Packed"}`
+	names := []string{"n1"}
+	rec := post(t, srv.Handler(), "/filter", extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	var fr extenderv1.ExtenderFilterResult
+	if err := json.Unmarshal(rec.Body.Bytes(), &fr); err != nil || !strings.Contains(fr.FailedAndUnresolvableNodes["n1"], `"Packed"`) {
+		t.Fatalf("bad pod: %s", rec.Body)
+	}
+}
+
+func TestHTTPMalformedBodies(t *testing.T) {
+	srv, _ := newTestServer(t)
+	h := srv.Handler()
+	for _, tc := range []struct{ path, body, want string }{
+		{"/filter", "{", "malformed request body"},
+		{"/filter", `{"nodenames":["n1"]}`, "no pod"},
+		{"/prioritize", "[]", "malformed request body"},
+		{"/bind", `{"podName":"x"}`, "required"},
+		{"/bind", `{} {}`, "trailing"},
+	} {
+		rec := post(t, h, tc.path, tc.body)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), tc.want) {
+			t.Errorf("%s %q: %d %s", tc.path, tc.body, rec.Code, rec.Body)
+		}
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/filter", nil))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /filter: %d", rec.Code)
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	srv, _ := newTestServer(t)
+	ready := false
+	srv.Ready = func() bool { return ready }
+	get := func(path string) int {
+		rec := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code
+	}
+	if get("/readyz") != 503 || get("/healthz") != 200 {
+		t.Fatal("readyz before sync")
+	}
+	ready = true
+	if get("/readyz") != 200 || get("/metrics") != 200 {
+		t.Fatal("readyz after sync")
+	}
+}
+
+// FuzzHTTPBodies: whatever the body, every verb answers without panicking,
+// and a body that is not JSON gets 400.
+func FuzzHTTPBodies(f *testing.F) {
+	f.Add("/filter", `{"pod":{"metadata":{"name":"a","annotations":{"corepin.io/cpu-mode":"exclusive"}},"spec":{"containers":[{"name":"c","resources":{"limits":{"cpu":"2"}}}]}},"nodenames":["n1"]}`)
+	f.Add("/prioritize", `{"pod":{},"nodenames":["n1","n2"]}`)
+	f.Add("/bind", `{"podName":"a","podNamespace":"default","node":"n1"}`)
+	f.Add("/filter", `{"pod":null}`)
+	srv := &Server{}
+	sched, _ := NewScheduler(api.Config{})
+	sched.UpsertNode(testNode("n1", topologyJSON(4, "")))
+	srv.Sched, srv.Client = sched, fake.NewClientset()
+	h := srv.Handler()
+	f.Fuzz(func(t *testing.T, path, body string) {
+		switch path {
+		case "/filter", "/prioritize", "/bind":
+		default:
+			return
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)))
+		if !json.Valid([]byte(body)) && rec.Code != http.StatusBadRequest {
+			t.Fatalf("%s %q: status %d for a body that is not JSON", path, body, rec.Code)
+		}
+	})
+}
+
+func TestTransformKeepsWhatTheEngineReads(t *testing.T) {
+	pod := testPod("a", 2, true)
+	pod.Annotations["kubectl.kubernetes.io/last-applied-configuration"] = strings.Repeat("x", 4096)
+	pod.Spec.NodeName = "n1"
+	pod.Spec.Containers[0].Image = "postgres"
+	pod.Spec.Containers[0].Env = []v1.EnvVar{{Name: "A", Value: "b"}}
+	out, _ := Transform(pod)
+	slim := out.(*v1.Pod)
+	if slim.Spec.NodeName != "n1" || slim.Annotations[api.AnnotationCPUMode] != "exclusive" || len(slim.Annotations) != 1 ||
+		slim.Spec.Containers[0].Image != "" || slim.Spec.Containers[0].Resources.Limits.Cpu().Value() != 2 {
+		t.Fatalf("transformed %+v", slim)
+	}
+}
