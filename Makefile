@@ -5,6 +5,7 @@ BIN := $(CURDIR)/bin
 # Builds of containerd and Kubernetes take minutes: they are cached outside the
 # checkout, keyed by version, so a fresh clone on the same machine reuses them.
 export COREPIN_CACHE ?= $(HOME)/.cache/corepin
+FUZZTIME ?= 10s
 PKGS := ./...
 
 .PHONY: all build test test-unit test-integration bench lint demo demo-down tools tools-containerd tools-kube images clean fuzz
@@ -20,10 +21,12 @@ test: lint test-unit test-integration
 test-unit:
 	$(GO) test -count=1 -race $(PKGS)
 
+# Each fuzz target for a few seconds on top of its seed corpus (which
+# test-unit already runs).
 fuzz:
-	hack/fuzz-all.sh 10s
+	hack/fuzz-all.sh $(FUZZTIME)
 
-tools: tools-containerd tools-kube
+tools: tools-kube
 
 tools-containerd:
 	hack/tools-containerd.sh
@@ -37,13 +40,17 @@ test-integration: build tools
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./policy/ ./plugin/ ./scheduler-extender/
 
-lint:
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(COREPIN_CACHE)/staticcheck-$(STATICCHECK_VERSION)/bin/staticcheck
+
+$(STATICCHECK):
+	GOBIN=$(dir $(STATICCHECK)) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
-	@if command -v staticcheck >/dev/null 2>&1 || [ -x "$$($(GO) env GOPATH)/bin/staticcheck" ]; then \
-	  PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck $(PKGS); \
-	else echo "staticcheck not installed (go install honnef.co/go/tools/cmd/staticcheck@latest); skipped"; fi
+	$(STATICCHECK) $(PKGS)
 
 demo:
 	@echo "make demo: the end-to-end demo cluster is not built yet (issue 5)." >&2; exit 1

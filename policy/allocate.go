@@ -84,8 +84,8 @@ type cpuAccumulator struct {
 
 // newAccumulator prepares an allocation; with list false it only counts,
 // which is all a feasibility check needs.
-func newAccumulator(n *Node, req Request, list bool) *cpuAccumulator {
-	acc := &cpuAccumulator{
+func newAccumulator(n *Node, req Request, list bool) cpuAccumulator {
+	acc := cpuAccumulator{
 		node: n, topo: n.Topo, req: req,
 		spread: req.Intent.Spec.CPU == api.Spread,
 		need:   req.ExclusiveCPUs(),
@@ -150,7 +150,16 @@ func (a *cpuAccumulator) units(c candidate) int {
 // then the tightest fit, to keep large nodes whole for large pods.
 func (a *cpuAccumulator) chooseNUMANodes() ([]int, error) {
 	numas := len(a.topo.numas)
-	capacity := make([]int, numas)
+	// Small fixed buffers keep the filter path free of allocations on
+	// machines with up to 8 NUMA nodes.
+	var capBuf [8]int
+	var appBuf [8]bool
+	capacity, sameApp := capBuf[:0], appBuf[:0]
+	if numas <= len(capBuf) {
+		capacity, sameApp = capBuf[:numas], appBuf[:numas]
+	} else {
+		capacity, sameApp = make([]int, numas), make([]bool, numas)
+	}
 	total := 0
 	if a.cands != nil {
 		for _, c := range a.cands {
@@ -159,20 +168,22 @@ func (a *cpuAccumulator) chooseNUMANodes() ([]int, error) {
 			total += u
 		}
 	} else {
-		// Feasibility only (filter): count without listing the candidates.
-		for ci := range a.topo.cores {
-			if free, _, ok := a.node.eligible(ci, a.req, a.spread); ok {
-				u := free
-				if a.spread {
-					u = 1
+		// Feasibility only (filter): read the node's summary.
+		for u, sum := range a.node.free {
+			units := sum.wholeCPUs
+			if a.spread {
+				units = sum.freeCores
+				for _, ci := range sum.stackable {
+					if _, _, ok := a.node.eligible(ci, a.req, true); ok {
+						units++
+					}
 				}
-				capacity[a.topo.cores[ci].numa] += u
-				total += u
 			}
+			capacity[u] += units
+			total += units
 		}
 	}
-	sameApp := make([]bool, numas)
-	if app := a.req.Intent.App; app != "" {
+	if app := a.req.Intent.App; app != "" && a.node.apps[app] > 0 {
 		for i, p := range a.node.owner {
 			if p != nil && p.App == app {
 				sameApp[a.topo.numaOf[i]] = true

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -225,5 +227,37 @@ func TestAddRefusesConflicts(t *testing.T) {
 	}
 	if n.Capacity().E != 2 || n.Len() != 1 {
 		t.Fatalf("a refused placement changed the node: %+v", n.Capacity())
+	}
+}
+
+// The filter's summary-based check and the allocator's candidate listing
+// must agree on feasibility, whatever the node's state.
+func TestFeasibilityMatchesAllocation(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 30; round++ {
+		n := newTestNode(t, "2s-smt-server")
+		n.Limits.MaxExclusiveRatio = 1
+		for i := 0; i < 60; i++ {
+			spec := api.AllocSpec{}
+			switch rng.IntN(3) {
+			case 1:
+				spec.CPU = api.Spread
+			case 2:
+				spec.NUMA = api.NUMARequired
+			}
+			req := exclusiveReq(fmt.Sprintf("p%d", i), fmt.Sprintf("app%d", rng.IntN(3)), 1+rng.IntN(6), spec)
+			feasible := n.CheckTopology(req) == nil
+			acc := newAccumulator(n, req, true)
+			_, err := acc.chooseNUMANodes()
+			if feasible != (err == nil) {
+				t.Fatalf("round %d step %d: filter says %v, allocator says %v", round, i, feasible, err)
+			}
+			if feasible && n.CheckExclusiveCapacity(req.ExclusiveCPUs()) == nil {
+				place(t, n, req)
+			}
+			if rng.IntN(4) == 0 && n.Len() > 0 {
+				n.Remove(n.Pods()[rng.IntN(n.Len())].Key)
+			}
+		}
 	}
 }

@@ -25,21 +25,12 @@ const epsilon = 1e-9
 
 // Capacity computes the node's capacity. A node without topology has P = 0.
 func (n *Node) Capacity() Capacity {
-	c := Capacity{E: n.held, S: n.sumS, M: n.maxShared()}
+	c := Capacity{E: n.held, S: n.sumS, M: n.maxS}
 	if n.Topo != nil {
 		c.P = n.Topo.allocatable
 	}
 	c.ExclusiveLimit = max(0, exclusiveLimit(n.Limits.MaxExclusiveRatio, n.Limits.SharedOvercommit, n.Limits.SharedHeadroom, c.P, c.S, c.M))
 	return c
-}
-
-// maxShared returns M, the largest single shared pod amount.
-func (n *Node) maxShared() int64 {
-	var m int64
-	for _, p := range n.pods {
-		m = max(m, p.SharedMilli)
-	}
-	return m
 }
 
 // exclusiveLimit is the contract's formula in millicores:

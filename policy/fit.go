@@ -9,12 +9,7 @@ import (
 // Fit runs every hard rule for req on the node and returns the first reason
 // it does not fit, in words a person can act on.
 func (n *Node) Fit(req Request) error {
-	for _, check := range []func(Request) error{n.CheckTopology, n.CheckCapacity, n.CheckAppSpread, n.CheckIOQueue} {
-		if err := check(req); err != nil {
-			return err
-		}
-	}
-	return nil
+	return n.Check(req, api.AllFilters)
 }
 
 // Check runs the named filters (api.Filter*) in order.
@@ -76,13 +71,17 @@ func (n *Node) CheckAppSpread(req Request) error {
 	if app == "" {
 		return nil
 	}
-	limit, count := req.Intent.MaxPerNode, 0
+	count := n.apps[app]
+	if _, ok := n.pods[req.Key]; ok {
+		count-- // the pod itself (a re-check of a placed pod)
+	}
+	if count == 0 {
+		return nil
+	}
+	limit := req.Intent.MaxPerNode
+	// The pods there may carry a lower limit than the incoming one.
 	for _, p := range n.pods {
-		if p.App != app || p.Key == req.Key {
-			continue
-		}
-		count++
-		if p.MaxPerNode > 0 && (limit == 0 || p.MaxPerNode < limit) {
+		if p.App == app && p.Key != req.Key && p.MaxPerNode > 0 && (limit == 0 || p.MaxPerNode < limit) {
 			limit = p.MaxPerNode
 		}
 	}

@@ -53,13 +53,32 @@ type Node struct {
 	owner []*Placement
 	held  int   // E
 	sumS  int64 // S, millicores
+	maxS  int64 // M, millicores
+	// apps counts the pods of each app, for max-per-node.
+	apps map[string]int
+	// free summarises, per NUMA node, what filters need without a scan of
+	// the CPUs; it is rebuilt on every Add and Remove (writes are rare,
+	// filters of thousands of nodes per pod are not).
+	free []numaSummary
+}
+
+// numaSummary counts the free capacity of one NUMA node.
+type numaSummary struct {
+	// wholeCPUs are the free threads of cores no pod holds (SameCoreFirst units).
+	wholeCPUs int
+	// freeCores are the cores no pod holds with a free thread (Spread units).
+	freeCores int
+	// stackable are cores with a free thread whose holders are all Spread
+	// pods: Spread units for pods of other apps.
+	stackable []int
 }
 
 // NewNode returns an empty node. topo may be nil.
 func NewNode(name string, topo *Topology, limits api.Limits) *Node {
-	n := &Node{Name: name, Limits: limits, Topo: topo, pods: map[string]*Placement{}}
+	n := &Node{Name: name, Limits: limits, Topo: topo, pods: map[string]*Placement{}, apps: map[string]int{}}
 	if topo != nil {
 		n.owner = make([]*Placement, len(topo.cpus))
+		n.summarise()
 	}
 	return n
 }
@@ -143,6 +162,13 @@ func (n *Node) Add(p *Placement) error {
 	}
 	n.pods[p.Key] = p
 	n.sumS += p.SharedMilli
+	n.maxS = max(n.maxS, p.SharedMilli)
+	if p.App != "" {
+		n.apps[p.App]++
+	}
+	if p.Exclusive() {
+		n.summarise()
+	}
 	return nil
 }
 
@@ -183,7 +209,51 @@ func (n *Node) Remove(key string) bool {
 	}
 	n.sumS -= p.SharedMilli
 	delete(n.pods, key)
+	if p.App != "" {
+		if n.apps[p.App]--; n.apps[p.App] == 0 {
+			delete(n.apps, p.App)
+		}
+	}
+	if p.SharedMilli == n.maxS {
+		n.maxS = 0
+		for _, q := range n.pods {
+			n.maxS = max(n.maxS, q.SharedMilli)
+		}
+	}
+	if p.Exclusive() {
+		n.summarise()
+	}
 	return true
+}
+
+// summarise rebuilds the per-NUMA summary from the owners.
+func (n *Node) summarise() {
+	if n.Topo == nil {
+		return
+	}
+	n.free = make([]numaSummary, len(n.Topo.numas))
+	for ci, c := range n.Topo.cores {
+		free, held, spreadOnly := 0, false, true
+		for _, i := range c.cpus {
+			p := n.owner[i]
+			switch {
+			case p == nil:
+				free++
+			default:
+				held = true
+				spreadOnly = spreadOnly && p.Policy == api.Spread
+			}
+		}
+		sum := &n.free[c.numa]
+		switch {
+		case free == 0:
+		case !held:
+			sum.wholeCPUs += free
+			sum.freeCores++
+		case spreadOnly:
+			sum.stackable = append(sum.stackable, ci)
+		}
+	}
 }
 
 // Clone returns a deep copy of the node's state sharing the immutable topology.
