@@ -53,6 +53,10 @@ type nodeState struct {
 	topology string
 	// attentionSeen is true once the node object carries corepin.io/attention.
 	attentionSeen bool
+	// unplaced are exclusive pods seen bound to the node before its
+	// topology was known (informers deliver pods and nodes in any order):
+	// they are placed as soon as the topology arrives.
+	unplaced map[string]*policy.Placement
 }
 
 // NewScheduler returns an empty Scheduler. cfg must be valid.
@@ -136,14 +140,19 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 	case policyErr != "":
 		node.Attention = "invalid " + policyErr
 	}
+	st := &nodeState{node: node, topology: value, attentionSeen: obj.Annotations[api.AnnotationNodeAttention] != ""}
 	if old != nil {
 		for _, p := range old.node.Pods() {
-			if err := node.Add(p); err != nil {
-				upd.Problems = append(upd.Problems, err.Error())
-			}
+			st.place(p)
+		}
+		for _, p := range old.unplaced {
+			st.place(p)
+		}
+		for key := range st.unplaced {
+			upd.Problems = append(upd.Problems, fmt.Sprintf("pod %s: its exclusive CPUs do not fit the node's topology", key))
 		}
 	}
-	s.nodes[obj.Name] = &nodeState{node: node, topology: value, attentionSeen: obj.Annotations[api.AnnotationNodeAttention] != ""}
+	s.nodes[obj.Name] = st
 	return upd
 }
 
@@ -174,6 +183,9 @@ func (s *Scheduler) DeleteNode(name string) {
 		for _, p := range st.node.Pods() {
 			delete(s.podNode, p.Key)
 			delete(s.assumed, p.Key)
+		}
+		for key := range st.unplaced {
+			delete(s.podNode, key)
 		}
 		delete(s.nodes, name)
 	}
@@ -229,7 +241,9 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		st = &nodeState{node: policy.NewNode(nodeName, nil, s.cfg.Limits())}
 		s.nodes[nodeName] = st
 	}
-	if err := st.node.Add(placement); err != nil {
+	if st.node.Topo == nil && placement.Exclusive() {
+		st.place(placement) // held until the node's topology arrives
+	} else if err := st.node.Add(placement); err != nil {
 		shared := *placement
 		shared.CPUs = policy.NoCPUs()
 		if addErr := st.node.Add(&shared); addErr != nil {
@@ -253,6 +267,20 @@ func (s *Scheduler) DeletePod(key string) bool {
 	return s.removeLocked(key)
 }
 
+// place adds a placement to the node, or keeps it unplaced while the node
+// has no topology or the placement does not fit it.
+func (st *nodeState) place(p *policy.Placement) {
+	if st.node.Topo != nil {
+		if err := st.node.Add(p); err == nil {
+			return
+		}
+	}
+	if st.unplaced == nil {
+		st.unplaced = map[string]*policy.Placement{}
+	}
+	st.unplaced[p.Key] = p
+}
+
 func (s *Scheduler) removeLocked(key string) bool {
 	name, ok := s.podNode[key]
 	if !ok {
@@ -260,6 +288,7 @@ func (s *Scheduler) removeLocked(key string) bool {
 	}
 	if st := s.nodes[name]; st != nil {
 		st.node.Remove(key)
+		delete(st.unplaced, key)
 	}
 	delete(s.podNode, key)
 	delete(s.assumed, key)

@@ -164,6 +164,26 @@ func TestRebuildFromAnnotations(t *testing.T) {
 	}
 }
 
+// Informers deliver pods and nodes in any order: an exclusive pod seen
+// before its node keeps its CPUs once the node's topology arrives.
+func TestPodBeforeNode(t *testing.T) {
+	s := newTestScheduler(t)
+	pod := testPod("a", 2, true)
+	pod.Spec.NodeName = "n1"
+	pod.Annotations[api.AnnotationAllocStatus] = `{"node":"n1","cpus":"0-1","containers":{"main":"0-1"},"mems":"0"}`
+	if err := s.UpsertPod(pod); err != nil {
+		t.Fatal(err)
+	}
+	s.UpsertNode(testNode("n1", topologyJSON(8, "")))
+	n, _ := s.NodeSnapshot("n1")
+	if n.Exclusive().String() != "0-1" {
+		t.Fatalf("exclusive CPUs %q after the node arrived, want 0-1", n.Exclusive())
+	}
+	if _, err := s.Bind(context.Background(), testPod("b", 8, true), "n1", newRecordingBinder()); err == nil {
+		t.Fatal("a pod got CPUs 0-1 again")
+	}
+}
+
 // A pod whose alloc-status overlaps another's is counted as shared and
 // reported: it never takes the other pod's cores.
 func TestConflictingPodDisturbsNobody(t *testing.T) {

@@ -1,0 +1,335 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/cpuset"
+
+	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/test/integration/framework"
+)
+
+// repoBin is a binary built by `make build`.
+func repoBin(t testing.TB, name string) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	path := filepath.Join(filepath.Dir(file), "..", "..", "bin", name)
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("%s: %v (run `make build`)", path, err)
+	}
+	return path
+}
+
+// startExtender runs the corepin-extender binary and waits until it is ready.
+func startExtender(t testing.TB, cp *framework.ControlPlane, port int) *framework.Process {
+	t.Helper()
+	p := framework.Start(t, cp.Dir, fmt.Sprintf("corepin-extender-%d", time.Now().UnixNano()), repoBin(t, "corepin-extender"),
+		"--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2")
+	framework.Eventually(t, 60*time.Second, "corepin-extender /readyz", func() (bool, error) {
+		if exited, err := p.Exited(); exited {
+			t.Fatalf("corepin-extender exited: %v\n%s", err, framework.Tail(p.Log, 30))
+		}
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
+	})
+	return p
+}
+
+// flatTopology is a node of n CPUs without SMT on one NUMA node.
+func flatTopology(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"version":1,"cpus":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"id":%d,"core":%d,"socket":0,"numa":0,"l3":0}`, i, i)
+	}
+	b.WriteString(`],"reserved":""}`)
+	return b.String()
+}
+
+type podOpts struct {
+	cpu         string
+	annotations map[string]string
+	labels      map[string]string
+}
+
+func newPod(name string, o podOpts) *v1.Pod {
+	q := resource.MustParse(o.cpu)
+	return &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Annotations: o.annotations, Labels: o.labels},
+		Spec: v1.PodSpec{
+			AutomountServiceAccountToken: new(bool),
+			Containers: []v1.Container{{Name: "engine", Image: "corepin.io/test/workload:latest",
+				Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: q, v1.ResourceMemory: resource.MustParse("64Mi")}}}},
+		},
+	}
+}
+
+func exclusive(extra ...string) map[string]string {
+	m := map[string]string{api.AnnotationCPUMode: "exclusive"}
+	for i := 0; i+1 < len(extra); i += 2 {
+		m[extra[i]] = extra[i+1]
+	}
+	return m
+}
+
+func waitScheduled(t testing.TB, c kubernetes.Interface, name string) *v1.Pod {
+	t.Helper()
+	var pod *v1.Pod
+	framework.Eventually(t, 60*time.Second, "pod "+name+" scheduled", func() (bool, error) {
+		var err error
+		pod, err = c.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		return err == nil && pod.Spec.NodeName != "", err
+	})
+	return pod
+}
+
+// waitEvent waits for a FailedScheduling event on the pod containing substr.
+func waitEvent(t testing.TB, c kubernetes.Interface, pod, substr string) {
+	t.Helper()
+	framework.Eventually(t, 60*time.Second, fmt.Sprintf("FailedScheduling event for %s with %q", pod, substr), func() (bool, error) {
+		events, err := c.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("involvedObject.name", pod).String()})
+		if err != nil {
+			return false, err
+		}
+		var seen []string
+		for _, e := range events.Items {
+			if e.Reason == "FailedScheduling" && strings.Contains(e.Message, substr) {
+				return true, nil
+			}
+			seen = append(seen, e.Message)
+		}
+		return false, fmt.Errorf("events so far: %q", seen)
+	})
+}
+
+func allocStatus(t testing.TB, pod *v1.Pod) api.AllocStatus {
+	t.Helper()
+	st, err := api.ParseAllocStatus(pod.Annotations[api.AnnotationAllocStatus])
+	if err != nil {
+		t.Fatalf("pod %s: %v", pod.Name, err)
+	}
+	return st
+}
+
+// invariantChecker watches every pod and checks, at every event, that no
+// CPU is held by two pods on a node and no node is over its exclusive
+// limit, and that no pod is ever seen bound without its alloc-status.
+type invariantChecker struct {
+	limit      int
+	mu         sync.Mutex
+	violations []string
+	events     int
+}
+
+func watchInvariants(t testing.TB, c kubernetes.Interface, limit int) *invariantChecker {
+	ic := &invariantChecker{limit: limit}
+	f := informers.NewSharedInformerFactory(c, 0)
+	inf := f.Core().V1().Pods().Informer()
+	check := func(obj any) {
+		ic.mu.Lock()
+		defer ic.mu.Unlock()
+		ic.events++
+		if p, ok := obj.(*v1.Pod); ok && p.Spec.NodeName != "" && p.Annotations[api.AnnotationCPUMode] == "exclusive" &&
+			p.Annotations[api.AnnotationAllocStatus] == "" {
+			ic.violations = append(ic.violations, fmt.Sprintf("pod %s bound to %s without alloc-status", p.Name, p.Spec.NodeName))
+		}
+		held := map[string]cpuset.CPUSet{}
+		for _, o := range inf.GetStore().List() {
+			p := o.(*v1.Pod)
+			st, err := api.ParseAllocStatus(p.Annotations[api.AnnotationAllocStatus])
+			if err != nil {
+				continue
+			}
+			cur, ok := held[st.Node]
+			if !ok {
+				cur = cpuset.New()
+			}
+			if overlap := cur.Intersection(st.CPUs.Set()); !overlap.IsEmpty() {
+				ic.violations = append(ic.violations, fmt.Sprintf("node %s: CPUs %s held twice (pod %s)", st.Node, overlap, p.Name))
+			}
+			held[st.Node] = cur.Union(st.CPUs.Set())
+			if held[st.Node].Size() > ic.limit {
+				ic.violations = append(ic.violations, fmt.Sprintf("node %s: %d exclusive CPUs, limit %d", st.Node, held[st.Node].Size(), ic.limit))
+			}
+		}
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, o any) { check(o) }, DeleteFunc: check})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), inf.HasSynced)
+	return ic
+}
+
+func (ic *invariantChecker) assert(t testing.TB) {
+	t.Helper()
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if len(ic.violations) > 0 {
+		t.Fatalf("%d invariant violations over %d events, first: %v", len(ic.violations), ic.events, ic.violations[:min(5, len(ic.violations))])
+	}
+	if ic.events == 0 {
+		t.Fatal("the invariant checker saw no event")
+	}
+}
+
+// TestExtender runs corepin-extender behind a real kube-scheduler and API
+// server with two 8-CPU nodes (exclusive limit floor(2/3*8) = 5 each).
+func TestExtender(t *testing.T) {
+	cp := framework.StartControlPlane(t)
+	c := cp.Client
+	for _, n := range []string{"node-a", "node-b"} {
+		cp.CreateNode(t, n, 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+	}
+	extPort := framework.FreePort(t)
+	ext := startExtender(t, cp, extPort)
+	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+	checker := watchInvariants(t, c, 5)
+	ctx := context.Background()
+	create := func(p *v1.Pod) {
+		t.Helper()
+		if _, err := c.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("exclusive pods land with alloc-status written before binding", func(t *testing.T) {
+		create(newPod("db-0", podOpts{cpu: "4", annotations: exclusive()}))
+		create(newPod("db-1", podOpts{cpu: "4", annotations: exclusive()}))
+		a, b := waitScheduled(t, c, "db-0"), waitScheduled(t, c, "db-1")
+		sa, sb := allocStatus(t, a), allocStatus(t, b)
+		if sa.Node != a.Spec.NodeName || sb.Node != b.Spec.NodeName || sa.CPUs.Size() != 4 || sb.CPUs.Size() != 4 {
+			t.Fatalf("alloc-status %v on %s, %v on %s", sa, a.Spec.NodeName, sb, b.Spec.NodeName)
+		}
+		// 4 + 4 > 5: the capacity formula sends them to different nodes.
+		if a.Spec.NodeName == b.Spec.NodeName {
+			t.Fatalf("both 4-CPU pods on %s, over its exclusive limit of 5", a.Spec.NodeName)
+		}
+	})
+
+	t.Run("an unschedulable pod's event carries the extender's reason", func(t *testing.T) {
+		create(newPod("db-big", podOpts{cpu: "2", annotations: exclusive()}))
+		waitEvent(t, c, "db-big", "exclusive limit 5 reached (needs 2, holds 4)")
+		create(newPod("bad-spec", podOpts{cpu: "1", annotations: exclusive(api.AnnotationAllocSpec, `{"cpu":"Packed"}`)}))
+		waitEvent(t, c, "bad-spec", `must be SameCoreFirst, Spread or BindAllCPUs (got "Packed")`)
+	})
+
+	t.Run("max-per-node holds", func(t *testing.T) {
+		opts := podOpts{cpu: "100m", annotations: map[string]string{api.AnnotationMaxPerNode: "1"}, labels: map[string]string{"app": "cache"}}
+		create(newPod("cache-0", opts))
+		create(newPod("cache-1", opts))
+		p0, p1 := waitScheduled(t, c, "cache-0"), waitScheduled(t, c, "cache-1")
+		if p0.Spec.NodeName == p1.Spec.NodeName {
+			t.Fatalf("two cache pods on %s with max-per-node 1", p0.Spec.NodeName)
+		}
+		create(newPod("cache-2", opts))
+		waitEvent(t, c, "cache-2", `max-per-node 1 reached for app "cache"`)
+	})
+
+	t.Run("restarting the extender loses nothing", func(t *testing.T) {
+		ext.Stop()
+		if err := c.CoreV1().Pods("default").Delete(ctx, "db-big", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		create(newPod("db-2", podOpts{cpu: "1", annotations: exclusive()}))
+		create(newPod("db-3", podOpts{cpu: "1", annotations: exclusive()}))
+		ext = startExtender(t, cp, extPort)
+		p2, p3 := waitScheduled(t, c, "db-2"), waitScheduled(t, c, "db-3")
+		// Each node now holds 4 + 1: the restarted extender rebuilt the first
+		// pods' CPUs from their annotations and placed around them.
+		for _, p := range []*v1.Pod{p2, p3} {
+			st := allocStatus(t, p)
+			for _, old := range []string{"db-0", "db-1"} {
+				o, _ := c.CoreV1().Pods("default").Get(ctx, old, metav1.GetOptions{})
+				if so := allocStatus(t, o); so.Node == st.Node && !so.CPUs.Intersection(st.CPUs.Set()).IsEmpty() {
+					t.Fatalf("%s got CPUs %s of %s after the restart", p.Name, st.CPUs, old)
+				}
+			}
+		}
+		if p2.Spec.NodeName == p3.Spec.NodeName {
+			t.Fatalf("db-2 and db-3 both on %s: 4+1+1 > 5", p2.Spec.NodeName)
+		}
+	})
+	checker.assert(t)
+}
+
+// TestExtenderChurn creates and deletes 300 exclusive pods concurrently
+// over 20 nodes while an invariant checker watches every intermediate state.
+func TestExtenderChurn(t *testing.T) {
+	cp := framework.StartControlPlane(t)
+	c := cp.Client
+	const nodes, pods, workers = 20, 300, 30
+	for i := 0; i < nodes; i++ {
+		cp.CreateNode(t, fmt.Sprintf("node-%02d", i), 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+	}
+	extPort := framework.FreePort(t)
+	startExtender(t, cp, extPort)
+	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+	checker := watchInvariants(t, c, 5)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, pods)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < pods; i += workers {
+				name := fmt.Sprintf("churn-%03d", i)
+				cpus := fmt.Sprint(1 + i%3)
+				if _, err := c.CoreV1().Pods("default").Create(ctx, newPod(name, podOpts{cpu: cpus, annotations: exclusive()}), metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+				deadline := time.Now().Add(2 * time.Minute)
+				for {
+					p, err := c.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+					if err == nil && p.Spec.NodeName != "" {
+						break
+					}
+					if time.Now().After(deadline) {
+						errs <- fmt.Errorf("%s not scheduled in 2 minutes", name)
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				if err := c.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	checker.assert(t)
+	t.Logf("churn: %d pods over %d nodes, %d pod events checked", pods, nodes, checker.events)
+}
