@@ -99,4 +99,3 @@ func measure(b *testing.B, c kubernetes.Interface, prefix string, n int, schedul
 	})
 	return float64(n) / time.Since(start).Seconds()
 }
-
