@@ -37,7 +37,7 @@ func (n *Node) Allocate(req Request) (Allocation, error) {
 		return Allocation{CPUs: cpuset.New(), Mems: cpuset.New()}, nil
 	}
 	acc := newAccumulator(n, req, true)
-	numas, err := acc.chooseNUMANodes()
+	numas, err := acc.chooseNUMANodes(nil)
 	if err != nil {
 		return Allocation{}, err
 	}
@@ -147,8 +147,9 @@ func (a *cpuAccumulator) units(c candidate) int {
 // from, in the order to use them. Required: one node that fits. Preferred and
 // None: one node if any fits, else as few as possible, largest first. Among
 // nodes that fit, those without a pod of the same app come first (soft rule),
-// then the tightest fit, to keep large nodes whole for large pods.
-func (a *cpuAccumulator) chooseNUMANodes() ([]int, error) {
+// then the tightest fit, to keep large nodes whole for large pods. The
+// result is appended to chosen (a caller's buffer keeps filters allocation-free).
+func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	numas := len(a.topo.numas)
 	// Small fixed buffers keep the filter path free of allocations on
 	// machines with up to 8 NUMA nodes.
@@ -200,7 +201,7 @@ func (a *cpuAccumulator) chooseNUMANodes() ([]int, error) {
 		}
 	}
 	if best >= 0 {
-		return []int{best}, nil
+		return append(chosen, best), nil
 	}
 	if a.req.Intent.Spec.NUMA == api.NUMARequired {
 		most := 0
@@ -226,7 +227,7 @@ func (a *cpuAccumulator) chooseNUMANodes() ([]int, error) {
 		}
 		return !sameApp[ui] && sameApp[uj]
 	})
-	chosen, sum := []int(nil), 0
+	sum := 0
 	for _, u := range order {
 		if sum >= a.need {
 			break

@@ -248,7 +248,7 @@ func TestFeasibilityMatchesAllocation(t *testing.T) {
 			req := exclusiveReq(fmt.Sprintf("p%d", i), fmt.Sprintf("app%d", rng.IntN(3)), 1+rng.IntN(6), spec)
 			feasible := n.CheckTopology(req) == nil
 			acc := newAccumulator(n, req, true)
-			_, err := acc.chooseNUMANodes()
+			_, err := acc.chooseNUMANodes(nil)
 			if feasible != (err == nil) {
 				t.Fatalf("round %d step %d: filter says %v, allocator says %v", round, i, feasible, err)
 			}

@@ -48,7 +48,8 @@ func (n *Node) CheckTopology(req Request) error {
 		return fmt.Errorf("node has no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
 	}
 	acc := newAccumulator(n, req, false)
-	_, err := acc.chooseNUMANodes()
+	var buf [8]int
+	_, err := acc.chooseNUMANodes(buf[:0])
 	return err
 }
 
