@@ -155,7 +155,8 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	// machines with up to 8 NUMA nodes.
 	var capBuf [8]int
 	var appBuf [8]bool
-	capacity, sameApp := capBuf[:0], appBuf[:0]
+	var capacity []int
+	var sameApp []bool
 	if numas <= len(capBuf) {
 		capacity, sameApp = capBuf[:numas], appBuf[:numas]
 	} else {
