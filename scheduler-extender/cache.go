@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -28,13 +30,18 @@ type Cache struct {
 	sched    *Scheduler
 	client   kubernetes.Interface
 	recorder record.EventRecorder
+
+	// problems remembers what was last reported per node, so an event is
+	// recorded when a node's annotations go bad, not on every update.
+	mu       sync.Mutex
+	problems map[string]string
 }
 
 // NewCache wires informers to sched. recorder may be nil.
 func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.EventRecorder) (*Cache, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Transform))
 	c := &Cache{Factory: f, Pods: f.Core().V1().Pods().Informer(), Nodes: f.Core().V1().Nodes().Informer(),
-		sched: sched, client: client, recorder: recorder}
+		sched: sched, client: client, recorder: recorder, problems: map[string]string{}}
 	if _, err := c.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.upsertNode(obj) },
 		UpdateFunc: func(_, obj any) { c.upsertNode(obj) },
@@ -95,8 +102,17 @@ func (c *Cache) upsertNode(obj any) {
 		return
 	}
 	upd := c.sched.UpsertNode(node)
-	for _, p := range upd.Problems {
-		klog.InfoS("Node annotation problem", "node", node.Name, "problem", p)
+	problems := strings.Join(upd.Problems, "; ")
+	c.mu.Lock()
+	changed := c.problems[node.Name] != problems
+	c.problems[node.Name] = problems
+	c.mu.Unlock()
+	if changed && problems != "" {
+		klog.InfoS("Node annotation problem: no new exclusive pods there", "node", node.Name, "problems", problems)
+		if c.recorder != nil {
+			c.recorder.Eventf(&v1.ObjectReference{Kind: "Node", Name: node.Name, UID: node.UID}, v1.EventTypeWarning,
+				"InvalidCorepinAnnotation", "%s", problems)
+		}
 	}
 	if upd.Attention == "" {
 		return
