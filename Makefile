@@ -38,7 +38,7 @@ test-integration: build tools
 	$(GO) test -count=1 -tags integration -timeout 40m ./test/integration/...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./policy/ ./plugin/ ./scheduler-extender/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./policy/ ./scheduler-extender/
 
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(COREPIN_CACHE)/staticcheck-$(STATICCHECK_VERSION)/bin/staticcheck
