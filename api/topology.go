@@ -2,6 +2,8 @@ package api
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -140,25 +142,16 @@ func CompatibleGrow(old, next Topology) error {
 	}
 	oldQ, nextQ := queuesOf(old), queuesOf(next)
 	for _, c := range old.CPUs {
-		for _, name := range sortedKeys(oldQ[c.ID]) {
+		for _, name := range slices.Sorted(maps.Keys(oldQ[c.ID])) {
 			if !nextQ[c.ID][name] {
 				return fmt.Errorf("CPU %d left IO queue %s", c.ID, name)
 			}
 		}
-		for _, name := range sortedKeys(nextQ[c.ID]) {
+		for _, name := range slices.Sorted(maps.Keys(nextQ[c.ID])) {
 			if !oldQ[c.ID][name] {
 				return fmt.Errorf("CPU %d joined IO queue %s", c.ID, name)
 			}
 		}
 	}
 	return nil
-}
-
-func sortedKeys(m map[string]bool) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

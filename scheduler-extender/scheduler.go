@@ -3,7 +3,8 @@ package extender
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -480,24 +481,14 @@ func (s *Scheduler) Forget(key string) {
 func (s *Scheduler) Assumed() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]string, 0, len(s.assumed))
-	for k := range s.assumed {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(s.assumed))
 }
 
 // NodeNames lists the known nodes, sorted.
 func (s *Scheduler) NodeNames() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]string, 0, len(s.nodes))
-	for name := range s.nodes {
-		out = append(out, name)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(s.nodes))
 }
 
 // NodeSnapshot returns a copy of a node's state, for inspection (corepinctl,

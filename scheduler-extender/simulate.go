@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -195,11 +197,7 @@ func simulateCreate(s *Scheduler, binder *memoryBinder, names []string, pod *v1.
 
 // unschedulable renders the reasons the way kube-scheduler summarises them.
 func unschedulable(total int, failed extenderv1.FailedNodesMap) string {
-	names := make([]string, 0, len(failed))
-	for n := range failed {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(failed))
 	parts := make([]string, len(names))
 	for i, n := range names {
 		parts[i] = n + ": " + failed[n]
