@@ -158,7 +158,7 @@ func Transform(obj any) (any, error) {
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Labels: m.Labels}
 	for k, v := range m.Annotations {
-		if len(k) > len("corepin.io/") && k[:len("corepin.io/")] == "corepin.io/" {
+		if strings.HasPrefix(k, "corepin.io/") {
 			if out.Annotations == nil {
 				out.Annotations = map[string]string{}
 			}
