@@ -1,0 +1,160 @@
+package plugin
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/containerd/nri/pkg/api"
+	"k8s.io/utils/cpuset"
+
+	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
+)
+
+// newTestPlugin is a node of 8 CPUs without SMT, CPU 0 reserved (P = 7,
+// exclusive limit floor(2/3*7) = 4).
+func newTestPlugin(t *testing.T) *Plugin {
+	t.Helper()
+	src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+	for i := 0; i < 8; i++ {
+		src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+	}
+	topo, err := policy.NewTopology(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{NodeName: "node-a", SystemNamespaces: []string{"kube-system"}, Limits: corepin.DefaultLimits()}
+	return New(NewLedger(cfg, topo), slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+func sandbox(id, ns, name string, annotations map[string]string) *api.PodSandbox {
+	return &api.PodSandbox{Id: id, Namespace: ns, Name: name, Annotations: annotations}
+}
+
+func ctr(id, sandboxID, name string, milli int64, cpus string) *api.Container {
+	c := &api.Container{Id: id, PodSandboxId: sandboxID, Name: name, State: api.ContainerState_CONTAINER_RUNNING,
+		Linux: &api.LinuxContainer{Resources: &api.LinuxResources{Cpu: &api.LinuxCPU{Cpus: cpus}}}}
+	if milli > 0 {
+		c.Linux.Resources.Cpu.Quota = api.Int64(milli * 100)
+		c.Linux.Resources.Cpu.Period = api.UInt64(100000)
+	}
+	return c
+}
+
+func exclusivePod(id, name, cpus string) *api.PodSandbox {
+	return sandbox(id, "default", name, map[string]string{
+		corepin.AnnotationCPUMode:     "exclusive",
+		corepin.AnnotationAllocStatus: `{"node":"node-a","cpus":"` + cpus + `","containers":{"engine":"` + cpus + `"},"mems":"0"}`,
+	})
+}
+
+func cpusOf(u *api.ContainerUpdate) string { return u.GetLinux().GetResources().GetCpu().GetCpus() }
+
+func TestCreateExclusiveShrinksSharedFirst(t *testing.T) {
+	p := newTestPlugin(t)
+	ctx := context.Background()
+	web := sandbox("s-web", "default", "web", nil)
+	adj, upd, err := p.CreateContainer(ctx, web, ctr("c-web", "s-web", "app", 500, ""))
+	if err != nil || len(upd) != 0 {
+		t.Fatalf("shared create: %v, %d updates", err, len(upd))
+	}
+	if got := adj.GetLinux().GetResources().GetCpu().GetCpus(); got != "1-7" {
+		t.Fatalf("shared container cpus %q, want the pool 1-7", got)
+	}
+	sys := sandbox("s-dns", "kube-system", "dns", nil)
+	adj, _, _ = p.CreateContainer(ctx, sys, ctr("c-dns", "s-dns", "dns", 100, ""))
+	if got := adj.GetLinux().GetResources().GetCpu().GetCpus(); got != "0-7" {
+		t.Fatalf("system container cpus %q, want pool + reserved 0-7", got)
+	}
+
+	db := exclusivePod("s-db", "db", "2-3")
+	adj, upd, err = p.CreateContainer(ctx, db, ctr("c-db", "s-db", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := adj.GetLinux().GetResources().GetCpu(); got.GetCpus() != "2-3" || got.GetMems() != "0" {
+		t.Fatalf("exclusive adjustment %v", got)
+	}
+	want := map[string]string{"c-web": "1,4-7", "c-dns": "0-1,4-7"}
+	if len(upd) != len(want) {
+		t.Fatalf("updates %v, want %v", upd, want)
+	}
+	for _, u := range upd {
+		if want[u.GetContainerId()] != cpusOf(u) {
+			t.Fatalf("update %s -> %s, want %s", u.GetContainerId(), cpusOf(u), want[u.GetContainerId()])
+		}
+	}
+	// A sidecar of the exclusive pod runs in the (shrunk) shared pool.
+	adj, _, err = p.CreateContainer(ctx, db, ctr("c-side", "s-db", "exporter", 100, ""))
+	if err != nil || adj.GetLinux().GetResources().GetCpu().GetCpus() != "1,4-7" {
+		t.Fatalf("sidecar: %v %v", adj, err)
+	}
+
+	upd, err = p.StopContainer(ctx, db, ctr("c-db", "s-db", "engine", 2000, "2-3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	grown := map[string]string{"c-web": "1-7", "c-dns": "0-7", "c-side": "1-7"}
+	for _, u := range upd {
+		if grown[u.GetContainerId()] != cpusOf(u) {
+			t.Fatalf("after stop, %s -> %s: pool not grown back to %s", u.GetContainerId(), cpusOf(u), grown[u.GetContainerId()])
+		}
+	}
+	if len(upd) != 3 || p.Ledger().SharedPool().String() != "1-7" {
+		t.Fatalf("after stop: %d updates, pool %s", len(upd), p.Ledger().SharedPool())
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	p := newTestPlugin(t)
+	ctx := context.Background()
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s1", "db-1", "2-3"), ctr("c1", "s1", "engine", 2000, "")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		sb   *api.PodSandbox
+		want string
+	}{
+		{"overlap", exclusivePod("s2", "db-2", "3-4"), "corepin: pod default/db-2 container engine cpus \"3-4\": CPUs 3-4 for pod default/db-2 on node node-a: CPU 3 is held by pod default/db-1"},
+		{"reserved", exclusivePod("s3", "db-3", "0"), "CPU 0 is reserved"},
+		{"offline", exclusivePod("s4", "db-4", "9"), "CPU 9 is not online"},
+		{"over the limit", exclusivePod("s5", "db-5", "4-6"), "exclusive limit 4 reached (needs 3, holds 2)"},
+		{"not placed", sandbox("s6", "default", "db-6", map[string]string{corepin.AnnotationCPUMode: "exclusive"}), "not placed by the corepin scheduler extender"},
+		{"malformed", sandbox("s7", "default", "db-7", map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocStatus: "{"}), "corepin.io/alloc-status"},
+		{"other node", sandbox("s8", "default", "db-8", map[string]string{corepin.AnnotationCPUMode: "exclusive",
+			corepin.AnnotationAllocStatus: `{"node":"node-b","cpus":"5","containers":{"engine":"5"},"mems":""}`}), `alloc-status is for node "node-b"`},
+	} {
+		_, upd, err := p.CreateContainer(ctx, tc.sb, ctr("c-"+tc.name, tc.sb.Id, "engine", 1000, ""))
+		if err == nil || !strings.HasPrefix(err.Error(), "corepin: ") || !strings.Contains(err.Error(), tc.want) || upd != nil {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	// Nothing refused changed anybody's cores.
+	if pool := p.Ledger().SharedPool().String(); pool != "1,4-7" || len(p.Ledger().Containers()) != 1 {
+		t.Fatalf("after refusals: pool %s, %d containers", pool, len(p.Ledger().Containers()))
+	}
+}
+
+func TestSynchronizeRepairs(t *testing.T) {
+	p := newTestPlugin(t)
+	pods := []*api.PodSandbox{exclusivePod("s-db", "db", "2-3"), sandbox("s-web", "default", "web", nil), exclusivePod("s-bad", "bad", "3")}
+	containers := []*api.Container{
+		ctr("c-db", "s-db", "engine", 2000, "2-3"),
+		ctr("c-web", "s-web", "app", 500, "0-7"), // created while the plugin was down: unpinned
+		ctr("c-bad", "s-bad", "engine", 1000, "3"), // conflicts with db: left where it is
+	}
+	upd, err := p.Synchronize(context.Background(), pods, containers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
+		t.Fatalf("synchronize updates %v", upd)
+	}
+	if p.Ledger().Capacity().E != 2 {
+		t.Fatalf("E = %d after synchronize, want 2", p.Ledger().Capacity().E)
+	}
+}
