@@ -186,4 +186,3 @@ func (p *Plugin) Ledger() *Ledger {
 func (c Class) String() string {
 	return [...]string{"shared", "exclusive", "system", "bindall"}[c]
 }
-

@@ -144,7 +144,7 @@ func TestSynchronizeRepairs(t *testing.T) {
 	pods := []*api.PodSandbox{exclusivePod("s-db", "db", "2-3"), sandbox("s-web", "default", "web", nil), exclusivePod("s-bad", "bad", "3")}
 	containers := []*api.Container{
 		ctr("c-db", "s-db", "engine", 2000, "2-3"),
-		ctr("c-web", "s-web", "app", 500, "0-7"), // created while the plugin was down: unpinned
+		ctr("c-web", "s-web", "app", 500, "0-7"),   // created while the plugin was down: unpinned
 		ctr("c-bad", "s-bad", "engine", 1000, "3"), // conflicts with db: left where it is
 	}
 	upd, err := p.Synchronize(context.Background(), pods, containers)
