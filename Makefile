@@ -26,7 +26,7 @@ test-unit:
 fuzz:
 	hack/fuzz-all.sh $(FUZZTIME)
 
-tools: tools-kube
+tools: tools-containerd tools-kube
 
 tools-containerd:
 	hack/tools-containerd.sh

@@ -42,10 +42,11 @@ func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
 
 // Container is a container the ledger tracks.
 type Container struct {
-	ID    string
-	Pod   Pod
-	Name  string
-	Class Class
+	ID        string
+	SandboxID string
+	Pod       Pod
+	Name      string
+	Class     Class
 	// CPUs are the exclusive CPUs of an Exclusive container.
 	CPUs cpuset.CPUSet
 	Mems cpuset.CPUSet
@@ -156,6 +157,19 @@ func (l *Ledger) Admit(id string, c *Container) error {
 	return nil
 }
 
+// ForgetSandbox drops every container of a pod sandbox and reports whether
+// exclusive CPUs were freed.
+func (l *Ledger) ForgetSandbox(sandboxID string) bool {
+	freed := false
+	for id, c := range l.containers {
+		if c.SandboxID == sandboxID {
+			l.Forget(id)
+			freed = freed || c.Class == Exclusive
+		}
+	}
+	return freed
+}
+
 // Forget drops a container (stopped or removed) and frees its CPUs.
 func (l *Ledger) Forget(id string) (*Container, bool) {
 	c, ok := l.containers[id]
@@ -197,15 +211,20 @@ func (l *Ledger) replacePod(key string) error {
 	}
 	intent, _ := api.ParsePodIntent(pod.Annotations, pod.Labels)
 	p := &policy.Placement{Key: key, App: intent.App, Policy: intent.Spec.CPU, CPUs: cpuset.New(cpus...), SharedMilli: milli, MaxPerNode: intent.MaxPerNode}
+	if err := l.node.Add(p); err != nil { // online, not reserved, not held by another pod
+		return restore(err)
+	}
 	// Only growth is checked against the formula: a pod that keeps or
 	// shrinks its CPUs is never refused what it already holds.
 	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); grew && p.Exclusive() {
-		if err := l.node.CheckExclusiveCapacity(p.CPUs.Size()); err != nil {
-			return restore(err)
+		if c := l.node.Capacity(); c.E > c.ExclusiveLimit {
+			l.node.Remove(key)
+			added := p.CPUs.Size()
+			if had {
+				added -= old.CPUs.Size()
+			}
+			return restore(fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, added, c.E-added))
 		}
-	}
-	if err := l.node.Add(p); err != nil {
-		return restore(err)
 	}
 	return nil
 }

@@ -20,11 +20,35 @@ type Plugin struct {
 	log    *slog.Logger
 	// pods caches the sandboxes NRI told us about, by sandbox ID.
 	pods map[string]Pod
+	// kick asks the plugin's own goroutine to push updates that no
+	// handler could return (a pod removed without a StopContainer).
+	kick chan struct{}
 }
 
 // New returns a plugin over a ledger.
 func New(ledger *Ledger, log *slog.Logger) *Plugin {
-	return &Plugin{ledger: ledger, log: log, pods: map[string]Pod{}}
+	return &Plugin{ledger: ledger, log: log, pods: map[string]Pod{}, kick: make(chan struct{}, 1)}
+}
+
+// Kicks signals when the shared pool grew outside a handler that could
+// answer with updates; the owner then calls PoolUpdates and sends them with
+// stub.UpdateContainers from its own goroutine (never from a handler: that
+// deadlocks with the runtime's lock).
+func (p *Plugin) Kicks() <-chan struct{} { return p.kick }
+
+func (p *Plugin) kickPool() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// PoolUpdates returns updates moving every non-exclusive container to the
+// current pool.
+func (p *Plugin) PoolUpdates() []*api.ContainerUpdate {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.updates("", nil)
 }
 
 func podOf(sb *api.PodSandbox) Pod {
@@ -77,6 +101,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		}
 		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 		if err == nil {
+			classified.SandboxID = c.GetPodSandboxId()
 			err = p.ledger.Admit(c.GetId(), classified)
 		}
 		if err != nil {
@@ -100,6 +125,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	p.pods[sb.GetId()] = pod
 	classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 	if err == nil {
+		classified.SandboxID = sb.GetId()
 		err = p.ledger.Admit(c.GetId(), classified)
 	}
 	if err != nil {
@@ -141,7 +167,22 @@ func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Cont
 func (p *Plugin) RemoveContainer(_ context.Context, _ *api.PodSandbox, c *api.Container) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ledger.Forget(c.GetId())
+	if gone, ok := p.ledger.Forget(c.GetId()); ok && gone.Class == Exclusive {
+		p.kickPool()
+	}
+	return nil
+}
+
+// StopPodSandbox frees the CPUs of every container of the pod: a pod
+// deleted by the kubelet stops its sandbox without a StopContainer per
+// container.
+func (p *Plugin) StopPodSandbox(_ context.Context, sb *api.PodSandbox) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ledger.ForgetSandbox(sb.GetId()) {
+		p.log.Info("Freed exclusive CPUs of a stopped pod", "pod", podOf(sb).Key())
+		p.kickPool()
+	}
 	return nil
 }
 
@@ -150,6 +191,9 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.pods, sb.GetId())
+	if p.ledger.ForgetSandbox(sb.GetId()) {
+		p.kickPool()
+	}
 	return nil
 }
 

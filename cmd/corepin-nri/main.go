@@ -85,7 +85,10 @@ func run(log *slog.Logger, socket, index, node, reserved, systemNS, kubeconfig, 
 			return err
 		}
 		start := time.Now()
-		err = s.Run(ctx)
+		runCtx, cancel := context.WithCancel(ctx)
+		go pushPoolUpdates(runCtx, log, p, s)
+		err = s.Run(runCtx)
+		cancel()
 		if ctx.Err() != nil {
 			break
 		}
@@ -100,6 +103,24 @@ func run(log *slog.Logger, socket, index, node, reserved, systemNS, kubeconfig, 
 		backoff = min(2*backoff, 30*time.Second)
 	}
 	return nil
+}
+
+// pushPoolUpdates sends the updates no handler could return, from the
+// plugin's own goroutine.
+func pushPoolUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub.Stub) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.Kicks():
+			updates := p.PoolUpdates()
+			if len(updates) == 0 {
+				continue
+			}
+			failed, err := s.UpdateContainers(updates)
+			log.Info("Grew the shared pool back", "updates", len(updates), "failed", len(failed), "err", err)
+		}
+	}
 }
 
 // checkCPUManager refuses to run beside the kubelet's static CPU manager:

@@ -1,0 +1,143 @@
+//go:build integration
+
+package integration
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/utils/cpuset"
+
+	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/test/integration/framework"
+)
+
+func startPlugin(t *testing.T, ctrd *framework.Containerd) *framework.Process {
+	t.Helper()
+	p := framework.Start(t, ctrd.Dir, fmt.Sprintf("corepin-nri-%d", time.Now().UnixNano()), repoBin(t, "corepin-nri"),
+		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir())
+	framework.Eventually(t, 30*time.Second, "corepin-nri connected", func() (bool, error) {
+		if exited, err := p.Exited(); exited {
+			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(p.Log, 20))
+		}
+		return strings.Contains(framework.Tail(p.Log, 50), "Synchronized"), nil
+	})
+	return p
+}
+
+func allocStatusFor(cpus cpuset.CPUSet) map[string]string {
+	return map[string]string{
+		api.AnnotationCPUMode:     "exclusive",
+		api.AnnotationAllocStatus: fmt.Sprintf(`{"node":"node-a","cpus":%q,"containers":{"engine":%q},"mems":"0"}`, cpus, cpus),
+	}
+}
+
+// TestPluginWithContainerd runs corepin-nri against a real containerd and
+// runc, creating pods through CRI, and checks the CPUs from inside the
+// containers. Sized from this machine: the last CPU is exclusive (the
+// exclusive limit on 2 CPUs is floor(2/3*2) = 1), the rest is the pool.
+func TestPluginWithContainerd(t *testing.T) {
+	n := runtime.NumCPU()
+	if n < 2 {
+		t.Skip("needs at least 2 CPUs")
+	}
+	all := cpuset.New(makeRange(0, n-1)...)
+	exclusiveCPU := cpuset.New(n - 1)
+	pool := all.Difference(exclusiveCPU)
+
+	parent := t
+	ctrd := framework.StartContainerd(t)
+	plugin := startPlugin(t, ctrd)
+
+	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
+	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd.StartContainer(t, web)
+	if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(all) {
+		t.Fatalf("shared container before any exclusive one: %s, want %s", got.Allowed, all)
+	}
+
+	dbID, dbCfg := ctrd.RunPod(t, "default", "db", allocStatusFor(exclusiveCPU))
+	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
+	if err != nil {
+		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
+	}
+	// The shrink is applied with the creation, before the container starts.
+	if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) || !got.Cgroup.Equals(pool) {
+		t.Fatalf("shared container after the exclusive create: %+v, want %s", got, pool)
+	}
+	ctrd.StartContainer(t, db)
+	if first := ctrd.FirstLog(t, dbCfg, "engine"); !first.Allowed.Equals(exclusiveCPU) {
+		t.Fatalf("exclusive container's first instruction saw %s, want %s", first.Allowed, exclusiveCPU)
+	}
+	if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) || !got.Cgroup.Equals(exclusiveCPU) {
+		t.Fatalf("exclusive container: %+v, want %s", got, exclusiveCPU)
+	}
+
+	t.Run("overlapping and malformed allocations are refused", func(t *testing.T) {
+		id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(exclusiveCPU))
+		_, err := ctrd.CreateContainer(id, cfg, "engine", 1000)
+		if err == nil || !strings.Contains(err.Error(), "corepin: pod default/db-2 container engine") || !strings.Contains(err.Error(), "held by pod default/db") {
+			t.Fatalf("overlap: %v", err)
+		}
+		bad := map[string]string{api.AnnotationCPUMode: "exclusive", api.AnnotationAllocStatus: `{"node":"node-a","cpus":"0-x"}`}
+		id, cfg = ctrd.RunPod(t, "default", "db-3", bad)
+		if _, err := ctrd.CreateContainer(id, cfg, "engine", 1000); err == nil || !strings.Contains(err.Error(), api.AnnotationAllocStatus) {
+			t.Fatalf("malformed: %v", err)
+		}
+		if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) {
+			t.Fatalf("a refused pod moved the exclusive container to %s", got.Allowed)
+		}
+	})
+
+	t.Run("kill -9 of the plugin and its restart change no cpuset", func(t *testing.T) {
+		plugin.Kill()
+		plugin = startPlugin(parent, ctrd) // lives beyond this subtest
+		if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
+			t.Fatalf("shared container after the plugin restart: %s, want %s", got.Allowed, pool)
+		}
+		if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) {
+			t.Fatalf("exclusive container after the plugin restart: %s", got.Allowed)
+		}
+	})
+
+	t.Run("removing the exclusive pod grows the pool back", func(t *testing.T) {
+		ctrd.RemovePod(t, dbID)
+		framework.Eventually(t, 30*time.Second, "shared pool grown back", func() (bool, error) {
+			got := ctrd.ExecStatus(t, web)
+			return got.Allowed.Equals(all), fmt.Errorf("shared container sees %s", got.Allowed)
+		})
+	})
+
+	t.Run("after a containerd restart the plugin is back and enforcing", func(t *testing.T) {
+		ctrd.Restart()
+		framework.Eventually(t, 60*time.Second, "plugin resynchronized", func() (bool, error) {
+			return strings.Count(framework.Tail(plugin.Log, 200), "Synchronized") >= 2, nil
+		})
+		id, cfg := ctrd.RunPod(t, "default", "db-4", allocStatusFor(exclusiveCPU))
+		c, err := ctrd.CreateContainer(id, cfg, "engine", 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrd.StartContainer(t, c)
+		if got := ctrd.ExecStatus(t, c); !got.Allowed.Equals(exclusiveCPU) {
+			t.Fatalf("exclusive container after the containerd restart: %s", got.Allowed)
+		}
+		if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
+			t.Fatalf("shared container after the containerd restart: %s", got.Allowed)
+		}
+	})
+}
+
+func makeRange(lo, hi int) []int {
+	var out []int
+	for i := lo; i <= hi; i++ {
+		out = append(out, i)
+	}
+	return out
+}
