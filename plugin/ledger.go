@@ -7,7 +7,8 @@ package plugin
 
 import (
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 
 	"k8s.io/utils/cpuset"
 
@@ -53,6 +54,39 @@ type Container struct {
 	// Milli is the container's CPU amount (quota, else shares), for the
 	// capacity formula's shared sum.
 	Milli int64
+	// CgroupsPath is the runtime's cgroup path of the container, to read
+	// its actual cpuset for drift.
+	CgroupsPath string
+	// Quota and Period are the CFS limit the container was created with
+	// (Quota <= 0: none), restored when release-isolate-mode is unset.
+	Quota  int64
+	Period uint64
+
+	// cpus caches CPUs.String().
+	cpus string
+	// applied is what the plugin last set (or found) on the container.
+	applied applied
+}
+
+// applied is the pinning a container was last given.
+type applied struct {
+	known bool
+	// cpus as a Linux CPU list: comparing lists is what makes a reply with
+	// hundreds of updates cheap.
+	cpus string
+	// lifted: the CFS quota is lifted (release-isolate-mode).
+	lifted bool
+}
+
+// Release is a pod's live release switch as the API server has it. The
+// sandbox's annotations are fixed when the pod is created; these follow
+// `kubectl annotate`.
+type Release struct {
+	Isolate        bool
+	ExcludeReserve bool
+	// LimitMilli is each container's CPU limit from the pod spec, to
+	// restore a quota the plugin lifted before it restarted.
+	LimitMilli map[string]int64
 }
 
 // Config is the node's policy.
@@ -72,11 +106,59 @@ type Ledger struct {
 	topo       *policy.Topology
 	node       *policy.Node
 	containers map[string]*Container
+	// release holds the live release switch of pods the API server told us
+	// about, by pod key; it overrides the sandbox's annotations.
+	release map[string]Release
+	// pool caches the shared pool between changes.
+	pool *cpuset.CPUSet
 }
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
-	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}}
+	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{}}
+}
+
+// SetRelease records a pod's live release switch and reports whether any of
+// its containers must change.
+func (l *Ledger) SetRelease(key string, r Release) bool {
+	old, had := l.release[key]
+	l.release[key] = r
+	if had && old.Isolate == r.Isolate && old.ExcludeReserve == r.ExcludeReserve {
+		return false
+	}
+	for _, c := range l.containers {
+		if c.Pod.Key() == key && c.Class == Exclusive {
+			return true
+		}
+	}
+	return false
+}
+
+// ForgetRelease drops a deleted pod's live switch.
+func (l *Ledger) ForgetRelease(key string) { delete(l.release, key) }
+
+// releaseOf is the release switch in force for a container's pod.
+func (l *Ledger) releaseOf(c *Container) Release {
+	if r, ok := l.release[c.Pod.Key()]; ok {
+		return r
+	}
+	intent, _ := api.ParsePodIntent(c.Pod.Annotations, c.Pod.Labels)
+	return Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}
+}
+
+// Lifted reports whether a container runs released: an exclusive container
+// whose pod has release-isolate-mode on runs on every online CPU with its
+// CFS quota lifted, while its own CPUs stay held for it.
+func (l *Ledger) Lifted(c *Container) bool {
+	return c.Class == Exclusive && l.releaseOf(c).Isolate
+}
+
+// wide is every online CPU, minus the reserved ones when excludeReserve.
+func (l *Ledger) wide(excludeReserve bool) cpuset.CPUSet {
+	if excludeReserve {
+		return l.topo.Online().Difference(l.topo.Reserved())
+	}
+	return l.topo.Online()
 }
 
 // Refusal is an allocation the plugin will not apply; its message names the
@@ -198,6 +280,7 @@ func (l *Ledger) replacePod(key string) error {
 			milli += c.Milli
 		}
 	}
+	l.pool = nil // recomputed on demand
 	old, had := l.node.Pod(key)
 	l.node.Remove(key)
 	if pod == nil {
@@ -230,39 +313,146 @@ func (l *Ledger) replacePod(key string) error {
 }
 
 // SharedPool is online minus reserved minus the CPUs of exclusive containers.
-func (l *Ledger) SharedPool() cpuset.CPUSet { return l.node.SharedPool() }
+func (l *Ledger) SharedPool() cpuset.CPUSet {
+	if l.pool == nil {
+		pool := l.node.SharedPool()
+		l.pool = &pool
+	}
+	return *l.pool
+}
 
 // CPUsFor is the cpuset a container should have now.
 func (l *Ledger) CPUsFor(c *Container) cpuset.CPUSet {
 	switch c.Class {
 	case Exclusive:
+		if r := l.releaseOf(c); r.Isolate {
+			return l.wide(r.ExcludeReserve)
+		}
 		return c.CPUs
 	case System:
 		return l.SharedPool().Union(l.topo.Reserved())
 	case BindAll:
-		intent, _ := api.ParsePodIntent(c.Pod.Annotations, c.Pod.Labels)
-		if intent.ExcludeReserve {
-			return l.topo.Online().Difference(l.topo.Reserved())
-		}
-		return l.topo.Online()
+		return l.wide(l.releaseOf(c).ExcludeReserve)
 	}
 	return l.SharedPool()
 }
 
-// Drifted returns the containers (other than skip) whose current cpuset,
-// as given by current, differs from what the ledger says, sorted by ID.
-func (l *Ledger) Drifted(skip string, current func(*Container) (cpuset.CPUSet, bool)) []*Container {
-	var out []*Container
-	for id, c := range l.containers {
-		if id == skip {
+// Change is one container whose pinning must be brought to what the
+// ledger says.
+type Change struct {
+	Container *Container
+	// CPUs is the cpuset to give it, as a Linux CPU list.
+	CPUs string
+	// Lift or Restore the CFS quota (release-isolate-mode set or unset).
+	Lift, Restore bool
+	// Quota and Period to restore (Quota <= 0: leave the quota as it is).
+	Quota  int64
+	Period uint64
+}
+
+// lists memoises the CPU lists the containers of one class share, for one
+// pass over the ledger.
+type lists struct {
+	l                        *Ledger
+	pool, system, wide, all  string
+	poolOK, systemOK, wideOK bool
+	allOK                    bool
+}
+
+func (v *lists) of(c *Container) string {
+	memo := func(ok *bool, s *string, f func() cpuset.CPUSet) string {
+		if !*ok {
+			*s, *ok = f().String(), true
+		}
+		return *s
+	}
+	switch c.Class {
+	case Exclusive, BindAll:
+		if c.Class == BindAll || v.l.releaseOf(c).Isolate {
+			if v.l.releaseOf(c).ExcludeReserve {
+				return memo(&v.wideOK, &v.wide, func() cpuset.CPUSet { return v.l.wide(true) })
+			}
+			return memo(&v.allOK, &v.all, func() cpuset.CPUSet { return v.l.wide(false) })
+		}
+		return c.cpuList()
+	case System:
+		return memo(&v.systemOK, &v.system, func() cpuset.CPUSet { return v.l.SharedPool().Union(v.l.topo.Reserved()) })
+	}
+	return memo(&v.poolOK, &v.pool, v.l.SharedPool)
+}
+
+// cpuList is an exclusive container's own CPUs as a list (they never change).
+func (c *Container) cpuList() string {
+	if c.cpus == "" {
+		c.cpus = c.CPUs.String()
+	}
+	return c.cpus
+}
+
+// Changes lists the containers (other than skip) whose applied pinning
+// differs from the ledger's, sorted by ID, and records the new pinning as
+// applied: the caller hands them to the runtime.
+func (l *Ledger) Changes(skip string) []Change {
+	var out []Change
+	want := lists{l: l}
+	for _, c := range l.Containers() {
+		if c.ID == skip {
 			continue
 		}
-		if cur, ok := current(c); !ok || !cur.Equals(l.CPUsFor(c)) {
-			out = append(out, c)
+		cpus, lift := want.of(c), l.Lifted(c)
+		if c.applied.known && c.applied.cpus == cpus && c.applied.lifted == lift {
+			continue
 		}
+		ch := Change{Container: c, CPUs: cpus}
+		switch {
+		case lift && !(c.applied.known && c.applied.lifted):
+			ch.Lift = true
+		case !lift && c.applied.lifted:
+			ch.Restore = true
+			ch.Quota, ch.Period = l.originalQuota(c)
+		}
+		c.applied = applied{known: true, cpus: cpus, lifted: lift}
+		out = append(out, ch)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// originalQuota is the CFS limit to restore: the one the container was
+// created with, else the pod spec's limit (a quota lifted before the
+// plugin restarted), else none.
+func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
+	period := c.Period
+	if period == 0 {
+		period = 100000 // the kubelet's default CFS period
+	}
+	if c.Quota > 0 {
+		return c.Quota, period
+	}
+	if milli := l.release[c.Pod.Key()].LimitMilli[c.Name]; milli > 0 {
+		return milli * int64(period) / 1000, period
+	}
+	return 0, period
+}
+
+// Applied records the pinning a container was given or was found with.
+func (l *Ledger) Applied(id string, cpus cpuset.CPUSet, lifted bool) {
+	if c, ok := l.containers[id]; ok {
+		c.applied = applied{known: true, cpus: cpus.String(), lifted: lifted}
+	}
+}
+
+// Unknown forgets what a container was given, so the next Changes repairs
+// it (drift found, or a container whose state the runtime did not report).
+func (l *Ledger) Unknown(id string) {
+	if c, ok := l.containers[id]; ok {
+		c.applied.known = false
+	}
+}
+
+// Container returns a tracked container.
+func (l *Ledger) Container(id string) (*Container, bool) {
+	c, ok := l.containers[id]
+	return c, ok
 }
 
 // Containers returns the tracked containers sorted by ID.
@@ -271,7 +461,7 @@ func (l *Ledger) Containers() []*Container {
 	for _, c := range l.containers {
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	slices.SortFunc(out, func(a, b *Container) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 

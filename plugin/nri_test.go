@@ -86,3 +86,106 @@ func TestOverNRI(t *testing.T) {
 		t.Fatalf("updates with the stop: %v", stopResp.GetUpdate())
 	}
 }
+
+// TestResyncAfterRestart restarts the plugin under a running runtime: the
+// new instance learns the node from Synchronize (its ledger starts empty),
+// repairs the container created while it was away, still refuses an
+// overlap, and its unsolicited updates (a pod removed without
+// StopContainer) reach the runtime's update function.
+func TestResyncAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "nri.sock")
+	for _, d := range []string{"plugins", "conf.d"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, web := exclusivePod("s-db", "db", "2-3"), sandbox("s-web", "default", "web", nil)
+	// What the runtime holds: db pinned, web created while no plugin ran.
+	pods := []*api.PodSandbox{db, web}
+	containers := []*api.Container{ctr("c-db", "s-db", "engine", 2000, "2-3"), ctr("c-web", "s-web", "app", 500, "0-7")}
+	synced := make(chan []*api.ContainerUpdate, 4)
+	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
+		updates, err := cb(ctx, pods, containers)
+		synced <- updates
+		return err
+	}
+	unsolicited := make(chan []*api.ContainerUpdate, 4)
+	updateFn := func(_ context.Context, u []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
+		unsolicited <- u
+		return nil, nil
+	}
+	runtime, err := adaptation.New("corepin-test", "v1", syncFn, updateFn,
+		adaptation.WithSocketPath(socket), adaptation.WithPluginPath(filepath.Join(dir, "plugins")),
+		adaptation.WithPluginConfigPath(filepath.Join(dir, "conf.d")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runtime.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer runtime.Stop()
+	<-synced // Start synchronizes the (no) pre-installed plugins
+
+	connect := func() (*Plugin, context.CancelFunc) {
+		p := newTestPlugin(t)
+		s, err := stub.New(p, stub.WithSocketPath(socket), stub.WithPluginIdx("10"), stub.WithPluginName("corepin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _ = s.Run(ctx) }()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-p.Pending():
+					_, _ = s.UpdateContainers(p.PendingUpdates())
+				}
+			}
+		}()
+		return p, cancel
+	}
+	waitSync := func() []*api.ContainerUpdate {
+		select {
+		case u := <-synced:
+			return u
+		case <-time.After(20 * time.Second):
+			t.Fatal("the plugin never synchronized")
+			return nil
+		}
+	}
+
+	_, stop := connect()
+	if u := waitSync(); len(u) != 1 || u[0].GetContainerId() != "c-web" || cpusOf(u[0]) != "1,4-7" {
+		t.Fatalf("first sync repaired %v, want c-web to 1,4-7", u)
+	}
+	stop() // the plugin goes away; containerd keeps running
+
+	containers[1] = ctr("c-web", "s-web", "app", 500, "1,4-7")
+	p, stop := connect()
+	defer stop()
+	if u := waitSync(); len(u) != 0 {
+		t.Fatalf("a resync with every cpuset right issued %v", u)
+	}
+	if e := p.Ledger().Capacity().E; e != 2 {
+		t.Fatalf("after resync the ledger holds %d exclusive CPUs, want 2", e)
+	}
+	ctx := context.Background()
+	if _, err := runtime.CreateContainer(ctx, &api.CreateContainerRequest{Pod: exclusivePod("s-x", "x", "3"), Container: ctr("c-x", "s-x", "engine", 1000, "")}); err == nil {
+		t.Fatal("after resync an overlapping allocation was not refused")
+	}
+	// The kubelet removes db without stopping its container first.
+	if err := runtime.RemovePodSandbox(ctx, &api.RemovePodSandboxRequest{Pod: db}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case u := <-unsolicited:
+		if len(u) != 1 || u[0].GetContainerId() != "c-web" || cpusOf(u[0]) != "1-7" {
+			t.Fatalf("unsolicited updates %v, want c-web grown to 1-7", u)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool was not grown back after the pod went")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"k8s.io/utils/cpuset"
@@ -15,40 +16,140 @@ import (
 // Plugin is the NRI plugin. Its handlers are thin: parse the NRI objects,
 // decide through the Ledger, answer with adjustments and updates.
 type Plugin struct {
-	mu     sync.Mutex
-	ledger *Ledger
-	log    *slog.Logger
+	mu      sync.Mutex
+	ledger  *Ledger
+	log     *slog.Logger
+	metrics *Metrics
 	// pods caches the sandboxes NRI told us about, by sandbox ID.
 	pods map[string]Pod
-	// kick asks the plugin's own goroutine to push updates that no
-	// handler could return (a pod removed without a StopContainer).
-	kick chan struct{}
+	// pending asks the plugin's own goroutine to push updates that no
+	// handler could return (a pod removed without a StopContainer, a
+	// release switch flipped, drift found).
+	pending chan struct{}
+	// poolChanged tells the publisher the shared pool changed.
+	poolChanged chan struct{}
+	lastPool    cpuset.CPUSet
+	// checkConfig validates the configuration the runtime hands a
+	// pre-installed plugin (may be nil).
+	checkConfig func(string) error
 }
 
-// New returns a plugin over a ledger.
-func New(ledger *Ledger, log *slog.Logger) *Plugin {
-	return &Plugin{ledger: ledger, log: log, pods: map[string]Pod{}, kick: make(chan struct{}, 1)}
+// New returns a plugin over a ledger. metrics may be nil.
+func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
+	if metrics == nil {
+		metrics = NewMetrics()
+	}
+	p := &Plugin{ledger: ledger, log: log, metrics: metrics, pods: map[string]Pod{},
+		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1)}
+	p.changed()
+	return p
 }
 
-// Kicks signals when the shared pool grew outside a handler that could
-// answer with updates; the owner then calls PoolUpdates and sends them with
+// SetConfigCheck sets the validation of the configuration the runtime
+// passes in Configure (a pre-installed plugin's conf.d file).
+func (p *Plugin) SetConfigCheck(check func(config string) error) { p.checkConfig = check }
+
+// Pending signals that updates are waiting that no handler could return;
+// the owner then calls PendingUpdates and sends them with
 // stub.UpdateContainers from its own goroutine (never from a handler: that
 // deadlocks with the runtime's lock).
-func (p *Plugin) Kicks() <-chan struct{} { return p.kick }
+func (p *Plugin) Pending() <-chan struct{} { return p.pending }
 
-func (p *Plugin) kickPool() {
+// PoolChanged signals that the shared pool changed (for publishing).
+func (p *Plugin) PoolChanged() <-chan struct{} { return p.poolChanged }
+
+func notify(ch chan struct{}) {
 	select {
-	case p.kick <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
 
-// PoolUpdates returns updates moving every non-exclusive container to the
-// current pool.
-func (p *Plugin) PoolUpdates() []*api.ContainerUpdate {
+// changed refreshes the gauges and tells the publisher when the pool
+// moved. Called with p.mu held after every change to the ledger.
+func (p *Plugin) changed() {
+	p.metrics.state(p.ledger)
+	if pool := p.ledger.SharedPool(); !pool.Equals(p.lastPool) {
+		p.lastPool = pool
+		notify(p.poolChanged)
+	}
+}
+
+// PendingUpdates returns the updates that bring every container to what
+// the ledger says.
+func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.updates("", nil)
+	return p.updates("", "grow")
+}
+
+// SharedPool is the current shared pool.
+func (p *Plugin) SharedPool() cpuset.CPUSet {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ledger.SharedPool()
+}
+
+// SetRelease applies a pod's live release switch (from the API server):
+// its exclusive containers are widened, or restored, by the plugin's own
+// goroutine.
+func (p *Plugin) SetRelease(namespace, name string, r Release) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := namespace + "/" + name
+	if p.ledger.SetRelease(key, r) {
+		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
+		notify(p.pending)
+	}
+}
+
+// ForgetRelease drops a deleted pod's live release switch.
+func (p *Plugin) ForgetRelease(namespace, name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ledger.ForgetRelease(namespace + "/" + name)
+}
+
+// CheckDrift reads every pinned container's actual cpuset and marks the
+// ones that differ from what the plugin gave them, for the plugin's own
+// goroutine to correct. It returns how many drifted.
+func (p *Plugin) CheckDrift(read func(*Container) (cpuset.CPUSet, error)) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	drifted := 0
+	for _, c := range p.ledger.Containers() {
+		if !c.applied.known || c.CgroupsPath == "" {
+			continue
+		}
+		actual, err := read(c)
+		if err != nil {
+			// Gone meanwhile, or not readable here: nothing to correct.
+			p.log.Debug("Cannot read a container's cpuset", "pod", c.Pod.Key(), "container", c.Name, "err", err)
+			continue
+		}
+		if actual.String() != c.applied.cpus {
+			p.log.Warn("Cpuset drifted; correcting", "pod", c.Pod.Key(), "container", c.Name, "actual", actual.String(), "want", c.applied.cpus)
+			p.ledger.Unknown(c.ID)
+			drifted++
+		}
+	}
+	if drifted > 0 {
+		p.metrics.driftCorrections.Add(float64(drifted))
+		notify(p.pending)
+	}
+	return drifted
+}
+
+// Configure is called by the runtime when the plugin registers; a
+// pre-installed plugin gets its conf.d file here.
+func (p *Plugin) Configure(_ context.Context, config, runtime, version string) (api.EventMask, error) {
+	p.log.Info("Connected to the runtime", "runtime", runtime, "version", version)
+	if config != "" && p.checkConfig != nil {
+		if err := p.checkConfig(config); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil // every event the plugin handles
 }
 
 func podOf(sb *api.PodSandbox) Pod {
@@ -77,41 +178,72 @@ func currentCPUs(c *api.Container) (cpuset.CPUSet, bool) {
 	return set, err == nil
 }
 
+// cfs is a container's CFS quota and period (quota <= 0: none).
+func cfs(c *api.Container) (int64, uint64) {
+	cpu := c.GetLinux().GetResources().GetCpu()
+	var quota int64
+	var period uint64
+	if q := cpu.GetQuota().Get(); q != nil {
+		quota = *q
+	}
+	if pp := cpu.GetPeriod().Get(); pp != nil {
+		period = *pp
+	}
+	return quota, period
+}
+
+// describe fills in what the plugin keeps of a container besides its class.
+func describe(classified *Container, c *api.Container) {
+	classified.SandboxID = c.GetPodSandboxId()
+	classified.CgroupsPath = c.GetLinux().GetCgroupsPath()
+	classified.Quota, classified.Period = cfs(c)
+}
+
 // Synchronize rebuilds the ledger from the containers that exist and
 // returns updates for every container whose cpuset is not what it should
 // be. A container whose allocation conflicts with another's keeps running
-// where it is; the conflict is logged and returned as an error only in the
-// log, so the plugin still registers.
+// where it is; the conflict is logged and counted, and the plugin still
+// registers.
 func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containers []*api.Container) ([]*api.ContainerUpdate, error) {
+	defer p.metrics.observe("Synchronize", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	release := p.ledger.release
 	p.ledger = NewLedger(p.ledger.cfg, p.ledger.topo)
+	p.ledger.release = release // the API server's view survives a reconnect
 	p.pods = map[string]Pod{}
 	for _, sb := range pods {
 		p.pods[sb.GetId()] = podOf(sb)
 	}
-	current := map[string]cpuset.CPUSet{}
 	for _, c := range containers {
 		if s := c.GetState(); s != api.ContainerState_CONTAINER_CREATED && s != api.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
 		pod := p.pods[c.GetPodSandboxId()]
-		if cur, ok := currentCPUs(c); ok {
-			current[c.GetId()] = cur
-		}
 		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 		if err == nil {
-			classified.SandboxID = c.GetPodSandboxId()
+			describe(classified, c)
 			err = p.ledger.Admit(c.GetId(), classified)
 		}
 		if err != nil {
-			// Keep it in the shared pool's accounting without touching its cores.
+			// Not in the ledger: its cores are not taken from it, and no
+			// one else is given them by this plugin until it goes.
+			p.metrics.conflicts.Inc()
 			p.log.Error("Conflict at synchronize: container left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
 			continue
 		}
+		if cur, ok := currentCPUs(c); ok {
+			// A quota found lifted on a released container was lifted by us.
+			quota, _ := cfs(c)
+			p.ledger.Applied(c.GetId(), cur, p.ledger.Lifted(classified) && quota <= 0)
+			if p.ledger.Lifted(classified) {
+				classified.Quota = 0 // the original is the pod spec's limit
+			}
+		}
 	}
-	updates := p.updates("", func(c *Container) (cpuset.CPUSet, bool) { cur, ok := current[c.ID]; return cur, ok })
-	p.log.Info("Synchronized", "containers", len(p.ledger.Containers()), "updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
+	updates := p.updates("", "repair")
+	p.changed()
+	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
 	return updates, nil
 }
 
@@ -119,57 +251,67 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 // that move every other container to its new cpuset, so the shared pool
 // shrinks before the new container starts.
 func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	defer p.metrics.observe("CreateContainer", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pod := podOf(sb)
 	p.pods[sb.GetId()] = pod
 	classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 	if err == nil {
+		describe(classified, c)
 		classified.SandboxID = sb.GetId()
 		err = p.ledger.Admit(c.GetId(), classified)
 	}
 	if err != nil {
 		var r *Refusal
 		if errors.As(err, &r) {
+			p.metrics.refusals.WithLabelValues(r.Kind).Inc()
 			p.log.Warn("Refused container", "pod", r.Pod, "container", r.Container, "cpus", r.CPUs, "reason", r.Reason)
 		}
 		return nil, nil, err
 	}
+	cpus, lifted := p.ledger.CPUsFor(classified), p.ledger.Lifted(classified)
 	adjust := &api.ContainerAdjustment{}
-	adjust.SetLinuxCPUSetCPUs(p.ledger.CPUsFor(classified).String())
+	adjust.SetLinuxCPUSetCPUs(cpus.String())
 	if classified.Class == Exclusive && classified.Mems.Size() > 0 {
 		adjust.SetLinuxCPUSetMems(classified.Mems.String())
 	}
-	var updates []*api.ContainerUpdate
-	if classified.Class == Exclusive {
-		// Everyone else's cpuset is assumed to be what the ledger said before.
-		updates = p.updates(c.GetId(), nil)
+	if lifted {
+		adjust.SetLinuxCPUQuota(-1)
 	}
+	p.ledger.Applied(c.GetId(), cpus, lifted)
+	// Everyone else's cpuset is assumed to be what the ledger last gave it.
+	updates := p.updates(c.GetId(), "shrink")
+	p.changed()
 	p.log.Info("Pinned container", "pod", pod.Key(), "container", c.GetName(), "class", classified.Class,
-		"cpus", p.ledger.CPUsFor(classified).String(), "updates", len(updates))
+		"cpus", cpus.String(), "released", lifted, "updates", len(updates))
 	return adjust, updates, nil
 }
 
 // StopContainer frees an exclusive container's CPUs and grows the others back.
 func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Container) ([]*api.ContainerUpdate, error) {
+	defer p.metrics.observe("StopContainer", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	gone, ok := p.ledger.Forget(c.GetId())
 	if !ok || gone.Class != Exclusive {
 		return nil, nil
 	}
-	updates := p.updates("", nil)
+	updates := p.updates("", "grow")
+	p.changed()
 	p.log.Info("Freed exclusive CPUs", "pod", gone.Pod.Key(), "container", gone.Name, "cpus", gone.CPUs.String(), "updates", len(updates))
 	return updates, nil
 }
 
 // RemoveContainer forgets a container (StopContainer usually did already).
 func (p *Plugin) RemoveContainer(_ context.Context, _ *api.PodSandbox, c *api.Container) error {
+	defer p.metrics.observe("RemoveContainer", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if gone, ok := p.ledger.Forget(c.GetId()); ok && gone.Class == Exclusive {
-		p.kickPool()
+		notify(p.pending)
 	}
+	p.changed()
 	return nil
 }
 
@@ -177,45 +319,69 @@ func (p *Plugin) RemoveContainer(_ context.Context, _ *api.PodSandbox, c *api.Co
 // deleted by the kubelet stops its sandbox without a StopContainer per
 // container.
 func (p *Plugin) StopPodSandbox(_ context.Context, sb *api.PodSandbox) error {
+	defer p.metrics.observe("StopPodSandbox", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ledger.ForgetSandbox(sb.GetId()) {
 		p.log.Info("Freed exclusive CPUs of a stopped pod", "pod", podOf(sb).Key())
-		p.kickPool()
+		notify(p.pending)
 	}
+	p.changed()
 	return nil
 }
 
 // RemovePodSandbox forgets the sandbox.
 func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
+	defer p.metrics.observe("RemovePodSandbox", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.pods, sb.GetId())
 	if p.ledger.ForgetSandbox(sb.GetId()) {
-		p.kickPool()
+		notify(p.pending)
 	}
+	p.changed()
 	return nil
 }
 
-// updates returns cpuset updates for the containers (other than skip) whose
-// cpuset differs from the ledger's, as current reports it; with current nil
-// the shared pool changed, and every container outside it is left alone.
-func (p *Plugin) updates(skip string, current func(*Container) (cpuset.CPUSet, bool)) []*api.ContainerUpdate {
-	if current == nil {
-		current = func(c *Container) (cpuset.CPUSet, bool) {
-			if c.Class == Exclusive {
-				return c.CPUs, true
-			}
-			return cpuset.New(), false
-		}
+// updates turns the ledger's pending changes (other than skip's) into NRI
+// container updates, counted under reason unless they lift or restore a
+// release.
+func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
+	changes := p.ledger.Changes(skip)
+	if len(changes) == 0 {
+		return nil
 	}
-	var out []*api.ContainerUpdate
-	for _, c := range p.ledger.Drifted(skip, current) {
-		u := &api.ContainerUpdate{ContainerId: c.ID}
-		u.SetLinuxCPUSetCPUs(p.ledger.CPUsFor(c).String())
+	// One allocation per message type for the whole reply: an exclusive
+	// container's creation can move hundreds of shared containers.
+	var (
+		out       = make([]*api.ContainerUpdate, len(changes))
+		updates   = make([]api.ContainerUpdate, len(changes))
+		linux     = make([]api.LinuxContainerUpdate, len(changes))
+		resources = make([]api.LinuxResources, len(changes))
+		cpus      = make([]api.LinuxCPU, len(changes))
+	)
+	for i, ch := range changes {
+		cpus[i].Cpus = ch.CPUs
+		resources[i].Cpu = &cpus[i]
+		linux[i].Resources = &resources[i]
+		u := &updates[i]
+		u.ContainerId, u.Linux = ch.Container.ID, &linux[i]
 		// A container that exited meanwhile must not fail the whole reply.
-		u.SetIgnoreFailure()
-		out = append(out, u)
+		u.IgnoreFailure = true
+		why := reason
+		switch {
+		case ch.Lift:
+			u.SetLinuxCPUQuota(-1)
+			why = "release"
+		case ch.Restore:
+			if ch.Quota > 0 {
+				u.SetLinuxCPUQuota(ch.Quota)
+				u.SetLinuxCPUPeriod(int64(ch.Period))
+			}
+			why = "restore"
+		}
+		p.metrics.updates.WithLabelValues(why).Inc()
+		out[i] = u
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
@@ -27,7 +28,7 @@ func newTestPlugin(t *testing.T) *Plugin {
 		t.Fatal(err)
 	}
 	cfg := Config{NodeName: "node-a", SystemNamespaces: []string{"kube-system"}, Limits: corepin.DefaultLimits()}
-	return New(NewLedger(cfg, topo), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return New(NewLedger(cfg, topo), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
 func sandbox(id, ns, name string, annotations map[string]string) *api.PodSandbox {
@@ -133,6 +134,11 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
 		}
 	}
+	for kind, want := range map[string]float64{"conflict": 4, "not-placed": 1, "bad-annotation": 1, "wrong-node": 1} {
+		if got := testutil.ToFloat64(p.metrics.refusals.WithLabelValues(kind)); got != want {
+			t.Errorf("corepin_nri_refusals_total{reason=%q} = %v, want %v", kind, got, want)
+		}
+	}
 	// Nothing refused changed anybody's cores.
 	if pool := p.Ledger().SharedPool().String(); pool != "1,4-7" || len(p.Ledger().Containers()) != 1 {
 		t.Fatalf("after refusals: pool %s, %d containers", pool, len(p.Ledger().Containers()))
@@ -156,5 +162,130 @@ func TestSynchronizeRepairs(t *testing.T) {
 	}
 	if p.Ledger().Capacity().E != 2 {
 		t.Fatalf("E = %d after synchronize, want 2", p.Ledger().Capacity().E)
+	}
+}
+
+func quotaOf(u *api.ContainerUpdate) (int64, bool) {
+	q := u.GetLinux().GetResources().GetCpu().GetQuota().Get()
+	if q == nil {
+		return 0, false
+	}
+	return *q, true
+}
+
+func TestReleaseIsolateMode(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name           string
+		excludeReserve bool
+		wide           string
+	}{
+		{"without the reserved CPUs", true, "1-7"},
+		{"with the reserved CPUs", false, "0-7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			p.SetRelease("default", "db", Release{Isolate: true, ExcludeReserve: tc.excludeReserve, LimitMilli: map[string]int64{"engine": 2000}})
+			select {
+			case <-p.Pending():
+			default:
+				t.Fatal("flipping release-isolate-mode did not ask for updates")
+			}
+			upd := p.PendingUpdates()
+			if len(upd) != 1 || upd[0].GetContainerId() != "c-db" || cpusOf(upd[0]) != tc.wide {
+				t.Fatalf("release updates %v, want c-db widened to %s", upd, tc.wide)
+			}
+			if q, ok := quotaOf(upd[0]); !ok || q != -1 {
+				t.Fatalf("release left the CFS quota at %d (set %v), want -1 (lifted)", q, ok)
+			}
+			// The CPUs stay held: the shared pool does not grow.
+			if pool := p.SharedPool().String(); pool != "1,4-7" {
+				t.Fatalf("pool %s while released, want 1,4-7", pool)
+			}
+			// A repeated event with the same switch changes nothing.
+			p.SetRelease("default", "db", Release{Isolate: true, ExcludeReserve: tc.excludeReserve})
+			if upd := p.PendingUpdates(); len(upd) != 0 {
+				t.Fatalf("a repeated switch issued %v", upd)
+			}
+
+			p.SetRelease("default", "db", Release{ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}})
+			upd = p.PendingUpdates()
+			if len(upd) != 1 || cpusOf(upd[0]) != "2-3" {
+				t.Fatalf("restore updates %v, want c-db back on 2-3", upd)
+			}
+			q, _ := quotaOf(upd[0])
+			period := upd[0].GetLinux().GetResources().GetCpu().GetPeriod().Get()
+			if q != 200000 || period == nil || *period != 100000 {
+				t.Fatalf("restored quota %d/%v, want the original 200000/100000", q, period)
+			}
+		})
+	}
+}
+
+func TestReleasedAtCreationAndAfterRestart(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	sb := exclusivePod("s-db", "db", "2-3")
+	sb.Annotations[corepin.AnnotationReleaseIsolateMode] = "true"
+	adj, _, err := p.CreateContainer(ctx, sb, ctr("c-db", "s-db", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := adj.GetLinux().GetResources().GetCpu()
+	if cpu.GetCpus() != "1-7" || cpu.GetQuota().Get() == nil || *cpu.GetQuota().Get() != -1 {
+		t.Fatalf("a pod created released got %v", cpu)
+	}
+
+	// The plugin restarts while the pod is released: the container's quota
+	// is -1 now. Unset on the API server, the quota comes back from the pod
+	// spec's limit.
+	p = newTestPlugin(t)
+	p.SetRelease("default", "db", Release{Isolate: true, ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}})
+	running := ctr("c-db", "s-db", "engine", 0, "1-7")
+	running.Linux.Resources.Cpu.Quota = api.Int64(-1)
+	running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+	upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running})
+	if err != nil || len(upd) != 0 {
+		t.Fatalf("synchronize of a released container: %v %v", upd, err)
+	}
+	p.SetRelease("default", "db", Release{ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}})
+	upd = p.PendingUpdates()
+	if len(upd) != 1 || cpusOf(upd[0]) != "2-3" {
+		t.Fatalf("restore after restart: %v", upd)
+	}
+	if q, _ := quotaOf(upd[0]); q != 200000 {
+		t.Fatalf("quota restored to %d, want 200000 from the limit", q)
+	}
+}
+
+func TestDriftIsCorrected(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	web := ctr("c-web", "s-web", "app", 500, "")
+	web.Linux.CgroupsPath = "/kubepods/pod1/c-web"
+	if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
+		t.Fatal(err)
+	}
+	actual := map[string]string{"c-web": "1-7"}
+	read := func(c *Container) (cpuset.CPUSet, error) { return cpuset.Parse(actual[c.ID]) }
+	if n := p.CheckDrift(read); n != 0 {
+		t.Fatalf("%d drifted with nothing changed", n)
+	}
+	actual["c-web"] = "0-7" // someone rewrote it
+	if n := p.CheckDrift(read); n != 1 {
+		t.Fatalf("%d drifted, want 1", n)
+	}
+	upd := p.PendingUpdates()
+	if len(upd) != 1 || cpusOf(upd[0]) != "1-7" {
+		t.Fatalf("drift correction %v", upd)
+	}
+	if got := testutil.ToFloat64(p.metrics.driftCorrections); got != 1 {
+		t.Fatalf("drift corrections metric %v, want 1", got)
 	}
 }

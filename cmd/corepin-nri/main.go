@@ -6,9 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	nriapi "github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -29,40 +32,27 @@ import (
 )
 
 func main() {
-	hostname, _ := os.Hostname()
-	nodeName := os.Getenv("NODE_NAME")
-	if nodeName == "" {
-		nodeName = hostname
+	o, err := load(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "corepin-nri:", err)
+		os.Exit(2)
 	}
-	var (
-		socket      = flag.String("nri-socket", "/var/run/nri/nri.sock", "containerd's NRI socket")
-		index       = flag.String("plugin-index", "10", "NRI plugin index (order among plugins)")
-		node        = flag.String("node-name", nodeName, "this node's name (default $NODE_NAME, then the hostname)")
-		reserved    = flag.String("reserved-cpus", "", "CPUs reserved for the system, a Linux CPU list")
-		systemNS    = flag.String("system-namespaces", "kube-system", "comma-separated namespaces whose pods also get the reserved CPUs")
-		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig to publish the node's topology; in-cluster config when running in a pod; none: standalone")
-		sysRoot     = flag.String("sysfs-root", "/", "root holding sys/ for topology discovery")
-		procRoot    = flag.String("proc-root", "", "proc root for IO queues (default SYSFS-ROOT/proc)")
-		kubeletRoot = flag.String("kubelet-root", "/var/lib/kubelet", "kubelet state directory, to detect the static CPU manager")
-		unplaced    = flag.Bool("unplaced-to-shared", false, "run exclusive pods without alloc-status in the shared pool instead of refusing them")
-	)
-	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(log, *socket, *index, *node, *reserved, *systemNS, *kubeconfig, *sysRoot, *procRoot, *kubeletRoot, *unplaced); err != nil {
+	if err := run(log, o); err != nil {
 		log.Error("corepin-nri failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, socket, index, node, reserved, systemNS, kubeconfig, sysRoot, procRoot, kubeletRoot string, unplaced bool) error {
-	if err := checkCPUManager(kubeletRoot); err != nil {
+func run(log *slog.Logger, o options) error {
+	if err := checkCPUManager(o.KubeletRoot); err != nil {
 		return err
 	}
-	res, err := api.ParseCPUList(reserved)
+	res, err := api.ParseCPUList(o.ReservedCPUs)
 	if err != nil {
-		return fmt.Errorf("--reserved-cpus %q: %w", reserved, err)
+		return fmt.Errorf("--reserved-cpus %q: %w", o.ReservedCPUs, err)
 	}
-	src, err := topology.Discover(topology.Options{Root: sysRoot, ProcRoot: procRoot, Reserved: res})
+	src, err := topology.Discover(topology.Options{Root: o.SysfsRoot, ProcRoot: o.ProcRoot, Reserved: res})
 	if err != nil {
 		return err
 	}
@@ -70,27 +60,83 @@ func run(log *slog.Logger, socket, index, node, reserved, systemNS, kubeconfig, 
 	if err != nil {
 		return err
 	}
-	cfg := plugin.Config{NodeName: node, SystemNamespaces: strings.Split(systemNS, ","), Limits: api.DefaultLimits(), UnplacedToShared: unplaced}
-	p := plugin.New(plugin.NewLedger(cfg, topo), log)
+	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: api.DefaultLimits(), UnplacedToShared: o.UnplacedToShared}
+	metrics := plugin.NewMetrics()
+	p := plugin.New(plugin.NewLedger(cfg, topo), log, metrics)
+	p.SetConfigCheck(func(config string) error {
+		// containerd hands a pre-installed plugin the file it was started
+		// with; a change needs a restart, which containerd does.
+		var in options
+		if err := parseOptions([]byte(config), &in); err != nil {
+			return fmt.Errorf("%s: %w", preinstalledConfig, err)
+		}
+		return nil
+	})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	go publishTopology(ctx, log, kubeconfig, node, src)
+
+	reader := plugin.NewCgroupReader(o.SysfsRoot)
+	drift := func() int { return p.CheckDrift(reader.CPUs) }
+	if o.MetricsAddr != "" {
+		go serveMetrics(ctx, log, o.MetricsAddr, metrics, drift)
+	}
+	if client := kubeClient(log, o.Kubeconfig); client != nil {
+		go publishTopology(ctx, log, client, o.NodeName, src)
+		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
+		// Learn the release switches before the first Synchronize, so a
+		// container found released is not pinned back for a moment; an
+		// API server that is away delays enforcement by 10 s at most.
+		synced := make(chan struct{})
+		go func() { plugin.WatchPods(ctx, client, o.NodeName, p, log); close(synced) }()
+		select {
+		case <-synced:
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			log.Warn("The pods of this node are not listed yet; enforcing without their release switches until they are")
+		}
+	}
+	if o.DriftInterval > 0 {
+		go func() {
+			t := time.NewTicker(o.DriftInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					drift()
+				}
+			}
+		}()
+	}
 
 	// containerd restarts and dropped connections are transient: reconnect
-	// with backoff and resynchronise (NRI sends Synchronize on every connect).
+	// with backoff and resynchronise (NRI sends Synchronize on every
+	// connect). A pre-installed plugin's connection was made by containerd
+	// and cannot be redialled: containerd starts it again.
+	preinstalled := os.Getenv(nriapi.PluginSocketEnvVar) != ""
 	backoff := time.Second
 	for ctx.Err() == nil {
-		s, err := stub.New(p, stub.WithSocketPath(socket), stub.WithPluginIdx(index), stub.WithPluginName("corepin"))
+		opts := []stub.Option{stub.WithPluginName("corepin")}
+		if preinstalled {
+			opts = nil
+		} else {
+			opts = append(opts, stub.WithSocketPath(o.NRISocket), stub.WithPluginIdx(o.PluginIndex))
+		}
+		s, err := stub.New(p, opts...)
 		if err != nil {
 			return err
 		}
 		start := time.Now()
 		runCtx, cancel := context.WithCancel(ctx)
-		go pushPoolUpdates(runCtx, log, p, s)
+		go pushUpdates(runCtx, log, p, s)
 		err = s.Run(runCtx)
 		cancel()
 		if ctx.Err() != nil {
 			break
+		}
+		if preinstalled {
+			return fmt.Errorf("connection to the runtime lost: %v", err)
 		}
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
@@ -105,22 +151,55 @@ func run(log *slog.Logger, socket, index, node, reserved, systemNS, kubeconfig, 
 	return nil
 }
 
-// pushPoolUpdates sends the updates no handler could return, from the
+// pushUpdates sends the updates no handler could return, from the
 // plugin's own goroutine.
-func pushPoolUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub.Stub) {
+func pushUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub.Stub) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-p.Kicks():
-			updates := p.PoolUpdates()
+		case <-p.Pending():
+			updates := p.PendingUpdates()
 			if len(updates) == 0 {
 				continue
 			}
 			failed, err := s.UpdateContainers(updates)
-			log.Info("Grew the shared pool back", "updates", len(updates), "failed", len(failed), "err", err)
+			log.Info("Updated containers", "updates", len(updates), "failed", len(failed), "err", err)
 		}
 	}
+}
+
+// serveMetrics serves /metrics, /healthz and POST /drift (check every
+// container's cpuset now).
+func serveMetrics(ctx context.Context, log *slog.Logger, addr string, m *plugin.Metrics, drift func() int) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("POST /drift", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = fmt.Fprintf(w, "{\"drifted\":%d}\n", drift())
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	log.Info("Serving metrics", "addr", addr)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("Metrics server", "err", err)
+	}
+}
+
+// kubeClient returns a client from the kubeconfig (or the in-cluster
+// config), or nil to run standalone.
+func kubeClient(log *slog.Logger, kubeconfig string) kubernetes.Interface {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		log.Info("No Kubernetes API: running standalone (no release switch, nothing published)", "reason", err.Error())
+		return nil
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		log.Error("Kubernetes client", "err", err)
+		return nil
+	}
+	return client
 }
 
 // checkCPUManager refuses to run beside the kubelet's static CPU manager:
@@ -148,17 +227,7 @@ func checkCPUManager(kubeletRoot string) error {
 
 // publishTopology writes corepin.io/topology on the node, retrying until the
 // API server answers; enforcement does not wait for it.
-func publishTopology(ctx context.Context, log *slog.Logger, kubeconfig, node string, topo api.Topology) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		log.Info("No Kubernetes API: running standalone, topology not published", "reason", err.Error())
-		return
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		log.Error("Kubernetes client", "err", err)
-		return
-	}
+func publishTopology(ctx context.Context, log *slog.Logger, client kubernetes.Interface, node string, topo api.Topology) {
 	value, _ := json.Marshal(topo)
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{api.AnnotationTopology: string(value)}}})
 	for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, time.Minute) {

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// options are the plugin's settings: flags, or for a pre-installed plugin
+// the YAML file containerd also hands it (/etc/nri/conf.d/10-corepin.conf).
+// A flag given on the command line wins over the file.
+type options struct {
+	NRISocket        string        `json:"nriSocket"`
+	PluginIndex      string        `json:"pluginIndex"`
+	NodeName         string        `json:"nodeName"`
+	ReservedCPUs     string        `json:"reservedCPUs"`
+	SystemNamespaces string        `json:"systemNamespaces"`
+	Kubeconfig       string        `json:"kubeconfig"`
+	SysfsRoot        string        `json:"sysfsRoot"`
+	ProcRoot         string        `json:"procRoot"`
+	KubeletRoot      string        `json:"kubeletRoot"`
+	UnplacedToShared bool          `json:"unplacedToShared"`
+	MetricsAddr      string        `json:"metricsAddr"`
+	DriftInterval    time.Duration `json:"-"`
+	DriftIntervalStr string        `json:"driftInterval"`
+	PublishDebounce  time.Duration `json:"-"`
+}
+
+// preinstalledConfig is where containerd keeps a pre-installed plugin's
+// configuration.
+const preinstalledConfig = "/etc/nri/conf.d/10-corepin.conf"
+
+func defaultOptions() options {
+	hostname, _ := os.Hostname()
+	node := os.Getenv("NODE_NAME")
+	if node == "" {
+		node = hostname
+	}
+	return options{NRISocket: "/var/run/nri/nri.sock", PluginIndex: "10", NodeName: node, SystemNamespaces: "kube-system",
+		SysfsRoot: "/", KubeletRoot: "/var/lib/kubelet", DriftInterval: 30 * time.Second, PublishDebounce: 250 * time.Millisecond}
+}
+
+// bind registers the flags over o.
+func (o *options) bind(fs *flag.FlagSet) *string {
+	fs.StringVar(&o.NRISocket, "nri-socket", o.NRISocket, "containerd's NRI socket")
+	fs.StringVar(&o.PluginIndex, "plugin-index", o.PluginIndex, "NRI plugin index (order among plugins)")
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name (default $NODE_NAME, then the hostname)")
+	fs.StringVar(&o.ReservedCPUs, "reserved-cpus", o.ReservedCPUs, "CPUs reserved for the system, a Linux CPU list")
+	fs.StringVar(&o.SystemNamespaces, "system-namespaces", o.SystemNamespaces, "comma-separated namespaces whose pods also get the reserved CPUs")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for the API server; in-cluster config when running in a pod; none: standalone (enforce only)")
+	fs.StringVar(&o.SysfsRoot, "sysfs-root", o.SysfsRoot, "root holding sys/ for topology discovery and cgroups")
+	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "proc root for IO queues (default SYSFS-ROOT/proc)")
+	fs.StringVar(&o.KubeletRoot, "kubelet-root", o.KubeletRoot, "kubelet state directory, to detect the static CPU manager")
+	fs.BoolVar(&o.UnplacedToShared, "unplaced-to-shared", o.UnplacedToShared, "run exclusive pods without alloc-status in the shared pool instead of refusing them")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /healthz and POST /drift (empty: off)")
+	fs.DurationVar(&o.DriftInterval, "drift-interval", o.DriftInterval, "how often to read every container's cpuset and correct drift (0: only on POST /drift)")
+	return fs.String("config", "", "YAML file with these settings (default "+preinstalledConfig+" when containerd launched the plugin)")
+}
+
+// parseOptions reads the YAML configuration strictly: an unknown key is
+// an error naming it.
+func parseOptions(data []byte, into *options) error {
+	if err := yaml.UnmarshalStrict(data, into); err != nil {
+		return err
+	}
+	if into.DriftIntervalStr != "" {
+		d, err := time.ParseDuration(into.DriftIntervalStr)
+		if err != nil || d < 0 {
+			return fmt.Errorf("driftInterval %q: not a duration like 30s", into.DriftIntervalStr)
+		}
+		into.DriftInterval = d
+	}
+	return nil
+}
+
+// load parses the command line; a configuration file fills in what the
+// command line did not set.
+func load(args []string) (options, error) {
+	o := defaultOptions()
+	fs := flag.NewFlagSet("corepin-nri", flag.ContinueOnError)
+	config := o.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	path := *config
+	if path == "" && os.Getenv("NRI_PLUGIN_SOCKET") != "" {
+		if _, err := os.Stat(preinstalledConfig); err == nil {
+			path = preinstalledConfig
+		}
+	}
+	if path == "" {
+		return o, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return o, err
+	}
+	fromFile := defaultOptions()
+	if err := parseOptions(data, &fromFile); err != nil {
+		return o, fmt.Errorf("%s: %w", path, err)
+	}
+	// The flags given on the command line win: parse them again over the file.
+	merged := fromFile
+	again := flag.NewFlagSet("corepin-nri", flag.ContinueOnError)
+	merged.bind(again)
+	if err := again.Parse(args); err != nil {
+		return o, err
+	}
+	return merged, nil
+}

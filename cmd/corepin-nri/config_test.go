@@ -1,0 +1,47 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "10-corepin.conf")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("nodeName: node-7\nreservedCPUs: 0-1\nmetricsAddr: :9464\ndriftInterval: 5s\nunplacedToShared: true\n")
+	o, err := load([]string{"--config", file, "--reserved-cpus", "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.NodeName != "node-7" || o.MetricsAddr != ":9464" || o.DriftInterval != 5*time.Second || !o.UnplacedToShared {
+		t.Fatalf("file not applied: %+v", o)
+	}
+	if o.ReservedCPUs != "0" {
+		t.Fatalf("reservedCPUs %q: the command line must win over the file", o.ReservedCPUs)
+	}
+	if o.NRISocket != "/var/run/nri/nri.sock" || o.PluginIndex != "10" {
+		t.Fatalf("defaults lost: %+v", o)
+	}
+
+	for _, tc := range []struct{ body, want string }{
+		{"nodeName: a\nreserved: 0\n", `unknown field "reserved"`},
+		{"driftInterval: often\n", `driftInterval "often"`},
+		{"nodeName: [a\n", "10-corepin.conf"},
+	} {
+		write(tc.body)
+		if _, err := load([]string{"--config", file}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error %v, want %q", tc.body, err, tc.want)
+		}
+	}
+	if _, err := load([]string{"--config", filepath.Join(dir, "missing.conf")}); err == nil {
+		t.Error("a missing config file was accepted")
+	}
+}

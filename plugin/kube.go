@@ -1,0 +1,132 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	corepin "github.com/corepin/corepin/api"
+)
+
+// WatchPods follows the pods of this node on the API server (a field
+// selector on spec.nodeName; a transform keeps the release annotations and
+// CPU limits only) and hands each pod's release switch to the plugin. It
+// returns once the informer has synced or ctx is done; the watch goes on
+// until ctx is done, and reconnects by itself when the API server is away.
+func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, log *slog.Logger) cache.SharedIndexInformer {
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
+		}),
+		informers.WithTransform(slimPod))
+	inf := f.Core().V1().Pods().Informer()
+	apply := func(obj any) {
+		if pod, ok := obj.(*v1.Pod); ok {
+			p.SetRelease(pod.Namespace, pod.Name, releaseOf(pod, log))
+		}
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    apply,
+		UpdateFunc: func(_, obj any) { apply(obj) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if pod, ok := obj.(*v1.Pod); ok {
+				p.ForgetRelease(pod.Namespace, pod.Name)
+			}
+		},
+	})
+	f.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+	return inf
+}
+
+// slimPod keeps what the release switch needs: the two annotations and
+// each container's CPU limit.
+func slimPod(obj any) (any, error) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	slim := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID,
+		ResourceVersion: pod.ResourceVersion, Annotations: map[string]string{}}}
+	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet} {
+		if v, ok := pod.Annotations[key]; ok {
+			slim.Annotations[key] = v
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		slim.Spec.Containers = append(slim.Spec.Containers, v1.Container{Name: c.Name,
+			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: c.Resources.Limits[v1.ResourceCPU]}}})
+	}
+	return slim, nil
+}
+
+// releaseOf reads a pod's release switch. A malformed value leaves the pod
+// pinned: releasing is the exception that must be asked for clearly.
+func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
+	r := Release{ExcludeReserve: true, LimitMilli: map[string]int64{}}
+	intent, err := corepin.ParsePodIntent(pod.Annotations, nil)
+	if err != nil {
+		log.Warn("Ignoring a malformed release annotation; the pod stays pinned", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+	} else {
+		r.Isolate, r.ExcludeReserve = intent.ReleaseIsolate, intent.ExcludeReserve
+	}
+	for _, c := range pod.Spec.Containers {
+		if q, ok := c.Resources.Limits[v1.ResourceCPU]; ok {
+			r.LimitMilli[c.Name] = q.MilliValue()
+		}
+	}
+	return r
+}
+
+// PublishSharedPool writes corepin.io/shared-pool on the node whenever the
+// pool changes, debounced: a burst of changes makes one patch with the
+// latest pool. Failed patches are retried with backoff; enforcement never
+// waits for them.
+func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, debounce time.Duration, log *slog.Logger) {
+	published := ""
+	retry := time.Duration(0)
+	for {
+		var timer <-chan time.Time
+		if retry > 0 {
+			timer = time.After(retry)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.PoolChanged():
+		case <-timer:
+		}
+		// Let a burst settle.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(debounce):
+		}
+		pool := p.SharedPool().String()
+		if pool == published {
+			retry = 0
+			continue
+		}
+		value, _ := json.Marshal(corepin.SharedPoolStatus{CPUs: corepin.NewCPUList(p.SharedPool())})
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationSharedPool: string(value)}}})
+		if _, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			retry = min(max(2*retry, time.Second), time.Minute)
+			log.Warn("Publishing the shared pool failed; retrying", "node", node, "err", err, "in", retry)
+			continue
+		}
+		published, retry = pool, 0
+		log.Info("Published the shared pool", "node", node, "cpus", pool)
+	}
+}

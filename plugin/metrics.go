@@ -1,0 +1,69 @@
+package plugin
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the node plugin's Prometheus metrics.
+type Metrics struct {
+	Registry         *prometheus.Registry
+	handler          *prometheus.HistogramVec
+	sharedPool       prometheus.Gauge
+	exclusiveHeld    prometheus.Gauge
+	containers       *prometheus.GaugeVec
+	updates          *prometheus.CounterVec
+	driftCorrections prometheus.Counter
+	refusals         *prometheus.CounterVec
+	conflicts        prometheus.Counter
+}
+
+// NewMetrics registers the plugin's metrics in a new registry (with the Go
+// and process collectors).
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		handler: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "corepin_nri_handler_duration_seconds",
+			Help:    "Time spent in each NRI handler, from the request to the reply.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
+		}, []string{"handler"}),
+		sharedPool: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "corepin_nri_shared_pool_cpus", Help: "CPUs in the shared pool."}),
+		exclusiveHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "corepin_nri_exclusive_cpus", Help: "CPUs held by exclusive containers."}),
+		containers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "corepin_nri_containers", Help: "Containers the plugin tracks, by class."}, []string{"class"}),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "corepin_nri_container_updates_total",
+			Help: "Container updates issued, by why: shrink (exclusive created), grow (exclusive gone), release, restore, repair (synchronize or drift)."},
+			[]string{"reason"}),
+		driftCorrections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "corepin_nri_drift_corrections_total", Help: "Containers whose actual cpuset differed from the ledger's and were corrected."}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "corepin_nri_refusals_total", Help: "Containers refused, by reason."}, []string{"reason"}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "corepin_nri_sync_conflicts_total", Help: "Containers found at synchronize whose CPUs conflict with another pod's; left where they are."}),
+	}
+	m.Registry.MustRegister(m.handler, m.sharedPool, m.exclusiveHeld, m.containers, m.updates, m.driftCorrections, m.refusals, m.conflicts,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) observe(handler string, start time.Time) {
+	m.handler.WithLabelValues(handler).Observe(time.Since(start).Seconds())
+}
+
+// state refreshes the gauges from the ledger.
+func (m *Metrics) state(l *Ledger) {
+	m.sharedPool.Set(float64(l.SharedPool().Size()))
+	m.exclusiveHeld.Set(float64(l.Capacity().E))
+	counts := map[Class]int{}
+	for _, c := range l.containers {
+		counts[c.Class]++
+	}
+	for _, class := range []Class{Shared, Exclusive, System, BindAll} {
+		m.containers.WithLabelValues(class.String()).Set(float64(counts[class]))
+	}
+}
