@@ -15,7 +15,7 @@ import (
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
-func startPlugin(t *testing.T, ctrd *framework.Containerd) *framework.Process {
+func startPlugin(t testing.TB, ctrd *framework.Containerd) *framework.Process {
 	t.Helper()
 	p := framework.Start(t, ctrd.Dir, fmt.Sprintf("corepin-nri-%d", time.Now().UnixNano()), repoBin(t, "corepin-nri"),
 		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir())
@@ -140,4 +140,68 @@ func makeRange(lo, hi int) []int {
 		out = append(out, i)
 	}
 	return out
+}
+
+// BenchmarkContainerCreateStart measures container create+start through
+// CRI on a real containerd with corepin-nri connected against without it,
+// in one run (rounds alternate, so both see the same machine), and reports
+// the ratio (target at most 1.10). A shared web container runs throughout,
+// so every exclusive creation carries a shrink update.
+//
+//	go test -tags integration -run '^$' -bench ContainerCreateStart -benchtime 1x ./test/integration/
+func BenchmarkContainerCreateStart(b *testing.B) {
+	const rounds, perRound = 4, 6
+	ctrd := framework.StartContainerd(b)
+	webID, webCfg := ctrd.RunPod(b, "default", "web", nil)
+	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctrd.StartContainer(b, web)
+	exclusiveCPU := cpuset.New(runtime.NumCPU() - 1)
+
+	round := func(name string, annotations map[string]string) time.Duration {
+		id, cfg := ctrd.RunPod(b, "default", name, annotations)
+		var spent time.Duration
+		for i := 0; i < perRound; i++ {
+			start := time.Now()
+			c, err := ctrd.CreateContainer(id, cfg, fmt.Sprintf("engine-%d", i), 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctrd.StartContainer(b, c)
+			spent += time.Since(start)
+		}
+		ctrd.RemovePod(b, id)
+		return spent
+	}
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		var without, with, withExclusive time.Duration
+		var plugin *framework.Process
+		for r := 0; r < rounds; r++ {
+			without += round(fmt.Sprintf("bare-%d-%d", n, r), nil)
+			plugin = startPlugin(b, ctrd)
+			with += round(fmt.Sprintf("pinned-%d-%d", n, r), nil)
+			// engine-0 is exclusive (its creation shrinks the pool under
+			// web); the pod's other containers run in the shared pool.
+			withExclusive += round(fmt.Sprintf("excl-%d-%d", n, r), exclusiveFirst(exclusiveCPU))
+			plugin.Kill()
+		}
+		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(rounds*perRound) }
+		b.ReportMetric(per(without), "ms/container-bare")
+		b.ReportMetric(per(with), "ms/container-corepin")
+		b.ReportMetric(per(withExclusive), "ms/container-corepin-exclusive-pod")
+		b.ReportMetric(float64(with)/float64(without), "ratio")
+		b.ReportMetric(float64(withExclusive)/float64(without), "ratio-exclusive-pod")
+	}
+}
+
+// exclusiveFirst is an exclusive pod whose container engine-0 holds cpus;
+// its other containers run in the shared pool.
+func exclusiveFirst(cpus cpuset.CPUSet) map[string]string {
+	return map[string]string{
+		api.AnnotationCPUMode:     "exclusive",
+		api.AnnotationAllocStatus: fmt.Sprintf(`{"node":"node-a","cpus":%q,"containers":{"engine-0":%q},"mems":"0"}`, cpus, cpus),
+	}
 }

@@ -30,7 +30,8 @@ func main() {
 }
 
 // printStatus prints Cpus_allowed_list and Mems_allowed_list from
-// /proc/self/status and the cpuset cgroup's CPUs as this process sees them.
+// /proc/self/status, and the cpuset cgroup's CPUs and the CFS quota as this
+// process sees them.
 func printStatus() {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
@@ -49,5 +50,16 @@ func printStatus() {
 			fmt.Printf("cgroup_cpuset:\t%s\n", strings.TrimSpace(string(data)))
 			break
 		}
+	}
+	// The CFS quota: cgroup v1's cfs_quota_us, or v2's cpu.max ("max" or
+	// "QUOTA PERIOD"; "max" is printed as -1 like v1).
+	if data, err := os.ReadFile("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err == nil {
+		fmt.Printf("cfs_quota:\t%s\n", strings.TrimSpace(string(data)))
+	} else if data, err := os.ReadFile("/sys/fs/cgroup/cpu.max"); err == nil {
+		quota := strings.Fields(string(data))[0]
+		if quota == "max" {
+			quota = "-1"
+		}
+		fmt.Printf("cfs_quota:\t%s\n", quota)
 	}
 }

@@ -208,6 +208,8 @@ type CPUStatus struct {
 	Allowed cpuset.CPUSet
 	// Cgroup is the cpuset cgroup's cpus as mounted in the container.
 	Cgroup cpuset.CPUSet
+	// Quota is the container's CFS quota in µs per period, -1 when none.
+	Quota string
 }
 
 // ExecStatus runs `/workload status` in the container.
@@ -250,6 +252,9 @@ func ParseStatus(t testing.TB, out string) CPUStatus {
 				}
 				*f.dst = set
 			}
+		}
+		if i := strings.Index(line, "cfs_quota:"); i >= 0 {
+			s.Quota = strings.TrimSpace(line[i+len("cfs_quota:"):])
 		}
 	}
 	return s
