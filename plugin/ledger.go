@@ -62,8 +62,11 @@ type Container struct {
 	Quota  int64
 	Period uint64
 
-	// cpus caches CPUs.String().
-	cpus string
+	// cpus caches CPUs.String(); podKey caches Pod.Key().
+	cpus, podKey string
+	// sandboxRelease is the release switch in the sandbox's annotations,
+	// in force until the API server says otherwise.
+	sandboxRelease Release
 	// applied is what the plugin last set (or found) on the container.
 	applied applied
 }
@@ -127,7 +130,7 @@ func (l *Ledger) SetRelease(key string, r Release) bool {
 		return false
 	}
 	for _, c := range l.containers {
-		if c.Pod.Key() == key && c.Class == Exclusive {
+		if c.podKey == key && c.Class == Exclusive {
 			return true
 		}
 	}
@@ -139,11 +142,10 @@ func (l *Ledger) ForgetRelease(key string) { delete(l.release, key) }
 
 // releaseOf is the release switch in force for a container's pod.
 func (l *Ledger) releaseOf(c *Container) Release {
-	if r, ok := l.release[c.Pod.Key()]; ok {
+	if r, ok := l.release[c.podKey]; ok {
 		return r
 	}
-	intent, _ := api.ParsePodIntent(c.Pod.Annotations, c.Pod.Labels)
-	return Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}
+	return c.sandboxRelease
 }
 
 // Lifted reports whether a container runs released: an exclusive container
@@ -176,7 +178,7 @@ func (r *Refusal) Error() string {
 // Classify decides how a new container is pinned, from its pod's
 // annotations. It changes nothing.
 func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error) {
-	c := &Container{Pod: pod, Name: name, Milli: milli, CPUs: cpuset.New(), Mems: cpuset.New()}
+	c := &Container{Pod: pod, podKey: pod.Key(), Name: name, Milli: milli, CPUs: cpuset.New(), Mems: cpuset.New()}
 	refuse := func(kind, cpus, reason string) error {
 		return &Refusal{Pod: pod.Key(), Container: name, CPUs: cpus, Reason: reason, Kind: kind}
 	}
@@ -184,6 +186,7 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	if err != nil {
 		return nil, refuse("bad-annotation", "", err.Error())
 	}
+	c.sandboxRelease = Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}
 	switch {
 	case intent.BindAll():
 		c.Class = BindAll
@@ -227,14 +230,17 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 // Refusal.
 func (l *Ledger) Admit(id string, c *Container) error {
 	c.ID = id
-	if old, ok := l.containers[id]; ok && old.Pod.Key() == c.Pod.Key() {
+	if c.podKey == "" {
+		c.podKey = c.Pod.Key()
+	}
+	if old, ok := l.containers[id]; ok && old.podKey == c.podKey {
 		l.Forget(id)
 	}
 	l.containers[id] = c
-	if err := l.replacePod(c.Pod.Key()); err != nil {
+	if err := l.replacePod(c.podKey); err != nil {
 		delete(l.containers, id)
-		_ = l.replacePod(c.Pod.Key()) // restore the pod as it was
-		return &Refusal{Pod: c.Pod.Key(), Container: c.Name, CPUs: c.CPUs.String(), Reason: err.Error(), Kind: "conflict"}
+		_ = l.replacePod(c.podKey) // restore the pod as it was
+		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: err.Error(), Kind: "conflict"}
 	}
 	return nil
 }
@@ -259,7 +265,7 @@ func (l *Ledger) Forget(id string) (*Container, bool) {
 		return nil, false
 	}
 	delete(l.containers, id)
-	_ = l.replacePod(c.Pod.Key())
+	_ = l.replacePod(c.podKey)
 	return c, true
 }
 
@@ -270,7 +276,7 @@ func (l *Ledger) replacePod(key string) error {
 	var milli int64
 	var pod *Pod
 	for _, c := range l.containers {
-		if c.Pod.Key() != key {
+		if c.podKey != key {
 			continue
 		}
 		pod = &c.Pod
@@ -393,7 +399,7 @@ func (c *Container) cpuList() string {
 // differs from the ledger's, sorted by ID, and records the new pinning as
 // applied: the caller hands them to the runtime.
 func (l *Ledger) Changes(skip string) []Change {
-	var out []Change
+	out := make([]Change, 0, len(l.containers))
 	want := lists{l: l}
 	for _, c := range l.Containers() {
 		if c.ID == skip {
@@ -428,7 +434,7 @@ func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	if c.Quota > 0 {
 		return c.Quota, period
 	}
-	if milli := l.release[c.Pod.Key()].LimitMilli[c.Name]; milli > 0 {
+	if milli := l.release[c.podKey].LimitMilli[c.Name]; milli > 0 {
 		return milli * int64(period) / 1000, period
 	}
 	return 0, period

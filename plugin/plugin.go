@@ -360,6 +360,7 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 		resources = make([]api.LinuxResources, len(changes))
 		cpus      = make([]api.LinuxCPU, len(changes))
 	)
+	counts := map[string]int{}
 	for i, ch := range changes {
 		cpus[i].Cpus = ch.CPUs
 		resources[i].Cpu = &cpus[i]
@@ -380,8 +381,11 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 			}
 			why = "restore"
 		}
-		p.metrics.updates.WithLabelValues(why).Inc()
+		counts[why]++
 		out[i] = u
+	}
+	for why, n := range counts {
+		p.metrics.updates.WithLabelValues(why).Add(float64(n))
 	}
 	return out
 }
