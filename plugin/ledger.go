@@ -33,7 +33,7 @@ const (
 
 // Pod is what the ledger needs of a pod sandbox.
 type Pod struct {
-	Namespace, Name string
+	Namespace, Name, UID string
 	Annotations     map[string]string
 	Labels          map[string]string
 }

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
@@ -29,6 +32,8 @@ type Plugin struct {
 	// poolChanged tells the publisher the shared pool changed.
 	poolChanged chan struct{}
 	lastPool    cpuset.CPUSet
+	// events, when set, reports refusals and conflicts on the pods.
+	events record.EventRecorder
 	// checkConfig validates the configuration the runtime hands a
 	// pre-installed plugin (may be nil).
 	checkConfig func(string) error
@@ -153,7 +158,21 @@ func (p *Plugin) Configure(_ context.Context, config, runtime, version string) (
 }
 
 func podOf(sb *api.PodSandbox) Pod {
-	return Pod{Namespace: sb.GetNamespace(), Name: sb.GetName(), Annotations: sb.GetAnnotations(), Labels: sb.GetLabels()}
+	return Pod{Namespace: sb.GetNamespace(), Name: sb.GetName(), UID: sb.GetUid(), Annotations: sb.GetAnnotations(), Labels: sb.GetLabels()}
+}
+
+// SetEventRecorder makes refusals and conflicts Kubernetes events on the
+// pod (kubectl describe pod shows them next to kubelet's own error).
+func (p *Plugin) SetEventRecorder(r record.EventRecorder) { p.events = r }
+
+// event records a warning on a pod; the recorder queues it, so a handler
+// never waits for the API server.
+func (p *Plugin) event(pod Pod, reason, message string) {
+	if p.events == nil {
+		return
+	}
+	ref := &v1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: types.UID(pod.UID)}
+	p.events.Event(ref, v1.EventTypeWarning, reason, message)
 }
 
 // amount is a container's CPU amount in millicores: its CFS quota over the
@@ -230,6 +249,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			// one else is given them by this plugin until it goes.
 			p.metrics.conflicts.Inc()
 			p.log.Error("Conflict at synchronize: container left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
+			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops: "+err.Error())
 			continue
 		}
 		if cur, ok := currentCPUs(c); ok {
@@ -268,6 +288,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 			p.metrics.refusals.WithLabelValues(r.Kind).Inc()
 			p.log.Warn("Refused container", "pod", r.Pod, "container", r.Container, "cpus", r.CPUs, "reason", r.Reason)
 		}
+		p.event(pod, "CorepinRefused", err.Error())
 		return nil, nil, err
 	}
 	cpus, lifted := p.ledger.CPUsFor(classified), p.ledger.Lifted(classified)

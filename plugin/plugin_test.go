@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
@@ -287,5 +288,29 @@ func TestDriftIsCorrected(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(p.metrics.driftCorrections); got != 1 {
 		t.Fatalf("drift corrections metric %v, want 1", got)
+	}
+}
+
+func TestRefusalsAndConflictsAreEvents(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	events := record.NewFakeRecorder(10)
+	p.SetEventRecorder(events)
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s1", "db-1", "2-3"), ctr("c1", "s1", "engine", 2000, "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s2", "db-2", "3"), ctr("c2", "s2", "engine", 1000, "")); err == nil {
+		t.Fatal("overlap accepted")
+	}
+	want := `Warning CorepinRefused corepin: pod default/db-2 container engine cpus "3": `
+	if got := <-events.Events; !strings.HasPrefix(got, want) || !strings.Contains(got, "held by pod default/db-1") {
+		t.Fatalf("event %q, want %q...", got, want)
+	}
+	pods := []*api.PodSandbox{exclusivePod("s1", "db-1", "2-3"), exclusivePod("s2", "db-2", "3")}
+	if _, err := p.Synchronize(ctx, pods, []*api.Container{ctr("c1", "s1", "engine", 2000, "2-3"), ctr("c2", "s2", "engine", 1000, "3")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-events.Events; !strings.HasPrefix(got, "Warning CorepinConflict container left on its CPUs") {
+		t.Fatalf("conflict event %q", got)
 	}
 }

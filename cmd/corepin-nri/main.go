@@ -20,10 +20,14 @@ import (
 	nriapi "github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/plugin"
@@ -45,7 +49,9 @@ func main() {
 }
 
 func run(log *slog.Logger, o options) error {
+	client := kubeClient(log, o.Kubeconfig)
 	if err := checkCPUManager(o.KubeletRoot); err != nil {
+		nodeEvent(client, o.NodeName, "CorepinStaticCPUManager", err.Error())
 		return err
 	}
 	res, err := api.ParseCPUList(o.ReservedCPUs)
@@ -80,7 +86,11 @@ func run(log *slog.Logger, o options) error {
 	if o.MetricsAddr != "" {
 		go serveMetrics(ctx, log, o.MetricsAddr, metrics, drift)
 	}
-	if client := kubeClient(log, o.Kubeconfig); client != nil {
+	if client != nil {
+		broadcaster := record.NewBroadcaster()
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		defer broadcaster.Shutdown()
+		p.SetEventRecorder(broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "corepin-nri", Host: o.NodeName}))
 		go publishTopology(ctx, log, client, o.NodeName, src)
 		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
 		// Learn the release switches before the first Synchronize, so a
@@ -184,6 +194,25 @@ func serveMetrics(ctx context.Context, log *slog.Logger, addr string, m *plugin.
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("Metrics server", "err", err)
 	}
+}
+
+// nodeEvent records a warning on this node and waits for it to be written
+// (the plugin is about to exit).
+func nodeEvent(client kubernetes.Interface, node, reason, message string) {
+	if client == nil {
+		return
+	}
+	now := metav1.Now()
+	ev := &v1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: node + ".", Namespace: metav1.NamespaceDefault},
+		InvolvedObject: v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)},
+		Reason:         reason, Message: message, Type: v1.EventTypeWarning,
+		Source:         v1.EventSource{Component: "corepin-nri", Host: node},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = client.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{})
 }
 
 // kubeClient returns a client from the kubeconfig (or the in-cluster

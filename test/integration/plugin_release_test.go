@@ -123,6 +123,24 @@ func TestPluginWithAPIServer(t *testing.T) {
 	}
 	waitStatus("restored: its own CPU and quota", exclusiveCPU, "100000", annotate(nil))
 
+	// A refusal is an event on the pod, next to kubelet's own error.
+	id2, cfg2 := ctrd.RunPod(t, "default", "db-2", allocStatusFor(exclusiveCPU))
+	if _, err := ctrd.CreateContainer(id2, cfg2, "engine", 1000); err == nil {
+		t.Fatal("an overlapping allocation was accepted")
+	}
+	framework.Eventually(t, 20*time.Second, "CorepinRefused event on db-2", func() (bool, error) {
+		events, err := cp.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=db-2"})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if e.Reason == "CorepinRefused" && strings.HasPrefix(e.Message, "corepin: pod default/db-2 container engine") {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("events: %v", events.Items)
+	})
+
 	// Drift: rewrite the shared container's cpuset on the host, as a stray
 	// agent would, then ask the plugin to check.
 	file := filepath.Join("/sys/fs/cgroup/cpuset/corepin-test/web", web, "cpuset.cpus")
@@ -160,6 +178,31 @@ func TestPluginWithAPIServer(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// TestPluginRefusesStaticCPUManager starts the plugin beside a kubelet
+// state file that says "static": it must exit saying why, with an event on
+// the node.
+func TestPluginRefusesStaticCPUManager(t *testing.T) {
+	cp := framework.StartControlPlane(t)
+	cp.CreateNode(t, "node-s", 2, nil)
+	kubelet := t.TempDir()
+	if err := os.WriteFile(filepath.Join(kubelet, "cpu_manager_state"), []byte(`{"policyName":"static","defaultCpuSet":"0-1","checksum":1}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := framework.Start(t, t.TempDir(), "corepin-nri-static", repoBin(t, "corepin-nri"),
+		"--nri-socket", filepath.Join(t.TempDir(), "none.sock"), "--node-name", "node-s", "--kubelet-root", kubelet, "--kubeconfig", cp.Kubeconfig)
+	framework.Eventually(t, 30*time.Second, "corepin-nri exits", func() (bool, error) {
+		exited, _ := p.Exited()
+		return exited, nil
+	})
+	if log := framework.Tail(p.Log, 20); !strings.Contains(log, "static CPU manager") || !strings.Contains(log, "cpuManagerPolicy: none") {
+		t.Fatalf("exit message does not say why:\n%s", log)
+	}
+	events, err := cp.Client.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=node-s"})
+	if err != nil || len(events.Items) != 1 || events.Items[0].Reason != "CorepinStaticCPUManager" {
+		t.Fatalf("node events %v, %v; want one CorepinStaticCPUManager", events, err)
 	}
 }
 
