@@ -34,8 +34,8 @@ const (
 // Pod is what the ledger needs of a pod sandbox.
 type Pod struct {
 	Namespace, Name, UID string
-	Annotations     map[string]string
-	Labels          map[string]string
+	Annotations          map[string]string
+	Labels               map[string]string
 }
 
 // Key is namespace/name.
