@@ -8,7 +8,7 @@ export COREPIN_CACHE ?= $(HOME)/.cache/corepin
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build test test-unit test-integration bench lint demo demo-down tools tools-containerd tools-kube images clean fuzz
+.PHONY: all build test test-unit test-integration test-e2e bench lint demo demo-down deps tools tools-containerd tools-kube images images-local clean fuzz
 
 all: build
 
@@ -52,11 +52,38 @@ lint: $(STATICCHECK)
 	$(GO) vet $(PKGS)
 	$(STATICCHECK) $(PKGS)
 
-demo:
-	@echo "make demo: the end-to-end demo cluster is not built yet (issue 5)." >&2; exit 1
+# Container images of the plugin and the extender, as tarballs in bin/images
+# (importable with `ctr -n k8s.io images import` or `kind load image-archive`).
+images: build
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/workload ./test/images/workload
+	$(GO) run ./hack/images --bin $(BIN) --out $(BIN)/images
+
+# The same plus what a cluster that cannot pull needs: pause, the example
+# workload, and kube-scheduler for the corepin-scheduler Deployment.
+images-local: images tools-kube
+	$(GO) run ./hack/images --bin $(BIN) --out $(BIN)/images --local \
+	  --kube-scheduler $(COREPIN_CACHE)/kube-scheduler-static-$(KUBE_VERSION)/bin/kube-scheduler --kube-scheduler-version $(KUBE_VERSION)
+
+KUBE_VERSION = $(shell cd hack/tools/kube && $(GO) list -m -f '{{.Version}}' k8s.io/kubernetes)
+
+# A real single-node cluster with corepin installed from deploy/local, and
+# the examples running on it; it stays up until `make demo-down`.
+demo: deps tools images-local
+	hack/cluster.sh up
+	hack/demo.sh
 
 demo-down:
-	@echo "make demo-down: nothing to tear down yet." >&2
+	hack/cluster.sh down
+
+# The e2e suite against that cluster (brought up and down around it).
+test-e2e: deps tools images-local
+	hack/cluster.sh up
+	$(GO) test -count=1 -tags e2e -timeout 20m ./test/e2e/... ; rc=$$?; hack/cluster.sh down; exit $$rc
+
+# Packages a fresh Debian machine lacks.
+deps:
+	@command -v openssl >/dev/null && command -v runc >/dev/null || \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq openssl runc >/dev/null)
 
 clean:
 	rm -rf $(BIN)

@@ -38,3 +38,7 @@ build cni cni github.com/containernetworking/plugins \
 build kube kube k8s.io/kubernetes \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubelet
+# kubectl for the demo cluster (never assumed to be on the machine), and a
+# static kube-scheduler for the corepin-scheduler image (the image has no libc).
+build kubectl kube k8s.io/kubernetes k8s.io/kubernetes/cmd/kubectl
+CGO_ENABLED=0 build kube-scheduler-static kube k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-scheduler

@@ -1,0 +1,139 @@
+// Package deploy holds corepin's manifests; this test reads them the way
+// the components will: the scheduler's and the extender's configuration,
+// the DaemonSet's mounts and tolerations, the admission policy.
+package deploy
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	v1 "k8s.io/api/core/v1"
+	schedv1 "k8s.io/kube-scheduler/config/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/corepin/corepin/api"
+)
+
+// objects splits a manifest file into its documents, keyed by kind/name.
+func objects(t *testing.T, file string) map[string][]byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("base", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
+		var meta struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name, Namespace string
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if meta.Kind == "" {
+			continue
+		}
+		out[meta.Kind+"/"+meta.Metadata.Name] = doc
+	}
+	return out
+}
+
+func strict(t *testing.T, what string, data []byte, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(data, into); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func TestNodePlugin(t *testing.T) {
+	objs := objects(t, "node-plugin.yaml")
+	var ds appsv1.DaemonSet
+	strict(t, "DaemonSet", objs["DaemonSet/corepin-nri"], &ds)
+	spec := ds.Spec.Template.Spec
+	if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != v1.TolerationOpExists || spec.Tolerations[0].Key != "" {
+		t.Errorf("the plugin must tolerate every taint, has %+v", spec.Tolerations)
+	}
+	mounts := map[string]v1.VolumeMount{}
+	for _, m := range spec.Containers[0].VolumeMounts {
+		mounts[m.MountPath] = m
+	}
+	for path, readOnly := range map[string]bool{"/var/run/nri": false, "/host/sys": true, "/host/proc": true, "/var/lib/kubelet": true} {
+		if m, ok := mounts[path]; !ok || m.ReadOnly != readOnly {
+			t.Errorf("mount %s: %+v (read-only %v wanted)", path, m, readOnly)
+		}
+	}
+	env := spec.Containers[0].Env
+	if len(env) != 1 || env[0].Name != "NODE_NAME" || env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("NODE_NAME must come from the downward API: %+v", env)
+	}
+	if spec.ServiceAccountName != "corepin-nri" || objs["ClusterRoleBinding/corepin-nri"] == nil {
+		t.Error("the plugin's service account is not bound to its role")
+	}
+}
+
+func TestSchedulerAndExtenderConfig(t *testing.T) {
+	objs := objects(t, "scheduler.yaml")
+	var cm v1.ConfigMap
+	strict(t, "ConfigMap", objs["ConfigMap/corepin-scheduler-config"], &cm)
+	var sc schedv1.KubeSchedulerConfiguration
+	strict(t, "scheduler.yaml", []byte(cm.Data["scheduler.yaml"]), &sc)
+	if len(sc.Profiles) != 1 || *sc.Profiles[0].SchedulerName != "corepin-scheduler" {
+		t.Errorf("profiles %+v, want one named corepin-scheduler", sc.Profiles)
+	}
+	if !*sc.LeaderElection.LeaderElect {
+		t.Error("leader election must be on")
+	}
+	if len(sc.Extenders) != 1 {
+		t.Fatalf("extenders %+v", sc.Extenders)
+	}
+	ext := sc.Extenders[0]
+	if ext.URLPrefix != "http://127.0.0.1:8888" || ext.FilterVerb != "filter" || ext.PrioritizeVerb != "prioritize" || ext.BindVerb != "bind" || !ext.NodeCacheCapable {
+		t.Errorf("extender %+v", ext)
+	}
+	if _, err := api.ParseConfig("extender.yaml", []byte(cm.Data["extender.yaml"])); err != nil {
+		t.Errorf("the extender's configuration does not parse: %v", err)
+	}
+	var dep appsv1.Deployment
+	strict(t, "Deployment", objs["Deployment/corepin-scheduler"], &dep)
+	listen := ""
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--listen="); ok && c.Name == "extender" {
+				listen = v
+			}
+		}
+	}
+	if "http://"+listen != ext.URLPrefix {
+		t.Errorf("the extender listens on %q, the scheduler calls %q", listen, ext.URLPrefix)
+	}
+}
+
+func TestAdmissionPolicy(t *testing.T) {
+	objs := objects(t, "admission-policy.yaml")
+	var vap admissionv1.ValidatingAdmissionPolicy
+	strict(t, "policy", objs["ValidatingAdmissionPolicy/corepin-alloc-status"], &vap)
+	var binding admissionv1.ValidatingAdmissionPolicyBinding
+	strict(t, "binding", objs["ValidatingAdmissionPolicyBinding/corepin-alloc-status"], &binding)
+	if binding.Spec.PolicyName != vap.Name || len(binding.Spec.ValidationActions) != 1 || binding.Spec.ValidationActions[0] != admissionv1.Deny {
+		t.Errorf("binding %+v", binding.Spec)
+	}
+	all := ""
+	for _, v := range vap.Spec.Variables {
+		all += v.Expression
+	}
+	for _, v := range vap.Spec.Validations {
+		all += v.Expression
+	}
+	for _, want := range []string{api.AnnotationAllocStatus, "system:serviceaccount:corepin-system:corepin-scheduler"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("the policy's CEL does not mention %s", want)
+		}
+	}
+}
