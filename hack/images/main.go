@@ -42,7 +42,7 @@ func run(bin, out, scheduler, schedulerVersion string, local bool) error {
 	}
 	type item struct {
 		file, binary, ref string
-		entrypoint       []string
+		entrypoint        []string
 	}
 	items := []item{
 		{"corepin-nri.tar", filepath.Join(bin, "corepin-nri"), "corepin/corepin-nri:" + Tag, []string{"/corepin-nri"}},
