@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,14 +45,15 @@ type Scheduler struct {
 	// assumed are pods placed by Bind and not yet confirmed by UpsertPod.
 	assumed map[string]bool
 	// topologies interns parsed topologies by annotation value: identical
-	// nodes share one immutable index.
-	topologies map[string]*policy.Topology
+	// nodes share one immutable index (and, through the handles, one copy
+	// of the annotation in the informer store: see Transform).
+	topologies map[unique.Handle[string]]*policy.Topology
 }
 
 type nodeState struct {
 	node *policy.Node
 	// topology is the annotation value the node's Topo was built from.
-	topology string
+	topology unique.Handle[string]
 	// attentionSeen is true once the node object carries corepin.io/attention.
 	attentionSeen bool
 	// unplaced are exclusive pods seen bound to the node before its
@@ -66,7 +68,7 @@ func NewScheduler(cfg api.Config) (*Scheduler, error) {
 		return nil, err
 	}
 	s := &Scheduler{cfg: cfg, nodes: map[string]*nodeState{}, podNode: map[string]string{},
-		assumed: map[string]bool{}, topologies: map[string]*policy.Topology{}}
+		assumed: map[string]bool{}, topologies: map[unique.Handle[string]]*policy.Topology{}}
 	for _, p := range cfg.Pipelines {
 		sel := labels.Everything()
 		if p.Selector != nil {
@@ -108,7 +110,7 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 	} else {
 		limits = p.Apply(limits)
 	}
-	value := obj.Annotations[api.AnnotationTopology]
+	value := intern(obj.Annotations[api.AnnotationTopology])
 	old := s.nodes[obj.Name]
 	topo, topoErr := s.internTopology(value)
 	if topoErr != nil {
@@ -157,14 +159,14 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 	return upd
 }
 
-func (s *Scheduler) internTopology(value string) (*policy.Topology, error) {
-	if value == "" {
+func (s *Scheduler) internTopology(value unique.Handle[string]) (*policy.Topology, error) {
+	if value == noHandle {
 		return nil, nil
 	}
 	if t, ok := s.topologies[value]; ok {
 		return t, nil
 	}
-	src, err := api.ParseTopology(value)
+	src, err := api.ParseTopology(value.Value())
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +194,7 @@ func (s *Scheduler) DeleteNode(name string) {
 	}
 	// Interned topologies no node uses any more are dropped lazily.
 	if len(s.topologies) > 2*len(s.nodes)+16 {
-		s.topologies = map[string]*policy.Topology{}
+		s.topologies = map[unique.Handle[string]]*policy.Topology{}
 		for _, st := range s.nodes {
 			if st.node.Topo != nil {
 				s.topologies[st.topology] = st.node.Topo

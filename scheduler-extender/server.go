@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
@@ -31,7 +30,7 @@ const maxBody = 64 << 20
 type Server struct {
 	Sched   *Scheduler
 	Client  kubernetes.Interface
-	Pods    corelisters.PodLister // optional: bind looks pods up here first
+	Pods    PodSource // optional: bind looks pods up here first
 	Metrics *Metrics
 	// Ready reports whether the caches have synced.
 	Ready func() bool
@@ -40,6 +39,12 @@ type Server struct {
 
 	mu        sync.Mutex
 	assumedAt map[string]time.Time
+}
+
+// PodSource finds a pod by namespace and name without asking the API
+// server; Cache is one.
+type PodSource interface {
+	Pod(namespace, name string) (*v1.Pod, bool)
 }
 
 // Handler returns the HTTP routes.
@@ -214,7 +219,7 @@ func (s *Server) countBind(result string) {
 // the right UID, else from the API server.
 func (s *Server) getPod(ctx context.Context, args *extenderv1.ExtenderBindingArgs) (*v1.Pod, error) {
 	if s.Pods != nil {
-		if pod, err := s.Pods.Pods(args.PodNamespace).Get(args.PodName); err == nil && (args.PodUID == "" || pod.UID == args.PodUID) {
+		if pod, ok := s.Pods.Pod(args.PodNamespace, args.PodName); ok && (args.PodUID == "" || pod.UID == args.PodUID) {
 			return pod, nil
 		}
 	}

@@ -72,7 +72,7 @@ func run(kubeconfig, configFile, listen string) error {
 	}
 	srv := &extender.Server{Sched: sched, Client: client, Metrics: extender.NewMetrics(sched),
 		Ready: c.Synced, AssumeTTL: 2 * time.Minute}
-	srv.Pods = c.Factory.Core().V1().Pods().Lister()
+	srv.Pods = c
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
