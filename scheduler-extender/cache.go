@@ -26,11 +26,14 @@ import (
 // transforms keep only what the engine reads, so the API server stays the
 // single source of truth and memory stays small.
 type Cache struct {
-	Factory  informers.SharedInformerFactory
-	Pods     cache.SharedIndexInformer
-	Nodes    cache.SharedIndexInformer
-	sched    *Scheduler
-	client   kubernetes.Interface
+	Factory informers.SharedInformerFactory
+	Pods    cache.SharedIndexInformer
+	Nodes   cache.SharedIndexInformer
+	sched   *Scheduler
+	client  kubernetes.Interface
+	// synced report whether the handlers have seen the initial lists (an
+	// informer's own HasSynced only says its store has them).
+	synced   []cache.InformerSynced
 	recorder record.EventRecorder
 
 	// problems remembers what was last reported per node, so an event is
@@ -49,7 +52,7 @@ func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.Eve
 	})
 	c := &Cache{Factory: f, Pods: pods, Nodes: f.Core().V1().Nodes().Informer(),
 		sched: sched, client: client, recorder: recorder, problems: map[string]string{}}
-	if _, err := c.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodeReg, err := c.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.upsertNode(obj) },
 		UpdateFunc: func(_, obj any) { c.upsertNode(obj) },
 		DeleteFunc: func(obj any) {
@@ -57,10 +60,11 @@ func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.Eve
 				sched.DeleteNode(n.Name)
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	podReg, err := c.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.upsertPod(obj) },
 		UpdateFunc: func(_, obj any) { c.upsertPod(obj) },
 		DeleteFunc: func(obj any) {
@@ -68,9 +72,11 @@ func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.Eve
 				sched.DeletePod(r.Key())
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
+	c.synced = []cache.InformerSynced{nodeReg.HasSynced, podReg.HasSynced}
 	return c, nil
 }
 
@@ -81,17 +87,19 @@ func unwrap(obj any) any {
 	return obj
 }
 
-// Start runs the informers and waits for them to sync.
+// Start runs the informers and waits until the Scheduler has seen every
+// node and pod of their initial lists.
 func (c *Cache) Start(ctx context.Context) error {
 	c.Factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), c.Nodes.HasSynced, c.Pods.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("informer caches did not sync")
 	}
 	return nil
 }
 
-// Synced reports whether both informers have synced.
-func (c *Cache) Synced() bool { return c.Nodes.HasSynced() && c.Pods.HasSynced() }
+// Synced reports whether the Scheduler has seen the initial lists of nodes
+// and pods.
+func (c *Cache) Synced() bool { return c.synced[0]() && c.synced[1]() }
 
 // Pod returns the pod as the informer last showed it, reduced to what the
 // engine reads (see PodRecord.Pod).
