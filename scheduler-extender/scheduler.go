@@ -40,6 +40,9 @@ type Scheduler struct {
 
 	mu    sync.RWMutex
 	nodes map[string]*nodeState
+	// engines maps a node name to nodes[name].node: filter and prioritize
+	// read it for thousands of nodes per pod, one pointer less to chase.
+	engines map[string]*policy.Node
 	// podNode maps a pod key to the node it is placed on.
 	podNode map[string]string
 	// assumed are pods placed by Bind and not yet confirmed by UpsertPod.
@@ -67,7 +70,7 @@ func NewScheduler(cfg api.Config) (*Scheduler, error) {
 	if err := cfg.Validate("config"); err != nil {
 		return nil, err
 	}
-	s := &Scheduler{cfg: cfg, nodes: map[string]*nodeState{}, podNode: map[string]string{},
+	s := &Scheduler{cfg: cfg, nodes: map[string]*nodeState{}, engines: map[string]*policy.Node{}, podNode: map[string]string{},
 		assumed: map[string]bool{}, topologies: map[unique.Handle[string]]*policy.Topology{}}
 	for _, p := range cfg.Pipelines {
 		sel := labels.Everything()
@@ -155,8 +158,13 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 			upd.Problems = append(upd.Problems, fmt.Sprintf("pod %s: its exclusive CPUs do not fit the node's topology", key))
 		}
 	}
-	s.nodes[obj.Name] = st
+	s.setNode(obj.Name, st)
 	return upd
+}
+
+func (s *Scheduler) setNode(name string, st *nodeState) {
+	s.nodes[name] = st
+	s.engines[name] = st.node
 }
 
 func (s *Scheduler) internTopology(value unique.Handle[string]) (*policy.Topology, error) {
@@ -191,6 +199,7 @@ func (s *Scheduler) DeleteNode(name string) {
 			delete(s.podNode, key)
 		}
 		delete(s.nodes, name)
+		delete(s.engines, name)
 	}
 	// Interned topologies no node uses any more are dropped lazily.
 	if len(s.topologies) > 2*len(s.nodes)+16 {
@@ -242,7 +251,7 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		// re-listed after the node appears (informer resync), and a
 		// nodeless placement would have nothing to account against.
 		st = &nodeState{node: policy.NewNode(nodeName, nil, s.cfg.Limits())}
-		s.nodes[nodeName] = st
+		s.setNode(nodeName, st)
 	}
 	if st.node.Topo == nil && placement.Exclusive() {
 		st.place(placement) // held until the node's topology arrives
@@ -377,12 +386,12 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, extenderv
 	fits := make([]string, 0, len(nodeNames))
 	failed := extenderv1.FailedNodesMap{}
 	for _, name := range nodeNames {
-		st, ok := s.nodes[name]
+		n, ok := s.engines[name]
 		if !ok {
 			failed[name] = "node unknown to the corepin extender (not in its cache yet)"
 			continue
 		}
-		if err := st.node.Check(req, filters); err != nil {
+		if err := n.Check(req, filters); err != nil {
 			failed[name] = err.Error()
 			continue
 		}
@@ -403,8 +412,8 @@ func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.Host
 	out := make(extenderv1.HostPriorityList, 0, len(nodeNames))
 	for _, name := range nodeNames {
 		score := 0
-		if st, ok := s.nodes[name]; ok {
-			score = st.node.Score(req, strategy)
+		if n, ok := s.engines[name]; ok {
+			score = n.Score(req, strategy)
 		}
 		out = append(out, extenderv1.HostPriority{Host: name, Score: int64(score)})
 	}
