@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -164,7 +165,12 @@ func (s *Server) prioritize(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	reply(w, &scores)
+	// kube-scheduler adds an extender's score to the nodes it lists and
+	// nothing to the others, so a node scoring 0 need not be sent: on a
+	// cluster of mostly empty nodes (MostAllocated) the reply, which
+	// kube-scheduler decodes for every pod, shrinks to the nodes in use.
+	nonzero := slices.DeleteFunc(scores, func(h extenderv1.HostPriority) bool { return h.Score == 0 })
+	reply(w, &nonzero)
 }
 
 func (s *Server) bind(w http.ResponseWriter, r *http.Request) {

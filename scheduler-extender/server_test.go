@@ -233,3 +233,23 @@ func TestTransformNodeKeepsCorepinAnnotations(t *testing.T) {
 		t.Fatalf("transformed node %+v", out)
 	}
 }
+
+// A node scoring 0 is left out of the prioritize reply: kube-scheduler adds
+// nothing for a node an extender does not list, so the ranking is the same.
+func TestHTTPPrioritizeLeavesOutZeroScores(t *testing.T) {
+	srv, _ := newTestServer(t)
+	h := srv.Handler()
+	names := []string{"n1", "n2"}
+	// 3 CPUs: 3/8 of n1 scores 4, 3/4 of n2 scores 8 (MostAllocated).
+	rec := post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: testPod("db", 3, true), NodeNames: &names})
+	var scores extenderv1.HostPriorityList
+	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || len(scores) != 2 ||
+		scores[0] != (extenderv1.HostPriority{Host: "n1", Score: 4}) || scores[1] != (extenderv1.HostPriority{Host: "n2", Score: 8}) {
+		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
+	}
+	// A shared pod asking for no CPU leaves both nodes at 0.
+	rec = post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: testPod("web", 0, false), NodeNames: &names})
+	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || rec.Code != 200 || len(scores) != 0 {
+		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
+	}
+}
