@@ -56,6 +56,14 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	time.Sleep(5 * time.Second) // both schedulers list the 1,000 nodes
 
 	procs := []*framework.Process{cp.Etcd, cp.APIServer, defaultSched, corepinSched, ext}
+	// What the idle cluster burns per second, to tell it from the rows' work.
+	idleStart := cpuTimes(b, procs)
+	time.Sleep(5 * time.Second)
+	var idle strings.Builder
+	for j, after := range cpuTimes(b, procs) {
+		fmt.Fprintf(&idle, " %s %.0f", procs[j].Name, float64(after-idleStart[j])/float64(time.Millisecond)/5)
+	}
+	b.Logf("idle: CPU ms per second:%s", idle.String())
 	row := func(prefix, schedulerName string, annotations map[string]string) float64 {
 		before := cpuTimes(b, procs)
 		if dir := os.Getenv("COREPIN_PROFILE_DIR"); dir != "" && schedulerName != "" {
