@@ -58,8 +58,11 @@ type Node struct {
 	apps map[string]int
 	// free summarises, per NUMA node, what filters need without a scan of
 	// the CPUs; it is rebuilt on every Add and Remove (writes are rare,
-	// filters of thousands of nodes per pod are not).
-	free []numaSummary
+	// filters of thousands of nodes per pod are not). On machines with up to
+	// four NUMA nodes it lives in freeBuf, next to the counters filters read,
+	// which saves a cache miss per node when thousands are filtered.
+	free    []numaSummary
+	freeBuf [4]numaSummary
 }
 
 // numaSummary counts the free capacity of one NUMA node.
@@ -231,7 +234,18 @@ func (n *Node) summarise() {
 	if n.Topo == nil {
 		return
 	}
-	n.free = make([]numaSummary, len(n.Topo.numas))
+	numas := len(n.Topo.numas)
+	switch {
+	case numas <= len(n.freeBuf):
+		n.free = n.freeBuf[:numas]
+	case cap(n.free) < numas:
+		n.free = make([]numaSummary, numas)
+	default:
+		n.free = n.free[:numas]
+	}
+	for i := range n.free {
+		n.free[i] = numaSummary{stackable: n.free[i].stackable[:0]}
+	}
 	for ci, c := range n.Topo.cores {
 		free, held, spreadOnly := 0, false, true
 		for _, i := range c.cpus {

@@ -7,11 +7,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -24,11 +26,14 @@ import (
 // transforms keep only what the engine reads, so the API server stays the
 // single source of truth and memory stays small.
 type Cache struct {
-	Factory  informers.SharedInformerFactory
-	Pods     cache.SharedIndexInformer
-	Nodes    cache.SharedIndexInformer
-	sched    *Scheduler
-	client   kubernetes.Interface
+	Factory informers.SharedInformerFactory
+	Pods    cache.SharedIndexInformer
+	Nodes   cache.SharedIndexInformer
+	sched   *Scheduler
+	client  kubernetes.Interface
+	// synced report whether the handlers have seen the initial lists (an
+	// informer's own HasSynced only says its store has them).
+	synced   []cache.InformerSynced
 	recorder record.EventRecorder
 
 	// problems remembers what was last reported per node, so an event is
@@ -40,9 +45,14 @@ type Cache struct {
 // NewCache wires informers to sched. recorder may be nil.
 func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.EventRecorder) (*Cache, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Transform))
-	c := &Cache{Factory: f, Pods: f.Core().V1().Pods().Informer(), Nodes: f.Core().V1().Nodes().Informer(),
+	// The Pod informer's store holds PodRecords, keyed by namespace/name and
+	// without the factory's namespace index (nothing here lists by namespace).
+	pods := f.InformerFor(&v1.Pod{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return coreinformers.NewPodInformer(client, metav1.NamespaceAll, resync, cache.Indexers{})
+	})
+	c := &Cache{Factory: f, Pods: pods, Nodes: f.Core().V1().Nodes().Informer(),
 		sched: sched, client: client, recorder: recorder, problems: map[string]string{}}
-	if _, err := c.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodeReg, err := c.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.upsertNode(obj) },
 		UpdateFunc: func(_, obj any) { c.upsertNode(obj) },
 		DeleteFunc: func(obj any) {
@@ -50,20 +60,23 @@ func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.Eve
 				sched.DeleteNode(n.Name)
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	podReg, err := c.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.upsertPod(obj) },
 		UpdateFunc: func(_, obj any) { c.upsertPod(obj) },
 		DeleteFunc: func(obj any) {
-			if p, ok := unwrap(obj).(*v1.Pod); ok {
-				sched.DeletePod(PodKey(p))
+			if r, ok := unwrap(obj).(*PodRecord); ok {
+				sched.DeletePod(r.Key())
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
+	c.synced = []cache.InformerSynced{nodeReg.HasSynced, podReg.HasSynced}
 	return c, nil
 }
 
@@ -74,23 +87,40 @@ func unwrap(obj any) any {
 	return obj
 }
 
-// Start runs the informers and waits for them to sync.
+// Start runs the informers and waits until the Scheduler has seen every
+// node and pod of their initial lists.
 func (c *Cache) Start(ctx context.Context) error {
 	c.Factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), c.Nodes.HasSynced, c.Pods.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("informer caches did not sync")
 	}
 	return nil
 }
 
-// Synced reports whether both informers have synced.
-func (c *Cache) Synced() bool { return c.Nodes.HasSynced() && c.Pods.HasSynced() }
+// Synced reports whether the Scheduler has seen the initial lists of nodes
+// and pods.
+func (c *Cache) Synced() bool { return c.synced[0]() && c.synced[1]() }
+
+// Pod returns the pod as the informer last showed it, reduced to what the
+// engine reads (see PodRecord.Pod).
+func (c *Cache) Pod(namespace, name string) (*v1.Pod, bool) {
+	obj, ok, err := c.Pods.GetIndexer().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	r, ok := obj.(*PodRecord)
+	if !ok {
+		return nil, false
+	}
+	return r.Pod(), true
+}
 
 func (c *Cache) upsertPod(obj any) {
-	pod, ok := obj.(*v1.Pod)
+	r, ok := obj.(*PodRecord)
 	if !ok {
 		return
 	}
+	pod := r.Pod()
 	if err := c.sched.UpsertPod(pod); err != nil {
 		klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
 	}
@@ -135,20 +165,15 @@ func (c *Cache) markNode(name, reason string) {
 	}
 }
 
-// Transform strips objects down to what the engine reads: names, labels
-// (pipelines, app identity), corepin annotations, and for pods the node,
-// phase and container CPU resources. It runs before objects enter the
-// informer store.
+// Transform strips objects down to what the engine reads before they enter
+// the informer stores: a pod becomes a PodRecord; a node keeps its name,
+// UID, resource version and corepin annotations, the topology interned (a
+// 256-CPU topology is 12 KB of JSON, and most nodes of a cluster share a
+// handful of them). It is idempotent.
 func Transform(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *v1.Pod:
-		out := &v1.Pod{ObjectMeta: slimMeta(o.ObjectMeta), Spec: v1.PodSpec{NodeName: o.Spec.NodeName}, Status: v1.PodStatus{Phase: o.Status.Phase}}
-		out.Spec.Containers = make([]v1.Container, len(o.Spec.Containers))
-		for i, c := range o.Spec.Containers {
-			out.Spec.Containers[i] = v1.Container{Name: c.Name, Resources: v1.ResourceRequirements{
-				Limits: cpuOnly(c.Resources.Limits), Requests: cpuOnly(c.Resources.Requests)}}
-		}
-		return out, nil
+		return NewPodRecord(o), nil
 	case *v1.Node:
 		return &v1.Node{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
 	}
@@ -156,21 +181,20 @@ func Transform(obj any) (any, error) {
 }
 
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
-	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Labels: m.Labels}
+	out := metav1.ObjectMeta{Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion}
 	for k, v := range m.Annotations {
-		if strings.HasPrefix(k, "corepin.io/") {
-			if out.Annotations == nil {
-				out.Annotations = map[string]string{}
-			}
-			out.Annotations[k] = v
+		if !strings.HasPrefix(k, "corepin.io/") {
+			continue
 		}
+		if out.Annotations == nil {
+			out.Annotations = map[string]string{}
+		}
+		if k == api.AnnotationTopology {
+			// The Scheduler holds a handle on every topology in use, so
+			// this returns the copy already kept.
+			v = unique.Make(v).Value()
+		}
+		out.Annotations[k] = v
 	}
 	return out
-}
-
-func cpuOnly(l v1.ResourceList) v1.ResourceList {
-	if q, ok := l[v1.ResourceCPU]; ok {
-		return v1.ResourceList{v1.ResourceCPU: q}
-	}
-	return nil
 }

@@ -36,6 +36,14 @@ func TestCacheFromInformers(t *testing.T) {
 	if n.Exclusive().String() != "2-3" {
 		t.Fatalf("held %q, want 2-3", n.Exclusive())
 	}
+	// Bind reads pods from the cache: what it keeps is what the engine needs.
+	if got, ok := c.Pod("default", "db"); !ok || got.Spec.NodeName != "n1" || got.Annotations[api.AnnotationAllocStatus] == "" ||
+		got.Spec.Containers[0].Resources.Limits.Cpu().Value() != 2 {
+		t.Fatalf("cached pod %+v, %v", got, ok)
+	}
+	if _, ok := c.Pod("default", "nope"); ok {
+		t.Fatal("cache returned a pod that does not exist")
+	}
 	select {
 	case e := <-recorder.Events:
 		if !strings.Contains(e, "InvalidCorepinAnnotation") || !strings.Contains(e, "must list the online CPUs") {

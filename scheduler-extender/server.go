@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
@@ -31,7 +31,7 @@ const maxBody = 64 << 20
 type Server struct {
 	Sched   *Scheduler
 	Client  kubernetes.Interface
-	Pods    corelisters.PodLister // optional: bind looks pods up here first
+	Pods    PodSource // optional: bind looks pods up here first
 	Metrics *Metrics
 	// Ready reports whether the caches have synced.
 	Ready func() bool
@@ -40,6 +40,12 @@ type Server struct {
 
 	mu        sync.Mutex
 	assumedAt map[string]time.Time
+}
+
+// PodSource finds a pod by namespace and name without asking the API
+// server; Cache is one.
+type PodSource interface {
+	Pod(namespace, name string) (*v1.Pod, bool)
 }
 
 // Handler returns the HTTP routes.
@@ -159,7 +165,12 @@ func (s *Server) prioritize(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	reply(w, &scores)
+	// kube-scheduler adds an extender's score to the nodes it lists and
+	// nothing to the others, so a node scoring 0 need not be sent: on a
+	// cluster of mostly empty nodes (MostAllocated) the reply, which
+	// kube-scheduler decodes for every pod, shrinks to the nodes in use.
+	nonzero := slices.DeleteFunc(scores, func(h extenderv1.HostPriority) bool { return h.Score == 0 })
+	reply(w, &nonzero)
 }
 
 func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
@@ -214,7 +225,7 @@ func (s *Server) countBind(result string) {
 // the right UID, else from the API server.
 func (s *Server) getPod(ctx context.Context, args *extenderv1.ExtenderBindingArgs) (*v1.Pod, error) {
 	if s.Pods != nil {
-		if pod, err := s.Pods.Pods(args.PodNamespace).Get(args.PodName); err == nil && (args.PodUID == "" || pod.UID == args.PodUID) {
+		if pod, ok := s.Pods.Pod(args.PodNamespace, args.PodName); ok && (args.PodUID == "" || pod.UID == args.PodUID) {
 			return pod, nil
 		}
 	}

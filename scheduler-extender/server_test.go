@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -174,14 +176,80 @@ func FuzzHTTPBodies(f *testing.F) {
 
 func TestTransformKeepsWhatTheEngineReads(t *testing.T) {
 	pod := testPod("a", 2, true)
+	pod.UID, pod.ResourceVersion = "uid-a", "42"
+	pod.Labels = map[string]string{api.LabelApp: "pg", "pod-template-hash": "abc"}
 	pod.Annotations["kubectl.kubernetes.io/last-applied-configuration"] = strings.Repeat("x", 4096)
+	pod.Annotations[api.AnnotationAllocStatus] = `{"node":"n1","cpus":"2-3","containers":{"main":"2-3"},"mems":"0"}`
 	pod.Spec.NodeName = "n1"
 	pod.Spec.Containers[0].Image = "postgres"
 	pod.Spec.Containers[0].Env = []v1.EnvVar{{Name: "A", Value: "b"}}
-	out, _ := Transform(pod)
-	slim := out.(*v1.Pod)
-	if slim.Spec.NodeName != "n1" || slim.Annotations[api.AnnotationCPUMode] != "exclusive" || len(slim.Annotations) != 1 ||
-		slim.Spec.Containers[0].Image != "" || slim.Spec.Containers[0].Resources.Limits.Cpu().Value() != 2 {
-		t.Fatalf("transformed %+v", slim)
+	pod.Spec.Containers[0].Resources.Requests = v1.ResourceList{v1.ResourceCPU: resource.MustParse("1500m"), v1.ResourceMemory: resource.MustParse("1Gi")}
+	pod.Spec.Containers = append(pod.Spec.Containers, v1.Container{Name: "sidecar"})
+	pod.Status.Phase = v1.PodRunning
+	out, err := Transform(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := Transform(out); again != out {
+		t.Fatalf("Transform is not idempotent: %T", again)
+	}
+	slim := out.(*PodRecord).Pod()
+	want := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42",
+			Labels: map[string]string{api.LabelApp: "pg"},
+			Annotations: map[string]string{api.AnnotationCPUMode: "exclusive",
+				api.AnnotationAllocStatus: `{"node":"n1","cpus":"2-3","containers":{"main":"2-3"},"mems":"0"}`}},
+		Spec: v1.PodSpec{NodeName: "n1", Containers: []v1.Container{
+			{Name: "main", Resources: v1.ResourceRequirements{
+				Limits:   v1.ResourceList{v1.ResourceCPU: resource.MustParse("2")},
+				Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1500m")}}},
+			{Name: "sidecar"}}},
+		Status: v1.PodStatus{Phase: v1.PodRunning},
+	}
+	if !apiequality.Semantic.DeepEqual(slim, want) {
+		t.Fatalf("transformed pod\n%+v\nwant\n%+v", slim, want)
+	}
+	// The engine reads the same placement from the record as from the pod.
+	full, err := PlacementFromPod(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := PlacementFromPod(slim)
+	if err != nil || !samePlacement(full, kept) || full.Key != kept.Key {
+		t.Fatalf("placement from the record %+v (%v), from the pod %+v", kept, err, full)
+	}
+}
+
+func TestTransformNodeKeepsCorepinAnnotations(t *testing.T) {
+	node := testNode("n1", topologyJSON(8, ""))
+	node.UID, node.ResourceVersion = "uid-n1", "7"
+	node.Labels = map[string]string{"kubernetes.io/hostname": "n1"}
+	node.Annotations["node.alpha.kubernetes.io/ttl"] = "0"
+	node.Status.Images = []v1.ContainerImage{{Names: []string{"postgres:17"}}}
+	out, _ := Transform(node)
+	want := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1", ResourceVersion: "7",
+		Annotations: map[string]string{api.AnnotationTopology: topologyJSON(8, "")}}}
+	if !apiequality.Semantic.DeepEqual(out, want) {
+		t.Fatalf("transformed node %+v", out)
+	}
+}
+
+// A node scoring 0 is left out of the prioritize reply: kube-scheduler adds
+// nothing for a node an extender does not list, so the ranking is the same.
+func TestHTTPPrioritizeLeavesOutZeroScores(t *testing.T) {
+	srv, _ := newTestServer(t)
+	h := srv.Handler()
+	names := []string{"n1", "n2"}
+	// 3 CPUs: 3/8 of n1 scores 4, 3/4 of n2 scores 8 (MostAllocated).
+	rec := post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: testPod("db", 3, true), NodeNames: &names})
+	var scores extenderv1.HostPriorityList
+	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || len(scores) != 2 ||
+		scores[0] != (extenderv1.HostPriority{Host: "n1", Score: 4}) || scores[1] != (extenderv1.HostPriority{Host: "n2", Score: 8}) {
+		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
+	}
+	// A shared pod asking for no CPU leaves both nodes at 0.
+	rec = post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: testPod("web", 0, false), NodeNames: &names})
+	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || rec.Code != 200 || len(scores) != 0 {
+		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -33,14 +34,15 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	configFile := flag.String("config", "", "configuration file (YAML); defaults apply when empty")
 	listen := flag.String("listen", ":8888", "address to serve the extender on")
+	profiling := flag.Bool("profiling", false, "serve Go's profiles under /debug/pprof/ on the extender's address")
 	flag.Parse()
-	if err := run(*kubeconfig, *configFile, *listen); err != nil {
+	if err := run(*kubeconfig, *configFile, *listen, *profiling); err != nil {
 		klog.ErrorS(err, "corepin-extender failed")
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, configFile, listen string) error {
+func run(kubeconfig, configFile, listen string, profiling bool) error {
 	cfg := api.Config{}
 	if configFile != "" {
 		var err error
@@ -72,11 +74,21 @@ func run(kubeconfig, configFile, listen string) error {
 	}
 	srv := &extender.Server{Sched: sched, Client: client, Metrics: extender.NewMetrics(sched),
 		Ready: c.Synced, AssumeTTL: 2 * time.Minute}
-	srv.Pods = c.Factory.Core().V1().Pods().Lister()
+	srv.Pods = c
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	httpSrv := &http.Server{Addr: listen, Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	handler := srv.Handler()
+	if profiling {
+		mux := http.NewServeMux()
+		mux.Handle("/", handler)
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		handler = mux
+	}
+	httpSrv := &http.Server{Addr: listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	if cfg.TLS != nil {
 		if httpSrv.TLSConfig, err = tlsConfig(cfg.TLS); err != nil {
 			return err

@@ -4,7 +4,16 @@ package integration
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,10 +48,10 @@ func repoBin(t testing.TB, name string) string {
 }
 
 // startExtender runs the corepin-extender binary and waits until it is ready.
-func startExtender(t testing.TB, cp *framework.ControlPlane, port int) *framework.Process {
+func startExtender(t testing.TB, cp *framework.ControlPlane, port int, extraArgs ...string) *framework.Process {
 	t.Helper()
-	p := framework.Start(t, cp.Dir, fmt.Sprintf("corepin-extender-%d", time.Now().UnixNano()), repoBin(t, "corepin-extender"),
-		"--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2")
+	args := append([]string{"--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2"}, extraArgs...)
+	p := framework.Start(t, cp.Dir, fmt.Sprintf("corepin-extender-%d", time.Now().UnixNano()), repoBin(t, "corepin-extender"), args...)
 	framework.Eventually(t, 60*time.Second, "corepin-extender /readyz", func() (bool, error) {
 		if exited, err := p.Exited(); exited {
 			t.Fatalf("corepin-extender exited: %v\n%s", err, framework.Tail(p.Log, 30))
@@ -332,4 +341,158 @@ func TestExtenderChurn(t *testing.T) {
 	}
 	checker.assert(t)
 	t.Logf("churn: %d pods over %d nodes, %d pod events checked", pods, nodes, checker.events)
+}
+
+// TestExtenderTLS runs kube-scheduler against corepin-extender over HTTPS
+// with mutual TLS (the extender's tls: certFile, keyFile, clientCAFile),
+// with certificates made here: kube-scheduler verifies the extender's
+// serving certificate and presents its own, and a client without a
+// certificate from the configured client CA gets nothing.
+func TestExtenderTLS(t *testing.T) {
+	cp := framework.StartControlPlane(t)
+	c := cp.Client
+	cp.CreateNode(t, "node-a", 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+
+	serverCA, schedulerCA, otherCA := newTestCA(t, "extender CA"), newTestCA(t, "kube-scheduler CA"), newTestCA(t, "another CA")
+	file := func(name string, data []byte) string {
+		path := filepath.Join(cp.Dir, name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	serverCert, serverKey := serverCA.issue(t, "corepin-extender", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
+	schedCert, schedKey := schedulerCA.issue(t, "kube-scheduler", x509.ExtKeyUsageClientAuth)
+	strangerCert, strangerKey := otherCA.issue(t, "kube-scheduler", x509.ExtKeyUsageClientAuth)
+	config := file("extender.yaml", fmt.Appendf(nil, "tls:\n  certFile: %s\n  keyFile: %s\n  clientCAFile: %s\n",
+		file("tls.crt", serverCert), file("tls.key", serverKey), file("scheduler-ca.crt", schedulerCA.certPEM)))
+	sched := &framework.ExtenderTLS{CAFile: file("extender-ca.crt", serverCA.certPEM),
+		CertFile: file("scheduler.crt", schedCert), KeyFile: file("scheduler.key", schedKey)}
+
+	// client is an HTTPS client that trusts the extender's CA and presents
+	// the given certificate, if any.
+	client := func(certPEM, keyPEM []byte) *http.Client {
+		roots := x509.NewCertPool()
+		roots.AddCert(serverCA.cert)
+		cfg := &tls.Config{RootCAs: roots}
+		if certPEM != nil {
+			pair, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	}
+	port := framework.FreePort(t)
+	base := fmt.Sprintf("https://127.0.0.1:%d", port)
+	ext := framework.Start(t, cp.Dir, "corepin-extender", repoBin(t, "corepin-extender"),
+		"--kubeconfig", cp.Kubeconfig, "--config", config, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2")
+	trusted := client(schedCert, schedKey)
+	framework.Eventually(t, 60*time.Second, "corepin-extender /readyz over HTTPS", func() (bool, error) {
+		if exited, err := ext.Exited(); exited {
+			t.Fatalf("corepin-extender exited: %v\n%s", err, framework.Tail(ext.Log, 30))
+		}
+		resp, err := trusted.Get(base + "/readyz")
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
+	})
+
+	t.Run("clients without a certificate from the client CA are refused", func(t *testing.T) {
+		body := `{"pod":{"metadata":{"name":"x","namespace":"default"}},"nodenames":["node-a"]}`
+		for name, cl := range map[string]*http.Client{
+			"no client certificate":                client(nil, nil),
+			"a certificate from another authority": client(strangerCert, strangerKey),
+		} {
+			resp, err := cl.Post(base+"/filter", "application/json", strings.NewReader(body))
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("%s: POST /filter got %s, want the TLS handshake refused", name, resp.Status)
+			}
+			if !strings.Contains(err.Error(), "certificate") {
+				t.Fatalf("%s: error %v does not name the certificate", name, err)
+			}
+		}
+		// Plain HTTP on the HTTPS port gets nothing from the extender either.
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/filter", port), "application/json", strings.NewReader(body))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("plain HTTP: %s", resp.Status)
+			}
+		}
+	})
+
+	t.Run("kube-scheduler binds an exclusive pod through the extender over HTTPS", func(t *testing.T) {
+		cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: base, HTTPTimeout: 10 * time.Second, TLS: sched})
+		if _, err := c.CoreV1().Pods("default").Create(context.Background(), newPod("db-tls", podOpts{cpu: "2", annotations: exclusive()}), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Only the extender writes alloc-status, at bind: the pod went
+		// through filter, prioritize and bind over mutual TLS.
+		pod := waitScheduled(t, c, "db-tls")
+		if st := allocStatus(t, pod); st.Node != "node-a" || st.CPUs.Size() != 2 {
+			t.Fatalf("alloc-status %+v", st)
+		}
+	})
+}
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	cert    *x509.Certificate
+	key     *ecdsa.PrivateKey
+	certPEM []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue returns a PEM certificate and key for name, valid for usage and,
+// for a server, for the given IP addresses.
+func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage, ips ...net.IP) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: name}, IPAddresses: ips,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+}
+
+func serial(t *testing.T) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -5,6 +5,11 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,7 +26,10 @@ import (
 // stock default-scheduler, then a second kube-scheduler whose profile
 // "corepin-scheduler" calls corepin-extender, on the same pods (shared),
 // then exclusive pods through corepin. It reports pods/s of each and the
-// ratio corepin/default (target at least 0.8).
+// ratio corepin/default (target at least 0.8). It logs, per row, the CPU
+// time each process used per pod, since they all share the machine. With
+// COREPIN_PROFILE_DIR set, it saves a CPU profile of the extender during
+// each corepin row there.
 //
 //	go test -tags integration -run '^$' -bench SchedulerThroughput -benchtime 1x ./test/integration/
 func BenchmarkSchedulerThroughput(b *testing.B) {
@@ -41,22 +49,80 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	}
 	wg.Wait()
 	extPort := framework.FreePort(b)
-	startExtender(b, cp, extPort)
-	cp.StartScheduler(b, "default-scheduler", "", nil)
-	cp.StartScheduler(b, "corepin-scheduler", "corepin-scheduler", &framework.SchedulerExtender{
+	ext := startExtender(b, cp, extPort, "--profiling")
+	defaultSched := cp.StartScheduler(b, "default-scheduler", "", nil)
+	corepinSched := cp.StartScheduler(b, "corepin-scheduler", "corepin-scheduler", &framework.SchedulerExtender{
 		URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 30 * time.Second})
 	time.Sleep(5 * time.Second) // both schedulers list the 1,000 nodes
 
+	procs := []*framework.Process{cp.Etcd, cp.APIServer, defaultSched, corepinSched, ext}
+	// What the idle cluster burns per second, to tell it from the rows' work.
+	idleStart := cpuTimes(b, procs)
+	time.Sleep(5 * time.Second)
+	var idle strings.Builder
+	for j, after := range cpuTimes(b, procs) {
+		fmt.Fprintf(&idle, " %s %.0f", procs[j].Name, float64(after-idleStart[j])/float64(time.Millisecond)/5)
+	}
+	b.Logf("idle: CPU ms per second:%s", idle.String())
+	row := func(prefix, schedulerName string, annotations map[string]string) float64 {
+		before := cpuTimes(b, procs)
+		if dir := os.Getenv("COREPIN_PROFILE_DIR"); dir != "" && schedulerName != "" {
+			defer profileExtender(b, extPort, filepath.Join(dir, prefix+".pprof"))()
+		}
+		rate := measure(b, c, prefix, pods, schedulerName, annotations)
+		var report strings.Builder
+		for j, after := range cpuTimes(b, procs) {
+			fmt.Fprintf(&report, " %s %.1f", procs[j].Name, float64(after-before[j])/float64(time.Millisecond)/pods)
+		}
+		b.Logf("%s: %.0f pods/s; CPU ms per pod:%s", prefix, rate, report.String())
+		return rate
+	}
+
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		base := measure(b, c, fmt.Sprintf("default-%d", i), pods, "", nil)
-		withCorepin := measure(b, c, fmt.Sprintf("shared-%d", i), pods, "corepin-scheduler", nil)
-		excl := measure(b, c, fmt.Sprintf("excl-%d", i), pods, "corepin-scheduler", exclusive())
+		base := row(fmt.Sprintf("default-%d", i), "", nil)
+		withCorepin := row(fmt.Sprintf("shared-%d", i), "corepin-scheduler", nil)
+		excl := row(fmt.Sprintf("excl-%d", i), "corepin-scheduler", exclusive())
 		b.ReportMetric(base, "default-pods/s")
 		b.ReportMetric(withCorepin, "corepin-shared-pods/s")
 		b.ReportMetric(excl, "corepin-exclusive-pods/s")
 		b.ReportMetric(withCorepin/base, "ratio-shared")
 		b.ReportMetric(excl/base, "ratio-exclusive")
+	}
+}
+
+func cpuTimes(b *testing.B, procs []*framework.Process) []time.Duration {
+	out := make([]time.Duration, len(procs))
+	for i, p := range procs {
+		var err error
+		if out[i], err = p.CPUTime(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return out
+}
+
+// profileExtender starts a 5-second CPU profile of the extender (about one
+// row's length) and returns a function that waits for it and saves it.
+func profileExtender(b *testing.B, port int, path string) func() {
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=5", port))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err == nil {
+			err = os.WriteFile(path, data, 0o644)
+		}
+		done <- err
+	}()
+	return func() {
+		if err := <-done; err != nil {
+			b.Errorf("extender profile: %v", err)
+		}
 	}
 }
 

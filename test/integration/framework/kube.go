@@ -1,6 +1,7 @@
 package framework
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -10,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,6 +128,16 @@ func randomHex(t testing.TB) string {
 type SchedulerExtender struct {
 	URL         string
 	HTTPTimeout time.Duration
+	// TLS, when set, makes kube-scheduler call the extender over HTTPS
+	// (URL must then be https://).
+	TLS *ExtenderTLS
+}
+
+// ExtenderTLS is kube-scheduler's side of HTTPS to the extender: the CA
+// that signed the extender's serving certificate, and kube-scheduler's own
+// client certificate and key (PEM files).
+type ExtenderTLS struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // StartScheduler runs kube-scheduler against the control plane under the
@@ -138,6 +151,10 @@ func (cp *ControlPlane) StartScheduler(t testing.TB, name, schedulerName string,
 	}
 	extenders := ""
 	if ext != nil {
+		tls := "  enableHTTPS: false\n"
+		if t := ext.TLS; t != nil {
+			tls = fmt.Sprintf("  enableHTTPS: true\n  tlsConfig:\n    caFile: %q\n    certFile: %q\n    keyFile: %q\n", t.CAFile, t.CertFile, t.KeyFile)
+		}
 		extenders = fmt.Sprintf(`extenders:
 - urlPrefix: %q
   filterVerb: filter
@@ -145,9 +162,8 @@ func (cp *ControlPlane) StartScheduler(t testing.TB, name, schedulerName string,
   bindVerb: bind
   weight: 1
   nodeCacheCapable: true
-  enableHTTPS: false
   httpTimeout: %s
-`, ext.URL, ext.HTTPTimeout)
+%s`, ext.URL, ext.HTTPTimeout, tls)
 	}
 	config := fmt.Sprintf(`apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -197,4 +213,29 @@ func (cp *ControlPlane) CreateNode(t testing.TB, name string, cpus int, annotati
 		t.Fatalf("node %s taints: %v", name, err)
 	}
 	return node
+}
+
+// CPUTime is the user and system CPU time the process has used so far, from
+// /proc (Linux), to attribute a benchmark's CPU to the components of a
+// cluster that share one machine.
+func (p *Process) CPUTime() (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields 14 and 15 (utime,
+	// stime, in clock ticks of 1/100 s) count from after its ')'.
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", p.cmd.Process.Pid, len(fields))
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", p.cmd.Process.Pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
