@@ -8,7 +8,7 @@ export COREPIN_CACHE ?= $(HOME)/.cache/corepin
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build test test-unit test-integration test-e2e bench lint demo demo-down deps tools tools-containerd tools-kube images images-local clean fuzz
+.PHONY: all build test test-unit test-integration test-e2e test-kind bench lint demo demo-down deps tools tools-containerd tools-kube images images-local clean fuzz
 
 all: build
 
@@ -16,7 +16,7 @@ build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
-test: lint test-unit test-integration
+test: lint test-unit test-integration test-e2e
 
 test-unit:
 	$(GO) test -count=1 -race $(PKGS)
@@ -79,6 +79,13 @@ demo-down:
 test-e2e: deps tools images-local
 	hack/cluster.sh up
 	$(GO) test -count=1 -tags e2e -timeout 20m ./test/e2e/... ; rc=$$?; hack/cluster.sh down; exit $$rc
+
+# The same suite against a kind cluster with NRI (needs Docker and kind;
+# not run in CI here, where there is no Docker engine).
+test-kind: images
+	$(GO) run ./hack/images --bin $(BIN) --out $(BIN)/images --local
+	hack/kind.sh up
+	hack/kind.sh test; rc=$$?; hack/kind.sh down; exit $$rc
 
 # Packages a fresh Debian machine lacks.
 deps:

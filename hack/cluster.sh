@@ -9,6 +9,7 @@
 #   hack/cluster.sh up      bring it up (idempotent: down first)
 #   hack/cluster.sh down    stop everything and remove the state
 #   hack/cluster.sh env     print the export line for kubectl
+#   hack/cluster.sh restart kubelet|containerd|...   restart one component
 #
 # Everything lives in $COREPIN_CLUSTER (default /var/lib/corepin-cluster).
 # Binaries come from $COREPIN_CACHE, built by `make tools`.
@@ -36,8 +37,24 @@ log() { echo "cluster: $*" >&2; }
 # start NAME CMD...: a detached process with its log and pid in $dir.
 start() {
   local name=$1; shift
-  setsid "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
+  mkdir -p "$dir/cmds"
+  printf '%q ' "$@" > "$dir/cmds/$name"
+  setsid "$@" >>"$dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$dir/pids/$name"
+}
+
+# restart NAME: stop one component and start it again with the same command
+# line (containers keep running across a containerd or kubelet restart).
+restart() {
+  local name=$1 pid
+  [ -f "$dir/cmds/$name" ] || { log "no component $name"; exit 2; }
+  pid=$(cat "$dir/pids/$name")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -9 "$pid" 2>/dev/null || true
+  export PATH="$ctrd_bin:$PATH"
+  eval "start $name $(cat "$dir/cmds/$name")"
+  log "restarted $name"
 }
 
 # wait_for WHAT SECONDS CMD...: poll until CMD succeeds.
@@ -203,6 +220,7 @@ EOF
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  restart) restart "${2:?component}" ;;
   env) echo "export KUBECONFIG=$dir/admin.kubeconfig PATH=$(dirname "$kubectl"):\$PATH" ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|restart NAME" >&2; exit 2 ;;
 esac
