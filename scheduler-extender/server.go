@@ -100,41 +100,27 @@ func reply(w http.ResponseWriter, v any) {
 	}
 }
 
-// nodeNames takes the candidate names from either form kube-scheduler sends.
-func nodeNames(args *extenderv1.ExtenderArgs) []string {
-	if args.NodeNames != nil {
-		return *args.NodeNames
-	}
-	if args.Nodes != nil {
-		names := make([]string, len(args.Nodes.Items))
-		for i := range args.Nodes.Items {
-			names[i] = args.Nodes.Items[i].Name
-		}
-		return names
-	}
-	return nil
-}
-
-func readArgs(w http.ResponseWriter, r *http.Request) (*extenderv1.ExtenderArgs, bool) {
-	var args extenderv1.ExtenderArgs
+// readArgs decodes a filter or prioritize body into the pod and the
+// candidate node names.
+func readArgs(w http.ResponseWriter, r *http.Request) (*v1.Pod, []string, bool) {
+	var args extenderArgs
 	if err := decode(r, &args); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return nil, false
+		return nil, nil, false
 	}
 	if args.Pod == nil {
 		http.Error(w, "malformed request body: no pod", http.StatusBadRequest)
-		return nil, false
+		return nil, nil, false
 	}
-	return &args, true
+	return args.Pod.pod(), args.names(), true
 }
 
 func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
-	args, ok := readArgs(w, r)
+	pod, names, ok := readArgs(w, r)
 	if !ok {
 		return
 	}
-	names := nodeNames(args)
-	fits, failed, err := s.Sched.Filter(args.Pod, names)
+	fits, failed, err := s.Sched.Filter(pod, names)
 	if err != nil {
 		// The pod itself is malformed: no node can help, so every node is
 		// unresolvable and the reason shows in the FailedScheduling event.
@@ -142,7 +128,7 @@ func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
 		for _, n := range names {
 			unresolvable[n] = err.Error()
 		}
-		klog.InfoS("Pod refused", "pod", klog.KObj(args.Pod), "reason", err.Error())
+		klog.InfoS("Pod refused", "pod", klog.KObj(pod), "reason", err.Error())
 		reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &[]string{}, FailedAndUnresolvableNodes: unresolvable})
 		return
 	}
@@ -151,16 +137,16 @@ func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
 			s.Metrics.Rejections.WithLabelValues(reasonClass(reason)).Inc()
 		}
 	}
-	klog.V(4).InfoS("Filtered", "pod", klog.KObj(args.Pod), "fit", len(fits), "failed", len(failed))
+	klog.V(4).InfoS("Filtered", "pod", klog.KObj(pod), "fit", len(fits), "failed", len(failed))
 	reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &fits, FailedNodes: failed})
 }
 
 func (s *Server) prioritize(w http.ResponseWriter, r *http.Request) {
-	args, ok := readArgs(w, r)
+	pod, names, ok := readArgs(w, r)
 	if !ok {
 		return
 	}
-	scores, err := s.Sched.Prioritize(args.Pod, nodeNames(args))
+	scores, err := s.Sched.Prioritize(pod, names)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
