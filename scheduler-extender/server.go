@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -93,10 +94,24 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// reply writes v as the whole body, with its length and without a trailing
+// newline. kube-scheduler's extender client decodes one JSON value and
+// closes the body: Go's HTTP transport reuses the connection only if that
+// read reached the end of the body, which a trailing newline or a chunked
+// reply (any reply over 2 KB without a length) often prevents. Every
+// request then paid for a new connection (a TLS handshake with TLS on).
 func reply(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	if err := json.NewEncoder(w).Encode(v); err != nil {
-		klog.ErrorS(err, "Writing extender response")
+	body, err := json.Marshal(v)
+	if err != nil {
+		klog.ErrorS(err, "Encoding extender response")
+		http.Error(w, "encoding the response: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if _, err := w.Write(body); err != nil {
+		klog.V(2).InfoS("Writing extender response", "err", err)
 	}
 }
 
