@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,5 +260,74 @@ func TestPipelines(t *testing.T) {
 	// Bind still enforces every rule.
 	if _, err := s.Bind(context.Background(), big, "n1", newRecordingBinder()); err == nil {
 		t.Fatal("bind ignored the capacity rule")
+	}
+}
+
+// TestFilterPrioritizeInChunks: on a cluster large enough to be walked in
+// parallel, filter and prioritize answer exactly what a walk of one node at
+// a time answers, in the candidates' order.
+func TestFilterPrioritizeInChunks(t *testing.T) {
+	s, names, _ := populate(t, 3*chunkNodes+17, 3)
+	// Fill some nodes so the answers differ from node to node.
+	for i := 0; i < len(names); i += 7 {
+		for j := 0; j < 60; j++ {
+			first := 40 + 4*j
+			if first+3 >= 128 { // 128-129 are reserved
+				break
+			}
+			status := fmt.Sprintf(`{"node":%q,"cpus":"%d-%d","containers":{"main":"%d-%d"},"mems":"0"}`, names[i], first, first+3, first, first+3)
+			if err := s.UpsertPod(benchPod(1_000_000+i*100+j, names[i], status)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pod := benchPod(0, "", "")
+	pod.Name = "incoming"
+	pod.Annotations[api.AnnotationCPUMode] = "exclusive"
+	// 128 CPUs fit an empty node and not a filled one.
+	pod.Spec.Containers[0].Resources.Limits[v1.ResourceCPU] = resource.MustParse("128")
+	candidates := append(slices.Clone(names), "no-such-node")
+	fits, failed, err := s.Filter(pod, candidates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := s.request(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantFits []string
+	for _, name := range candidates {
+		n, ok := s.engines[name]
+		switch {
+		case !ok:
+			if failed[name] == "" {
+				t.Errorf("%s: unknown node not in failed", name)
+			}
+		case n.Check(req, api.AllFilters) != nil:
+			if want := n.Check(req, api.AllFilters).Error(); failed[name] != want {
+				t.Errorf("%s: failed %q, want %q", name, failed[name], want)
+			}
+		default:
+			wantFits = append(wantFits, name)
+		}
+	}
+	if len(wantFits) == len(names) || len(wantFits) == 0 {
+		t.Fatalf("test setup: %d of %d nodes fit; want some of each", len(wantFits), len(names))
+	}
+	if !slices.Equal(fits, wantFits) {
+		t.Fatalf("filter kept %d nodes, want %d (order and content must match)", len(fits), len(wantFits))
+	}
+	scores, err := s.Prioritize(pod, candidates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range candidates {
+		want := 0
+		if n, ok := s.engines[name]; ok {
+			want = n.Score(req, s.cfg.Strategy())
+		}
+		if scores[i].Host != name || scores[i].Score != int64(want) {
+			t.Fatalf("score %d = %+v, want %s %d", i, scores[i], name, want)
+		}
 	}
 }
