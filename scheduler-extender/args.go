@@ -105,7 +105,7 @@ func (l *nodeNameList) UnmarshalJSON(data []byte) error {
 			names = append(names, name)
 			i = end + 1
 		default:
-			return fmt.Errorf("nodenames: want node names (strings), got %.20q...", buf[i:])
+			return fmt.Errorf("nodenames: want node names (strings), got %.20q (first 20 bytes)", buf[i:])
 		}
 	}
 	return errors.New("nodenames: unterminated array")
