@@ -1,9 +1,14 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -175,6 +180,16 @@ func (p *Plugin) event(pod Pod, reason, message string) {
 	p.events.Event(ref, v1.EventTypeWarning, reason, message)
 }
 
+// nodeEvent records a warning on this node.
+func (p *Plugin) nodeEvent(reason, message string) {
+	if p.events == nil {
+		return
+	}
+	node := p.ledger.cfg.NodeName
+	ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
+	p.events.Event(ref, v1.EventTypeWarning, reason, message)
+}
+
 // amount is a container's CPU amount in millicores: its CFS quota over the
 // period (the limit), else its CPU shares (the request).
 func amount(c *api.Container) int64 {
@@ -220,9 +235,17 @@ func describe(classified *Container, c *api.Container) {
 
 // Synchronize rebuilds the ledger from the containers that exist and
 // returns updates for every container whose cpuset is not what it should
-// be. A container whose allocation conflicts with another's keeps running
-// where it is; the conflict is logged and counted, and the plugin still
-// registers.
+// be. Containers that exist are facts, not requests: an exclusive container
+// is never left out for capacity (a node over its exclusive limit is
+// logged, counted in corepin_nri_exclusive_over_limit_cpus and reported as
+// a node event). Containers are taken in the order they were created (NRI's
+// created_at; ties and runtimes that do not report it: by pod key, then
+// container ID), so when two exclusive containers claim the same CPU the
+// one created first is kept, whatever order the runtime lists them in. The
+// other keeps running where it is, untracked: it is quarantined, so none
+// of its CPUs goes to the shared pool or to another exclusive container
+// until it stops; the conflict is logged, counted and reported on the pod,
+// and the plugin still registers.
 func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containers []*api.Container) ([]*api.ContainerUpdate, error) {
 	defer p.metrics.observe("Synchronize", time.Now())
 	p.mu.Lock()
@@ -234,22 +257,37 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	for _, sb := range pods {
 		p.pods[sb.GetId()] = podOf(sb)
 	}
-	for _, c := range containers {
+	ordered := slices.Clone(containers)
+	slices.SortStableFunc(ordered, func(a, b *api.Container) int {
+		return cmp.Or(cmp.Compare(a.GetCreatedAt(), b.GetCreatedAt()),
+			strings.Compare(p.pods[a.GetPodSandboxId()].Key(), p.pods[b.GetPodSandboxId()].Key()),
+			strings.Compare(a.GetId(), b.GetId()))
+	})
+	for _, c := range ordered {
 		if s := c.GetState(); s != api.ContainerState_CONTAINER_CREATED && s != api.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
 		pod := p.pods[c.GetPodSandboxId()]
 		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
-		if err == nil {
-			describe(classified, c)
-			err = p.ledger.Admit(c.GetId(), classified)
-		}
 		if err != nil {
-			// Not in the ledger: its cores are not taken from it, and no
-			// one else is given them by this plugin until it goes.
+			// Its annotations do not say where it belongs (malformed,
+			// not placed, another node's): it keeps whatever cpuset it has,
+			// untracked; the plugin claims no CPUs for it.
 			p.metrics.conflicts.Inc()
-			p.log.Error("Conflict at synchronize: container left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
+			p.log.Error("Container at synchronize not tracked: left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
 			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops: "+err.Error())
+			continue
+		}
+		describe(classified, c)
+		if err := p.ledger.AdmitExisting(c.GetId(), classified); err != nil {
+			// Its CPUs conflict with a container kept before it: it keeps
+			// running on them, so none of them goes to anybody else.
+			p.ledger.Quarantine(c.GetId(), classified)
+			p.metrics.conflicts.Inc()
+			p.log.Error("Conflict at synchronize: container left where it is, its CPUs kept out of the shared pool", "pod", pod.Key(),
+				"container", c.GetName(), "cpus", classified.CPUs.String(), "err", err)
+			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops (its CPUs "+
+				classified.CPUs.String()+" are kept out of the shared pool): "+err.Error())
 			continue
 		}
 		if cur, ok := currentCPUs(c); ok {
@@ -261,11 +299,21 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			}
 		}
 	}
+	if c := p.ledger.Capacity(); c.E > c.ExclusiveLimit {
+		msg := fmt.Sprintf("node is over its exclusive limit: %d exclusive CPUs held by running containers, limit %d (P=%d, shared total %s, largest shared %s); no new exclusive container is admitted until it is back under",
+			c.E, c.ExclusiveLimit, c.P, milli(c.S), milli(c.M))
+		p.log.Warn("Over the exclusive limit at synchronize; running containers kept", "exclusive", c.E, "limit", c.ExclusiveLimit)
+		p.nodeEvent("CorepinOverExclusiveLimit", msg)
+	}
 	updates := p.updates("", "repair")
 	p.changed()
-	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
+	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
+		"updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
 	return updates, nil
 }
+
+// milli formats millicores as CPUs.
+func milli(m int64) string { return strconv.FormatFloat(float64(m)/1000, 'f', -1, 64) }
 
 // CreateContainer pins the new container and returns, with it, the updates
 // that move every other container to its new cpuset, so the shared pool

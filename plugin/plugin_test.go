@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -150,9 +151,9 @@ func TestSynchronizeRepairs(t *testing.T) {
 	p := newTestPlugin(t)
 	pods := []*api.PodSandbox{exclusivePod("s-db", "db", "2-3"), sandbox("s-web", "default", "web", nil), exclusivePod("s-bad", "bad", "3")}
 	containers := []*api.Container{
-		ctr("c-db", "s-db", "engine", 2000, "2-3"),
-		ctr("c-web", "s-web", "app", 500, "0-7"),   // created while the plugin was down: unpinned
-		ctr("c-bad", "s-bad", "engine", 1000, "3"), // conflicts with db: left where it is
+		createdAt(ctr("c-db", "s-db", "engine", 2000, "2-3"), 100),
+		createdAt(ctr("c-web", "s-web", "app", 500, "0-7"), 300),   // created while the plugin was down: unpinned
+		createdAt(ctr("c-bad", "s-bad", "engine", 1000, "3"), 200), // conflicts with db, created after it: left where it is
 	}
 	upd, err := p.Synchronize(context.Background(), pods, containers)
 	if err != nil {
@@ -312,5 +313,195 @@ func TestRefusalsAndConflictsAreEvents(t *testing.T) {
 	}
 	if got := <-events.Events; !strings.HasPrefix(got, "Warning CorepinConflict container left on its CPUs") {
 		t.Fatalf("conflict event %q", got)
+	}
+}
+
+// createdAt sets a container's creation time (nanoseconds, as NRI reports it).
+func createdAt(c *api.Container, at int64) *api.Container {
+	c.CreatedAt = at
+	return c
+}
+
+// TestSynchronizeKeepsRunningExclusive: at synchronize the containers that
+// exist are facts. An exclusive container is never dropped for capacity,
+// a container left out for a conflict keeps all its CPUs out of the shared
+// pool, and which of two conflicting containers is kept does not depend on
+// the order the runtime lists them in.
+func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		pods       []*api.PodSandbox
+		containers []*api.Container
+		// web is the shared container's cpuset after synchronize.
+		web string
+		e   int
+		// kept maps a CPU to the pod that must hold it.
+		kept map[int]string
+		// conflicts is how many containers were left out.
+		conflicts float64
+	}{
+		{
+			// P = 7; a shared 2000m container makes the limit min(4, 7-2*2, 7-1) = 3 < E = 4.
+			name: "over the exclusive limit",
+			pods: []*api.PodSandbox{exclusivePod("s-db", "db", "2-5"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				createdAt(ctr("c-web", "s-web", "app", 2000, "1-7"), 100),
+				createdAt(ctr("c-db", "s-db", "engine", 4000, "2-5"), 200),
+			},
+			web: "1,6-7", e: 4, kept: map[int]string{2: "default/db", 5: "default/db"},
+		},
+		{
+			name: "partial overlap, the first created is kept",
+			pods: []*api.PodSandbox{exclusivePod("s-a", "a", "2-3"), exclusivePod("s-b", "b", "3-4"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				createdAt(ctr("c-b", "s-b", "engine", 2000, "3-4"), 200),
+				createdAt(ctr("c-a", "s-a", "engine", 2000, "2-3"), 100),
+				ctr("c-web", "s-web", "app", 500, "1-7"),
+			},
+			web: "1,5-7", e: 2, kept: map[int]string{2: "default/a", 3: "default/a"}, conflicts: 1,
+		},
+		{
+			name: "partial overlap, b created first",
+			pods: []*api.PodSandbox{exclusivePod("s-a", "a", "2-3"), exclusivePod("s-b", "b", "3-4"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				createdAt(ctr("c-a", "s-a", "engine", 2000, "2-3"), 200),
+				createdAt(ctr("c-b", "s-b", "engine", 2000, "3-4"), 100),
+				ctr("c-web", "s-web", "app", 500, "1-7"),
+			},
+			web: "1,5-7", e: 2, kept: map[int]string{3: "default/b", 4: "default/b"}, conflicts: 1,
+		},
+		{
+			name: "partial overlap, same creation time: by pod key",
+			pods: []*api.PodSandbox{exclusivePod("s-b", "b", "3-4"), exclusivePod("s-a", "a", "2-3"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				ctr("c-1", "s-b", "engine", 2000, "3-4"),
+				ctr("c-2", "s-a", "engine", 2000, "2-3"),
+				ctr("c-web", "s-web", "app", 500, "1-7"),
+			},
+			web: "1,5-7", e: 2, kept: map[int]string{2: "default/a", 3: "default/a"}, conflicts: 1,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			upd, err := p.Synchronize(context.Background(), tc.pods, tc.containers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, u := range upd {
+				got[u.GetContainerId()] = cpusOf(u)
+			}
+			if got["c-web"] != tc.web {
+				t.Errorf("web -> %q, want %q (updates %v)", got["c-web"], tc.web, got)
+			}
+			// No shared container may be given a CPU a running exclusive container is on.
+			running := cpuset.New()
+			for _, c := range tc.containers {
+				if p.pods[c.GetPodSandboxId()].Annotations[corepin.AnnotationCPUMode] == "exclusive" {
+					cur, _ := currentCPUs(c)
+					running = running.Union(cur)
+				}
+			}
+			if pool := p.SharedPool(); !pool.Intersection(running).IsEmpty() {
+				t.Errorf("shared pool %s includes CPUs %s of running exclusive containers", pool, pool.Intersection(running))
+			}
+			if e := p.Ledger().Capacity().E; e != tc.e {
+				t.Errorf("E = %d, want %d", e, tc.e)
+			}
+			for cpu, pod := range tc.kept {
+				if h, ok := p.Ledger().node.Holder(cpu); !ok || h.Key != pod {
+					t.Errorf("CPU %d held by %v, want %s", cpu, h, pod)
+				}
+			}
+			if got := testutil.ToFloat64(p.metrics.conflicts); got != tc.conflicts {
+				t.Errorf("conflicts %v, want %v", got, tc.conflicts)
+			}
+		})
+	}
+}
+
+// TestQuarantineUntilGone: a container left out at synchronize holds its
+// CPUs against new exclusive containers too, and gives them back to the
+// shared pool only when it goes; a node found over its limit is reported.
+func TestQuarantineUntilGone(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		gone func(p *Plugin) []*api.ContainerUpdate
+	}{
+		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
+			upd, _ := p.StopContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
+			return upd
+		}},
+		{"RemoveContainer", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemoveContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
+			return p.PendingUpdates()
+		}},
+		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.StopPodSandbox(ctx, exclusivePod("s-b", "b", "3-4"))
+			return p.PendingUpdates()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			events := record.NewFakeRecorder(10)
+			p.SetEventRecorder(events)
+			pods := []*api.PodSandbox{exclusivePod("s-a", "a", "2-3"), exclusivePod("s-b", "b", "3-4"), sandbox("s-web", "default", "web", nil)}
+			if _, err := p.Synchronize(ctx, pods, []*api.Container{
+				createdAt(ctr("c-a", "s-a", "engine", 2000, "2-3"), 1),
+				createdAt(ctr("c-b", "s-b", "engine", 2000, "3-4"), 2),
+				createdAt(ctr("c-web", "s-web", "app", 500, "1-7"), 3),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(p.metrics.quarantined); got != 2 {
+				t.Fatalf("quarantined cpus metric %v, want 2", got)
+			}
+			select {
+			case ev := <-events.Events:
+				if !strings.Contains(ev, "CorepinConflict") || !strings.Contains(ev, "3-4 are kept out of the shared pool") {
+					t.Fatalf("event %q", ev)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no conflict event")
+			}
+			_, _, err := p.CreateContainer(ctx, exclusivePod("s-c", "c", "4"), ctr("c-c", "s-c", "engine", 1000, ""))
+			if err == nil || !strings.Contains(err.Error(), "CPU 4 is held by container engine of pod default/b") {
+				t.Fatalf("an exclusive container on a quarantined CPU: %v", err)
+			}
+			upd := tc.gone(p)
+			if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
+				t.Fatalf("after the quarantined container went: %v, want c-web grown to 1,4-7", upd)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-c", "c", "4"), ctr("c-c", "s-c", "engine", 1000, "")); err != nil {
+				t.Fatalf("CPU 4 still refused after the quarantined container went: %v", err)
+			}
+		})
+	}
+}
+
+func TestOverLimitAtSynchronizeIsReported(t *testing.T) {
+	p := newTestPlugin(t)
+	events := record.NewFakeRecorder(10)
+	p.SetEventRecorder(events)
+	pods := []*api.PodSandbox{exclusivePod("s-db", "db", "2-5"), sandbox("s-web", "default", "web", nil)}
+	if _, err := p.Synchronize(context.Background(), pods, []*api.Container{
+		ctr("c-web", "s-web", "app", 2000, "1-7"), ctr("c-db", "s-db", "engine", 4000, "2-5")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(p.metrics.overLimit); got != 1 {
+		t.Fatalf("over-limit metric %v, want 1 (E 4, limit 3)", got)
+	}
+	select {
+	case ev := <-events.Events:
+		if !strings.HasPrefix(ev, "Warning CorepinOverExclusiveLimit node is over its exclusive limit: 4 exclusive CPUs held by running containers, limit 3") {
+			t.Fatalf("event %q", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no over-limit event")
+	}
+	// Still a request-time check: no more exclusive CPUs while over.
+	if _, _, err := p.CreateContainer(context.Background(), exclusivePod("s-x", "x", "6"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil {
+		t.Fatal("an exclusive container admitted on a node over its limit")
 	}
 }
