@@ -102,3 +102,54 @@ func TestPublishSharedPool(t *testing.T) {
 	}
 	eventually(t, "the shrunk pool published", func() bool { return published() == "1,4-7" })
 }
+
+// TestNodePolicyFollowsTheNode: the node's corepin.io/node-policy (watched
+// on the fake API server) changes the plugin's capacity formula the way
+// the extender merges it (defaults, then the node's fields); malformed or
+// removed, the defaults come back.
+func TestNodePolicyFollowsTheNode(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := newTestPlugin(t) // P = 7: default limit floor(2/3*7) = 4
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{
+		corepin.AnnotationNodePolicy: `{"maxExclusiveRatio": 1.0}`}}}
+	client := fake.NewClientset(node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}})
+	WatchNode(ctx, client, "node-a", log, p.NodePolicyHandler(log))
+	limit := func() int { return p.Ledger().Capacity().ExclusiveLimit }
+	for _, tc := range []struct {
+		name   string
+		policy *string
+		limit  int
+	}{
+		{"ratio 1 at start", nil, 7},
+		{"headroom 3 beside the ratio", ptr(`{"maxExclusiveRatio": 1.0, "sharedHeadroom": 3}`), 7},
+		{"ratio 0.5", ptr(`{"maxExclusiveRatio": 0.5}`), 3},
+		{"malformed: defaults", ptr(`{"maxExclusiveRatio": 2}`), 4},
+		{"ratio 1 again", ptr(`{"maxExclusiveRatio": 1}`), 7},
+		{"removed: defaults", ptr(""), 4},
+	} {
+		if tc.policy != nil {
+			if *tc.policy == "" {
+				delete(node.Annotations, corepin.AnnotationNodePolicy)
+			} else {
+				node.Annotations[corepin.AnnotationNodePolicy] = *tc.policy
+			}
+			if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, tc.name, func() bool { return limit() == tc.limit })
+	}
+	// Under ratio 1 a placement of 5 CPUs the default formula refuses is admitted.
+	node.Annotations[corepin.AnnotationNodePolicy] = `{"maxExclusiveRatio": 1}`
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ratio 1", func() bool { return limit() == 7 })
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-6"), ctr("c-db", "s-db", "engine", 5000, "")); err != nil {
+		t.Fatalf("a 5-CPU placement under maxExclusiveRatio 1: %v", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -554,5 +554,15 @@ func (l *Ledger) Containers() []*Container {
 	return out
 }
 
+// SetLimits changes the capacity parameters (the node's node-policy).
+// Nothing already held is freed: only later requests see the new formula.
+func (l *Ledger) SetLimits(limits api.Limits) {
+	l.cfg.Limits = limits
+	l.node.Limits = limits
+}
+
+// Limits are the capacity parameters in force.
+func (l *Ledger) Limits() api.Limits { return l.cfg.Limits }
+
 // Capacity is the node's position under the capacity formula.
 func (l *Ledger) Capacity() policy.Capacity { return l.node.Capacity() }

@@ -42,6 +42,9 @@ type Plugin struct {
 	// checkConfig validates the configuration the runtime hands a
 	// pre-installed plugin (may be nil).
 	checkConfig func(string) error
+	// baseLimits are the capacity parameters before the node's
+	// corepin.io/node-policy (the defaults, or the plugin's settings).
+	baseLimits corepin.Limits
 }
 
 // New returns a plugin over a ledger. metrics may be nil.
@@ -50,7 +53,7 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 		metrics = NewMetrics()
 	}
 	p := &Plugin{ledger: ledger, log: log, metrics: metrics, pods: map[string]Pod{},
-		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1)}
+		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits()}
 	p.changed()
 	return p
 }
@@ -111,6 +114,27 @@ func (p *Plugin) SetRelease(namespace, name string, r Release) {
 		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
 		notify(p.pending)
 	}
+}
+
+// SetNodePolicy applies the node's corepin.io/node-policy value over the
+// base limits, as the extender does (its defaults, then the fields the
+// node sets). A malformed value keeps the base limits and is returned.
+func (p *Plugin) SetNodePolicy(value string) error {
+	limits := p.baseLimits
+	np, err := corepin.ParseNodePolicy(value)
+	if err == nil {
+		limits = np.Apply(limits)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if old := p.ledger.Limits(); old != limits {
+		p.ledger.SetLimits(limits)
+		c := p.ledger.Capacity()
+		p.log.Info("Capacity limits changed", "maxExclusiveRatio", limits.MaxExclusiveRatio, "sharedOvercommit", limits.SharedOvercommit,
+			"sharedHeadroom", limits.SharedHeadroom, "exclusiveLimit", c.ExclusiveLimit)
+		p.changed()
+	}
+	return err
 }
 
 // ForgetRelease drops a deleted pod's live release switch.

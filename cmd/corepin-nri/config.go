@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/corepin/corepin/api"
 )
 
 // options are the plugin's settings: flags, or for a pre-installed plugin
@@ -27,6 +29,21 @@ type options struct {
 	DriftInterval    time.Duration `json:"-"`
 	DriftIntervalStr string        `json:"driftInterval"`
 	PublishDebounce  time.Duration `json:"-"`
+	// The capacity parameters before the node's corepin.io/node-policy;
+	// set them as the extender's configuration sets them.
+	MaxExclusiveRatio float64 `json:"maxExclusiveRatio"`
+	SharedOvercommit  float64 `json:"sharedOvercommit"`
+	SharedHeadroom    int     `json:"sharedHeadroom"`
+}
+
+// limits are the capacity parameters the options set.
+func (o options) limits() api.Limits {
+	return api.Limits{MaxExclusiveRatio: o.MaxExclusiveRatio, SharedOvercommit: o.SharedOvercommit, SharedHeadroom: o.SharedHeadroom}
+}
+
+func (o options) validate() error {
+	np := api.NodePolicy{MaxExclusiveRatio: &o.MaxExclusiveRatio, SharedOvercommit: &o.SharedOvercommit, SharedHeadroom: &o.SharedHeadroom}
+	return np.Validate("corepin-nri")
 }
 
 // preinstalledConfig is where containerd keeps a pre-installed plugin's
@@ -40,7 +57,8 @@ func defaultOptions() options {
 		node = hostname
 	}
 	return options{NRISocket: "/var/run/nri/nri.sock", PluginIndex: "10", NodeName: node, SystemNamespaces: "kube-system",
-		SysfsRoot: "/", KubeletRoot: "/var/lib/kubelet", DriftInterval: 30 * time.Second, PublishDebounce: 250 * time.Millisecond}
+		SysfsRoot: "/", KubeletRoot: "/var/lib/kubelet", DriftInterval: 30 * time.Second, PublishDebounce: 250 * time.Millisecond,
+		MaxExclusiveRatio: api.DefaultMaxExclusiveRatio, SharedOvercommit: api.DefaultSharedOvercommit, SharedHeadroom: api.DefaultSharedHeadroom}
 }
 
 // bind registers the flags over o.
@@ -57,6 +75,9 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 	fs.BoolVar(&o.UnplacedToShared, "unplaced-to-shared", o.UnplacedToShared, "run exclusive pods without alloc-status in the shared pool instead of refusing them")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /healthz and POST /drift (empty: off)")
 	fs.DurationVar(&o.DriftInterval, "drift-interval", o.DriftInterval, "how often to read every container's cpuset and correct drift (0: only on POST /drift)")
+	fs.Float64Var(&o.MaxExclusiveRatio, "max-exclusive-ratio", o.MaxExclusiveRatio, "capacity formula's ratio, before the node's corepin.io/node-policy (set it as the extender's configuration does)")
+	fs.Float64Var(&o.SharedOvercommit, "shared-overcommit", o.SharedOvercommit, "capacity formula's shared overcommit r, before the node's node-policy")
+	fs.IntVar(&o.SharedHeadroom, "shared-headroom", o.SharedHeadroom, "capacity formula's shared headroom h, before the node's node-policy")
 	return fs.String("config", "", "YAML file with these settings (default "+preinstalledConfig+" when containerd launched the plugin)")
 }
 
@@ -92,7 +113,7 @@ func load(args []string) (options, error) {
 		}
 	}
 	if path == "" {
-		return o, nil
+		return o, o.validate()
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -109,5 +130,5 @@ func load(args []string) (options, error) {
 	if err := again.Parse(args); err != nil {
 		return o, err
 	}
-	return merged, nil
+	return merged, merged.validate()
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/corepin/corepin/api"
 )
 
 func TestConfigFile(t *testing.T) {
@@ -35,11 +37,19 @@ func TestConfigFile(t *testing.T) {
 		{"nodeName: a\nreserved: 0\n", `unknown field "reserved"`},
 		{"driftInterval: often\n", `driftInterval "often"`},
 		{"nodeName: [a\n", "10-corepin.conf"},
+		{"maxExclusiveRatio: 1.5\n", "maxExclusiveRatio"},
 	} {
 		write(tc.body)
 		if _, err := load([]string{"--config", file}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("config %q: error %v, want %q", tc.body, err, tc.want)
 		}
+	}
+	write("maxExclusiveRatio: 0.9\nsharedHeadroom: 1\n")
+	if o, err := load([]string{"--config", file, "--shared-overcommit", "3"}); err != nil || o.limits() != (api.Limits{MaxExclusiveRatio: 0.9, SharedOvercommit: 3, SharedHeadroom: 1}) {
+		t.Errorf("capacity settings: %+v %v", o.limits(), err)
+	}
+	if o, _ := load(nil); o.limits() != api.DefaultLimits() {
+		t.Errorf("default capacity settings %+v", o.limits())
 	}
 	if _, err := load([]string{"--config", filepath.Join(dir, "missing.conf")}); err == nil {
 		t.Error("a missing config file was accepted")

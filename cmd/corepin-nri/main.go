@@ -67,7 +67,7 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: api.DefaultLimits(), UnplacedToShared: o.UnplacedToShared}
+	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
 	metrics := plugin.NewMetrics()
 	p := plugin.New(plugin.NewLedger(cfg, topo), log, metrics)
 	p.SetConfigCheck(func(config string) error {
@@ -93,6 +93,9 @@ func run(log *slog.Logger, o options) error {
 		defer broadcaster.Shutdown()
 		p.SetEventRecorder(broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "corepin-nri", Host: o.NodeName}))
 		go publishTopology(ctx, log, client, o.NodeName, src)
+		// The node's corepin.io/node-policy changes the capacity formula
+		// as it does the extender's.
+		go plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log))
 		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
 		// Learn the release switches before the first Synchronize, so a
 		// container found released is not pinned back for a moment; an
@@ -105,6 +108,10 @@ func run(log *slog.Logger, o options) error {
 		case <-time.After(10 * time.Second):
 			log.Warn("The pods of this node are not listed yet; enforcing without their release switches until they are")
 		}
+	}
+	if client == nil {
+		log.Info("No Kubernetes API: the node's corepin.io/node-policy is not read; capacity limits from the settings",
+			"maxExclusiveRatio", o.MaxExclusiveRatio, "sharedOvercommit", o.SharedOvercommit, "sharedHeadroom", o.SharedHeadroom)
 	}
 	if o.DriftInterval > 0 {
 		go func() {
