@@ -434,6 +434,9 @@ type Change struct {
 	CPUs string
 	// Lift or Restore the CFS quota (release-isolate-mode set or unset).
 	Lift, Restore bool
+	// Repair: what the container has is not known to be what the plugin
+	// gave it (drift found, or found so at synchronize).
+	Repair bool
 	// Quota and Period to restore (Quota <= 0: leave the quota as it is).
 	Quota  int64
 	Period uint64
@@ -492,7 +495,7 @@ func (l *Ledger) Changes(skip string) []Change {
 		if c.applied.known && c.applied.cpus == cpus && c.applied.lifted == lift {
 			continue
 		}
-		ch := Change{Container: c, CPUs: cpus}
+		ch := Change{Container: c, CPUs: cpus, Repair: !c.applied.known}
 		switch {
 		case lift && !(c.applied.known && c.applied.lifted):
 			ch.Lift = true

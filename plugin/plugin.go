@@ -89,7 +89,8 @@ func (p *Plugin) changed() {
 }
 
 // PendingUpdates returns the updates that bring every container to what
-// the ledger says.
+// the ledger says: the pool grown back after a pod went (reason grow), a
+// release switched (release, restore) or drift corrected (repair).
 func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -437,8 +438,9 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 }
 
 // updates turns the ledger's pending changes (other than skip's) into NRI
-// container updates, counted under reason unless they lift or restore a
-// release.
+// container updates, counted under reason unless they repair a container
+// whose cpuset was not known to be right (drift, synchronize) or lift or
+// restore a release.
 func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
@@ -473,6 +475,9 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 				u.SetLinuxCPUPeriod(int64(ch.Period))
 			}
 			why = "restore"
+		}
+		if ch.Repair {
+			why = "repair"
 		}
 		counts[why]++
 		out[i] = u

@@ -505,3 +505,53 @@ func TestOverLimitAtSynchronizeIsReported(t *testing.T) {
 		t.Fatal("an exclusive container admitted on a node over its limit")
 	}
 }
+
+// TestUpdateReasons: every update is counted under why it was issued; a
+// drift correction is a repair, not a grow.
+func TestUpdateReasons(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		do   func(t *testing.T, p *Plugin) []*api.ContainerUpdate
+		want map[string]float64
+	}{
+		{"drift corrected", func(t *testing.T, p *Plugin) []*api.ContainerUpdate {
+			p.CheckDrift(func(c *Container) (cpuset.CPUSet, error) { return cpuset.New(0, 1, 2, 3, 4, 5, 6, 7), nil })
+			return p.PendingUpdates()
+		}, map[string]float64{"repair": 2}},
+		{"exclusive pod removed", func(t *testing.T, p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
+			return p.PendingUpdates()
+		}, map[string]float64{"grow": 1}},
+		{"exclusive stopped", func(t *testing.T, p *Plugin) []*api.ContainerUpdate {
+			upd, _ := p.StopContainer(ctx, nil, ctr("c-db", "s-db", "engine", 2000, "2-3"))
+			return upd
+		}, map[string]float64{"grow": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			web := ctr("c-web", "s-web", "app", 500, "")
+			web.Linux.CgroupsPath = "/kubepods/pod1/c-web"
+			db := ctr("c-db", "s-db", "engine", 2000, "")
+			db.Linux.CgroupsPath = "/kubepods/pod2/c-db"
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), db); err != nil {
+				t.Fatal(err)
+			}
+			before := map[string]float64{}
+			for _, r := range []string{"repair", "grow", "shrink"} {
+				before[r] = testutil.ToFloat64(p.metrics.updates.WithLabelValues(r))
+			}
+			if upd := tc.do(t, p); len(upd) == 0 {
+				t.Fatal("no updates")
+			}
+			for _, r := range []string{"repair", "grow", "shrink"} {
+				if got := testutil.ToFloat64(p.metrics.updates.WithLabelValues(r)) - before[r]; got != tc.want[r] {
+					t.Errorf("updates_total{reason=%q} grew by %v, want %v", r, got, tc.want[r])
+				}
+			}
+		})
+	}
+}
