@@ -45,6 +45,8 @@ type Plugin struct {
 	// baseLimits are the capacity parameters before the node's
 	// corepin.io/node-policy (the defaults, or the plugin's settings).
 	baseLimits corepin.Limits
+	// health is the NRI connection's state for the probes.
+	health *health
 }
 
 // New returns a plugin over a ledger. metrics may be nil.
@@ -53,7 +55,7 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 		metrics = NewMetrics()
 	}
 	p := &Plugin{ledger: ledger, log: log, metrics: metrics, pods: map[string]Pod{},
-		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits()}
+		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits(), health: newHealth(time.Now)}
 	p.changed()
 	return p
 }
@@ -332,6 +334,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	}
 	updates := p.updates("", "repair")
 	p.changed()
+	p.health.synchronized()
 	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
 		"updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
 	return updates, nil

@@ -73,7 +73,7 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "proc root for IO queues (default SYSFS-ROOT/proc)")
 	fs.StringVar(&o.KubeletRoot, "kubelet-root", o.KubeletRoot, "kubelet state directory, to detect the static CPU manager")
 	fs.BoolVar(&o.UnplacedToShared, "unplaced-to-shared", o.UnplacedToShared, "run exclusive pods without alloc-status in the shared pool instead of refusing them")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /healthz and POST /drift (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /livez, /readyz, /healthz and POST /drift (empty: off)")
 	fs.DurationVar(&o.DriftInterval, "drift-interval", o.DriftInterval, "how often to read every container's cpuset and correct drift (0: only on POST /drift)")
 	fs.Float64Var(&o.MaxExclusiveRatio, "max-exclusive-ratio", o.MaxExclusiveRatio, "capacity formula's ratio, before the node's corepin.io/node-policy (set it as the extender's configuration does)")
 	fs.Float64Var(&o.SharedOvercommit, "shared-overcommit", o.SharedOvercommit, "capacity formula's shared overcommit r, before the node's node-policy")

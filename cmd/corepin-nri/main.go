@@ -85,7 +85,7 @@ func run(log *slog.Logger, o options) error {
 	reader := plugin.NewCgroupReader(o.SysfsRoot)
 	drift := func() int { return p.CheckDrift(reader.CPUs) }
 	if o.MetricsAddr != "" {
-		go serveMetrics(ctx, log, o.MetricsAddr, metrics, drift)
+		go serveMetrics(ctx, log, o.MetricsAddr, metrics, p, drift)
 	}
 	if client != nil {
 		broadcaster := record.NewBroadcaster()
@@ -131,7 +131,9 @@ func run(log *slog.Logger, o options) error {
 	// containerd restarts and dropped connections are transient: reconnect
 	// with backoff and resynchronise (NRI sends Synchronize on every
 	// connect). A pre-installed plugin's connection was made by containerd
-	// and cannot be redialled: containerd starts it again.
+	// and cannot be redialled, so it exits; containerd launches
+	// pre-installed plugins only when containerd itself (re)starts, so
+	// until then the node runs without corepin (docs/plugin.md).
 	preinstalled := os.Getenv(nriapi.PluginSocketEnvVar) != ""
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -150,11 +152,12 @@ func run(log *slog.Logger, o options) error {
 		go pushUpdates(runCtx, log, p, s)
 		err = s.Run(runCtx)
 		cancel()
+		p.Disconnected(err)
 		if ctx.Err() != nil {
 			break
 		}
 		if preinstalled {
-			return fmt.Errorf("connection to the runtime lost: %v", err)
+			return fmt.Errorf("connection to the runtime lost (a pre-installed plugin is launched again only when containerd restarts): %v", err)
 		}
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
@@ -187,12 +190,20 @@ func pushUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub
 	}
 }
 
-// serveMetrics serves /metrics, /healthz and POST /drift (check every
-// container's cpuset now).
-func serveMetrics(ctx context.Context, log *slog.Logger, addr string, m *plugin.Metrics, drift func() int) {
+// healthGrace is how long the plugin may be without an NRI connection
+// before /healthz fails: reconnecting with backoff (up to 30 s) is normal.
+const healthGrace = 30 * time.Second
+
+// serveMetrics serves /metrics, the probes and POST /drift (check every
+// container's cpuset now). /livez: the process serves (liveness);
+// /readyz: synchronized with the runtime on the current connection
+// (readiness); /healthz: connected, or not for less than healthGrace.
+func serveMetrics(ctx context.Context, log *slog.Logger, addr string, m *plugin.Metrics, p *plugin.Plugin, drift func() int) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.Handle("/healthz", p.HealthHandler(healthGrace))
+	mux.Handle("/readyz", p.ReadyHandler())
 	mux.HandleFunc("POST /drift", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = fmt.Fprintf(w, "{\"drifted\":%d}\n", drift())
 	})
