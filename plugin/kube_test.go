@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
 )
@@ -153,3 +155,81 @@ func TestNodePolicyFollowsTheNode(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestTopologyIsRepublished: the topology annotation is written at start,
+// written again when someone removes it from the node, and rewritten when
+// the host's topology changes (re-discovered every interval).
+func TestTopologyIsRepublished(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	topo := func(n int) corepin.Topology {
+		src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+		for i := 0; i < n; i++ {
+			src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+		}
+		return src
+	}
+	var mu sync.Mutex
+	current := topo(4)
+	discover := func() (corepin.Topology, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return current, nil
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{"other": "kept"}}}
+	client := fake.NewClientset(node)
+	pub := NewTopologyPublisher(client, "node-a", discover, 50*time.Millisecond, log)
+	WatchNode(ctx, client, "node-a", log, pub.NodeHandler())
+	go pub.Run(ctx)
+	annotation := func() string {
+		n, err := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Annotations[corepin.AnnotationTopology]
+	}
+	cpus := func(value string) int {
+		if value == "" {
+			return 0
+		}
+		tp, err := corepin.ParseTopology(value)
+		if err != nil {
+			t.Fatalf("published topology %q: %v", value, err)
+		}
+		return len(tp.CPUs)
+	}
+	for _, tc := range []struct {
+		name string
+		step func()
+		cpus int
+	}{
+		{"published at start", func() {}, 4},
+		{"annotation removed: restored", func() {
+			n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+			delete(n.Annotations, corepin.AnnotationTopology)
+			if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, 4},
+		{"host grew: republished", func() {
+			mu.Lock()
+			current = topo(8)
+			mu.Unlock()
+		}, 8},
+		{"annotation overwritten: restored", func() {
+			n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+			n.Annotations[corepin.AnnotationTopology] = `{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0}]}`
+			if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, 8},
+	} {
+		tc.step()
+		eventually(t, tc.name, func() bool { return cpus(annotation()) == tc.cpus })
+	}
+	n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+	if n.Annotations["other"] != "kept" {
+		t.Fatalf("other annotations lost: %v", n.Annotations)
+	}
+}

@@ -36,6 +36,7 @@ func TestConfigFile(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"nodeName: a\nreserved: 0\n", `unknown field "reserved"`},
 		{"driftInterval: often\n", `driftInterval "often"`},
+		{"topologyInterval: -1s\n", `topologyInterval "-1s"`},
 		{"nodeName: [a\n", "10-corepin.conf"},
 		{"maxExclusiveRatio: 1.5\n", "maxExclusiveRatio"},
 	} {
@@ -43,6 +44,13 @@ func TestConfigFile(t *testing.T) {
 		if _, err := load([]string{"--config", file}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("config %q: error %v, want %q", tc.body, err, tc.want)
 		}
+	}
+	write("topologyInterval: 5m\n")
+	if o, err := load([]string{"--config", file}); err != nil || o.TopologyInterval != 5*time.Minute {
+		t.Errorf("topologyInterval: %v %v", o.TopologyInterval, err)
+	}
+	if o, _ := load(nil); o.TopologyInterval != time.Minute {
+		t.Errorf("default topology interval %v", o.TopologyInterval)
 	}
 	write("maxExclusiveRatio: 0.9\nsharedHeadroom: 1\n")
 	if o, err := load([]string{"--config", file, "--shared-overcommit", "3"}); err != nil || o.limits() != (api.Limits{MaxExclusiveRatio: 0.9, SharedOvercommit: 3, SharedHeadroom: 1}) {

@@ -59,7 +59,10 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return fmt.Errorf("--reserved-cpus %q: %w", o.ReservedCPUs, err)
 	}
-	src, err := topology.Discover(topology.Options{Root: o.SysfsRoot, ProcRoot: o.ProcRoot, Reserved: res})
+	discover := func() (api.Topology, error) {
+		return topology.Discover(topology.Options{Root: o.SysfsRoot, ProcRoot: o.ProcRoot, Reserved: res})
+	}
+	src, err := discover()
 	if err != nil {
 		return err
 	}
@@ -92,10 +95,15 @@ func run(log *slog.Logger, o options) error {
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 		defer broadcaster.Shutdown()
 		p.SetEventRecorder(broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "corepin-nri", Host: o.NodeName}))
-		go publishTopology(ctx, log, client, o.NodeName, src)
+		// Topology: published at start, re-discovered every
+		// --topology-interval and republished when the host changed or the
+		// annotation was removed from the node. The enforcement keeps the
+		// topology found at start until the plugin restarts.
+		topo := plugin.NewTopologyPublisher(client, o.NodeName, discover, o.TopologyInterval, log)
+		go topo.Run(ctx)
 		// The node's corepin.io/node-policy changes the capacity formula
 		// as it does the extender's.
-		go plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log))
+		go plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log), topo.NodeHandler())
 		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
 		// Learn the release switches before the first Synchronize, so a
 		// container found released is not pinned back for a moment; an
@@ -273,23 +281,4 @@ func checkCPUManager(kubeletRoot string) error {
 			filepath.Join(kubeletRoot, "cpu_manager_state"))
 	}
 	return nil
-}
-
-// publishTopology writes corepin.io/topology on the node, retrying until the
-// API server answers; enforcement does not wait for it.
-func publishTopology(ctx context.Context, log *slog.Logger, client kubernetes.Interface, node string, topo api.Topology) {
-	value, _ := json.Marshal(topo)
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{api.AnnotationTopology: string(value)}}})
-	for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, time.Minute) {
-		_, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{})
-		if err == nil {
-			log.Info("Published topology", "node", node, "cpus", len(topo.CPUs), "reserved", topo.Reserved.String())
-			return
-		}
-		log.Warn("Publishing topology failed; retrying", "err", err, "in", wait)
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
-	}
 }
