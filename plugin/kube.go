@@ -123,8 +123,11 @@ func slimPod(obj any) (any, error) {
 		}
 	}
 	for _, c := range pod.Spec.Containers {
-		slim.Spec.Containers = append(slim.Spec.Containers, v1.Container{Name: c.Name,
-			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: c.Resources.Limits[v1.ResourceCPU]}}})
+		kept := v1.Container{Name: c.Name}
+		if q, ok := c.Resources.Limits[v1.ResourceCPU]; ok {
+			kept.Resources.Limits = v1.ResourceList{v1.ResourceCPU: q}
+		}
+		slim.Spec.Containers = append(slim.Spec.Containers, kept)
 	}
 	return slim, nil
 }

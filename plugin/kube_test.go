@@ -9,9 +9,11 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
@@ -231,5 +233,62 @@ func TestTopologyIsRepublished(t *testing.T) {
 	n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
 	if n.Annotations["other"] != "kept" {
 		t.Fatalf("other annotations lost: %v", n.Annotations)
+	}
+}
+
+// TestSlimObjects: the informers' transforms keep what the plugin reads
+// and nothing else.
+func TestSlimObjects(t *testing.T) {
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", UID: "u1", ResourceVersion: "7", Labels: map[string]string{"app": "db"},
+			Annotations: map[string]string{
+				corepin.AnnotationReleaseIsolateMode:   "true",
+				corepin.AnnotationExcludeReserveCPUSet: "false",
+				corepin.AnnotationAllocStatus:          `{"node":"n"}`,
+				"kubectl.kubernetes.io/last-applied":   "{...}",
+			}},
+		Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{
+			{Name: "engine", Image: "db:1", Env: []v1.EnvVar{{Name: "A", Value: "b"}}, Resources: v1.ResourceRequirements{
+				Limits:   v1.ResourceList{v1.ResourceCPU: resource.MustParse("2"), v1.ResourceMemory: resource.MustParse("1Gi")},
+				Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}},
+			{Name: "sidecar"},
+		}},
+		Status: v1.PodStatus{Phase: v1.PodRunning},
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9", Labels: map[string]string{"zone": "a"},
+		Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}", corepin.AnnotationSharedPool: "{}", "other": "x"}},
+		Status: v1.NodeStatus{Capacity: v1.ResourceList{v1.ResourceCPU: resource.MustParse("8")}}}
+	cpu := func(q string) v1.ResourceList { return v1.ResourceList{v1.ResourceCPU: resource.MustParse(q)} }
+	for _, tc := range []struct {
+		name      string
+		transform func(any) (any, error)
+		in, want  any
+	}{
+		{"pod", slimPod, pod, &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", UID: "u1", ResourceVersion: "7", Annotations: map[string]string{
+				corepin.AnnotationReleaseIsolateMode: "true", corepin.AnnotationExcludeReserveCPUSet: "false"}},
+			Spec: v1.PodSpec{Containers: []v1.Container{
+				{Name: "engine", Resources: v1.ResourceRequirements{Limits: cpu("2")}},
+				{Name: "sidecar"}, // no limit: none invented
+			}}}},
+		{"node", slimNode, node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9",
+			Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}"}}}},
+		{"a tombstone passes through", slimPod, cache.DeletedFinalStateUnknown{Key: "default/db"}, cache.DeletedFinalStateUnknown{Key: "default/db"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.transform(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equality.Semantic.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+	// The release switch read from the slim pod is the full pod's.
+	slim, _ := slimPod(pod)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if r := releaseOf(slim.(*v1.Pod), log); !r.Isolate || r.ExcludeReserve || r.LimitMilli["engine"] != 2000 || len(r.LimitMilli) != 1 {
+		t.Fatalf("release from the slim pod %+v", r)
 	}
 }

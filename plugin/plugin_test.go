@@ -304,15 +304,27 @@ func TestRefusalsAndConflictsAreEvents(t *testing.T) {
 		t.Fatal("overlap accepted")
 	}
 	want := `Warning CorepinRefused corepin: pod default/db-2 container engine cpus "3": `
-	if got := <-events.Events; !strings.HasPrefix(got, want) || !strings.Contains(got, "held by pod default/db-1") {
+	if got := nextEvent(t, events); !strings.HasPrefix(got, want) || !strings.Contains(got, "held by pod default/db-1") {
 		t.Fatalf("event %q, want %q...", got, want)
 	}
 	pods := []*api.PodSandbox{exclusivePod("s1", "db-1", "2-3"), exclusivePod("s2", "db-2", "3")}
 	if _, err := p.Synchronize(ctx, pods, []*api.Container{ctr("c1", "s1", "engine", 2000, "2-3"), ctr("c2", "s2", "engine", 1000, "3")}); err != nil {
 		t.Fatal(err)
 	}
-	if got := <-events.Events; !strings.HasPrefix(got, "Warning CorepinConflict container left on its CPUs") {
+	if got := nextEvent(t, events); !strings.HasPrefix(got, "Warning CorepinConflict container left on its CPUs") {
 		t.Fatalf("conflict event %q", got)
+	}
+}
+
+// nextEvent is the next event recorded, failing the test after 5 s.
+func nextEvent(t *testing.T, events *record.FakeRecorder) string {
+	t.Helper()
+	select {
+	case ev := <-events.Events:
+		return ev
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event recorded within 5 s")
+		return ""
 	}
 }
 
@@ -457,13 +469,8 @@ func TestQuarantineUntilGone(t *testing.T) {
 			if got := testutil.ToFloat64(p.metrics.quarantined); got != 2 {
 				t.Fatalf("quarantined cpus metric %v, want 2", got)
 			}
-			select {
-			case ev := <-events.Events:
-				if !strings.Contains(ev, "CorepinConflict") || !strings.Contains(ev, "3-4 are kept out of the shared pool") {
-					t.Fatalf("event %q", ev)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("no conflict event")
+			if ev := nextEvent(t, events); !strings.Contains(ev, "CorepinConflict") || !strings.Contains(ev, "3-4 are kept out of the shared pool") {
+				t.Fatalf("event %q", ev)
 			}
 			_, _, err := p.CreateContainer(ctx, exclusivePod("s-c", "c", "4"), ctr("c-c", "s-c", "engine", 1000, ""))
 			if err == nil || !strings.Contains(err.Error(), "CPU 4 is held by container engine of pod default/b") {
@@ -492,13 +499,8 @@ func TestOverLimitAtSynchronizeIsReported(t *testing.T) {
 	if got := testutil.ToFloat64(p.metrics.overLimit); got != 1 {
 		t.Fatalf("over-limit metric %v, want 1 (E 4, limit 3)", got)
 	}
-	select {
-	case ev := <-events.Events:
-		if !strings.HasPrefix(ev, "Warning CorepinOverExclusiveLimit node is over its exclusive limit: 4 exclusive CPUs held by running containers, limit 3") {
-			t.Fatalf("event %q", ev)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no over-limit event")
+	if ev := nextEvent(t, events); !strings.HasPrefix(ev, "Warning CorepinOverExclusiveLimit node is over its exclusive limit: 4 exclusive CPUs held by running containers, limit 3") {
+		t.Fatalf("event %q", ev)
 	}
 	// Still a request-time check: no more exclusive CPUs while over.
 	if _, _, err := p.CreateContainer(context.Background(), exclusivePod("s-x", "x", "6"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil {
@@ -551,6 +553,151 @@ func TestUpdateReasons(t *testing.T) {
 				if got := testutil.ToFloat64(p.metrics.updates.WithLabelValues(r)) - before[r]; got != tc.want[r] {
 					t.Errorf("updates_total{reason=%q} grew by %v, want %v", r, got, tc.want[r])
 				}
+			}
+		})
+	}
+}
+
+// TestClassesAtCreation: the cpuset each kind of container gets at
+// creation (pool 1,4-7 with db holding 2-3, CPU 0 reserved).
+func TestClassesAtCreation(t *testing.T) {
+	ctx := context.Background()
+	bindAll := func(extra map[string]string) map[string]string {
+		a := map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocSpec: `{"cpu":"BindAllCPUs"}`}
+		for k, v := range extra {
+			a[k] = v
+		}
+		return a
+	}
+	for _, tc := range []struct {
+		name      string
+		unplaced  bool
+		sb        *api.PodSandbox
+		cpus      string
+		class     Class
+		refused   string
+		lifted    bool
+		exclusive int // E after
+	}{
+		{name: "unplaced exclusive refused", sb: sandbox("s-x", "default", "x", map[string]string{corepin.AnnotationCPUMode: "exclusive"}),
+			refused: "not placed by the corepin scheduler extender", exclusive: 2},
+		{name: "unplaced exclusive to shared with UnplacedToShared", unplaced: true,
+			sb:   sandbox("s-x", "default", "x", map[string]string{corepin.AnnotationCPUMode: "exclusive"}),
+			cpus: "1,4-7", class: Shared, exclusive: 2},
+		{name: "UnplacedToShared leaves placed pods exclusive", unplaced: true, sb: exclusivePod("s-x", "x", "4-5"),
+			cpus: "4-5", class: Exclusive, exclusive: 4},
+		{name: "BindAllCPUs: online minus reserved", sb: sandbox("s-x", "default", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs with the reserved CPUs", sb: sandbox("s-x", "default", "x", bindAll(map[string]string{corepin.AnnotationExcludeReserveCPUSet: "false"})),
+			cpus: "0-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs in a system namespace", sb: sandbox("s-x", "kube-system", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "system namespace", sb: sandbox("s-x", "kube-system", "x", nil), cpus: "0-1,4-7", class: System, exclusive: 2},
+		{name: "shared", sb: sandbox("s-x", "default", "x", nil), cpus: "1,4-7", class: Shared, exclusive: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.ledger.cfg.UnplacedToShared = tc.unplaced
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			adj, upd, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 1000, ""))
+			if tc.refused != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.refused) {
+					t.Fatalf("error %v, want %q", err, tc.refused)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				cpu := adj.GetLinux().GetResources().GetCpu()
+				if cpu.GetCpus() != tc.cpus {
+					t.Fatalf("cpuset %q, want %q", cpu.GetCpus(), tc.cpus)
+				}
+				if (cpu.GetQuota().Get() != nil) != tc.lifted {
+					t.Fatalf("quota adjusted: %v", cpu.GetQuota())
+				}
+				if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+					t.Fatalf("class %v, want %v", c.Class, tc.class)
+				}
+				if tc.class != Exclusive && len(upd) != 0 {
+					t.Fatalf("a %v container moved others: %v", tc.class, upd)
+				}
+			}
+			if e := p.Ledger().Capacity().E; e != tc.exclusive {
+				t.Fatalf("E = %d, want %d", e, tc.exclusive)
+			}
+		})
+	}
+}
+
+// TestPoolGrowsBack: whichever way an exclusive container goes, the shared
+// containers are grown back over its CPUs.
+func TestPoolGrowsBack(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		gone func(p *Plugin) []*api.ContainerUpdate
+		// pending: the updates are sent by the plugin's own goroutine.
+		pending bool
+	}{
+		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
+			upd, _ := p.StopContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
+			return upd
+		}, false},
+		{"RemoveContainer without a stop", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemoveContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
+			return nil
+		}, true},
+		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.StopPodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
+			return nil
+		}, true},
+		{"RemovePodSandbox", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
+			return nil
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			for _, step := range []struct {
+				sb *api.PodSandbox
+				c  *api.Container
+			}{
+				{sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")},
+				{sandbox("s-dns", "kube-system", "dns", nil), ctr("c-dns", "s-dns", "dns", 100, "")},
+				{exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")},
+				{exclusivePod("s-db", "db", "2-3"), ctr("c-side", "s-db", "exporter", 100, "")},
+			} {
+				if _, _, err := p.CreateContainer(ctx, step.sb, step.c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			upd := tc.gone(p)
+			if tc.pending {
+				select {
+				case <-p.Pending():
+				default:
+					t.Fatal("the pool change was not signalled to the plugin's goroutine")
+				}
+				upd = p.PendingUpdates()
+			}
+			got := map[string]string{}
+			for _, u := range upd {
+				got[u.GetContainerId()] = cpusOf(u)
+			}
+			want := map[string]string{"c-web": "1-7", "c-dns": "0-7"}
+			if _, ok := p.Ledger().Container("c-side"); ok {
+				want["c-side"] = "1-7" // its sandbox is still there
+			}
+			if len(got) != len(want) {
+				t.Fatalf("updates %v, want %v", got, want)
+			}
+			for id, cpus := range want {
+				if got[id] != cpus {
+					t.Fatalf("updates %v, want %v", got, want)
+				}
+			}
+			if pool := p.SharedPool().String(); pool != "1-7" || p.Ledger().Capacity().E != 0 {
+				t.Fatalf("pool %s, E %d after the exclusive container went", pool, p.Ledger().Capacity().E)
 			}
 		})
 	}

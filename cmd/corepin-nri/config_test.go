@@ -63,3 +63,38 @@ func TestConfigFile(t *testing.T) {
 		t.Error("a missing config file was accepted")
 	}
 }
+
+func TestCheckCPUManager(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		state *string // nil: no file
+		want  string  // "": runs
+	}{
+		{"static policy: refused", ptr(`{"policyName":"static","defaultCpuSet":"0-7","checksum":1}`),
+			"the kubelet runs the static CPU manager (%s says policyName static): its reconcile loop would overwrite corepin's cpusets every 10 s; set cpuManagerPolicy: none"},
+		{"none policy", ptr(`{"policyName":"none","defaultCpuSet":"","checksum":1}`), ""},
+		{"no state file", nil, ""},
+		{"unreadable state", ptr(`{"policyName":`), "cpu_manager_state"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			file := filepath.Join(dir, "cpu_manager_state")
+			if tc.state != nil {
+				if err := os.WriteFile(file, []byte(*tc.state), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := checkCPUManager(dir)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && err == nil:
+				t.Fatal("accepted")
+			case tc.want != "" && !strings.Contains(err.Error(), strings.ReplaceAll(tc.want, "%s", file)):
+				t.Fatalf("error %q, want %q", err, strings.ReplaceAll(tc.want, "%s", file))
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
