@@ -120,7 +120,7 @@ func TestNodePolicyFollowsTheNode(t *testing.T) {
 		corepin.AnnotationNodePolicy: `{"maxExclusiveRatio": 1.0}`}}}
 	client := fake.NewClientset(node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}})
 	WatchNode(ctx, client, "node-a", log, p.NodePolicyHandler(log))
-	limit := func() int { return p.Ledger().Capacity().ExclusiveLimit }
+	limit := func() int { return p.Capacity().ExclusiveLimit }
 	for _, tc := range []struct {
 		name   string
 		policy *string

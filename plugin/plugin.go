@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
 )
 
 // Plugin is the NRI plugin. Its handlers are thin: parse the NRI objects,
@@ -489,6 +490,13 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 		p.metrics.updates.WithLabelValues(why).Add(float64(n))
 	}
 	return out
+}
+
+// Capacity is the node's position under the capacity formula.
+func (p *Plugin) Capacity() policy.Capacity {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ledger.Capacity()
 }
 
 // Ledger returns the ledger (for tests and status).
