@@ -182,6 +182,8 @@ func TestTopologyIsRepublished(t *testing.T) {
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{"other": "kept"}}}
 	client := fake.NewClientset(node)
 	pub := NewTopologyPublisher(client, "node-a", discover, 50*time.Millisecond, log)
+	changes := make(chan int, 10)
+	pub.OnChange = func(tp corepin.Topology) error { changes <- len(tp.CPUs); return nil }
 	WatchNode(ctx, client, "node-a", log, pub.NodeHandler())
 	go pub.Run(ctx)
 	annotation := func() string {
@@ -233,6 +235,10 @@ func TestTopologyIsRepublished(t *testing.T) {
 	n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
 	if n.Annotations["other"] != "kept" {
 		t.Fatalf("other annotations lost: %v", n.Annotations)
+	}
+	// The plugin was told of the host's change once, and of nothing else.
+	if len(changes) != 1 || <-changes != 8 {
+		t.Fatalf("OnChange calls: %d", len(changes)+1)
 	}
 }
 

@@ -492,6 +492,41 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 	return out
 }
 
+// SetTopology adopts a re-discovered host topology when it is a compatible
+// grow (every CPU the plugin knows keeps its core, socket, NUMA node and IO
+// queues: CPUs brought online), as the extender accepts it: the ledger is
+// rebuilt over it with every container it tracks (and every quarantined
+// one) kept, and the shared containers are grown onto the new CPUs by the
+// plugin's own goroutine. Anything else is refused: the plugin keeps
+// enforcing the topology it has until it restarts.
+func (p *Plugin) SetTopology(src corepin.Topology) error {
+	topo, err := policy.NewTopology(src)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.ledger
+	if err := corepin.CompatibleGrow(old.topo.Source, src); err != nil {
+		return fmt.Errorf("not a compatible grow (%w): enforcing the previous topology until the plugin restarts", err)
+	}
+	l := NewLedger(old.cfg, topo)
+	l.release = old.release
+	for _, c := range old.Containers() {
+		if err := l.AdmitExisting(c.ID, c); err != nil {
+			l.Quarantine(c.ID, c) // cannot happen on a grow; never free its CPUs
+		}
+	}
+	for _, q := range old.quarantined() {
+		l.Quarantine(q.ID, q)
+	}
+	p.ledger = l
+	p.changed()
+	notify(p.pending)
+	p.log.Info("Adopted the grown CPU topology", "cpus", len(src.CPUs), "sharedPool", l.SharedPool().String())
+	return nil
+}
+
 // Capacity is the node's position under the capacity formula.
 func (p *Plugin) Capacity() policy.Capacity {
 	p.mu.Lock()

@@ -702,3 +702,66 @@ func TestPoolGrowsBack(t *testing.T) {
 		})
 	}
 }
+
+// TestSetTopology: CPUs brought online join the shared pool (and can be
+// placed on); any other change is refused and the old topology kept.
+func TestSetTopology(t *testing.T) {
+	ctx := context.Background()
+	topo := func(n int, move bool) corepin.Topology {
+		src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+		for i := 0; i < n; i++ {
+			src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+		}
+		if move {
+			src.CPUs[3].Core = 2
+		}
+		return src
+	}
+	for _, tc := range []struct {
+		name   string
+		src    corepin.Topology
+		err    string
+		web    string // c-web's update, "" for none
+		admits string // a placement admitted after, "" for none
+	}{
+		{name: "grown by 4 CPUs", src: topo(12, false), web: "1,4-11", admits: "8-9"},
+		{name: "same", src: topo(8, false)},
+		{name: "CPU offline", src: topo(6, false), err: "CPU 6 went offline"},
+		{name: "CPU moved core", src: topo(12, true), err: "CPU 3 moved from core 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			err := p.SetTopology(tc.src)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				if pool := p.SharedPool().String(); pool != "1,4-7" {
+					t.Fatalf("pool %s after a refused change", pool)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			upd := p.PendingUpdates()
+			if tc.web == "" && len(upd) != 0 || tc.web != "" && (len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != tc.web) {
+				t.Fatalf("updates %v, want c-web -> %q", upd, tc.web)
+			}
+			if e := p.Capacity().E; e != 2 {
+				t.Fatalf("E = %d, want db's 2 kept", e)
+			}
+			if tc.admits != "" {
+				if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", tc.admits), ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+					t.Fatalf("a placement on the new CPUs: %v", err)
+				}
+			}
+		})
+	}
+}

@@ -27,6 +27,11 @@ type TopologyPublisher struct {
 	interval time.Duration
 	log      *slog.Logger
 	kick     chan struct{}
+	// OnChange, when set, is told of a re-discovered topology that differs
+	// from the last one (the plugin adopts a compatible grow); its error is
+	// logged. The topology is published either way, for the extender to
+	// accept or flag.
+	OnChange func(corepin.Topology) error
 
 	mu sync.Mutex
 	// onNode is the annotation as the node watch last saw it; seen: it
@@ -77,6 +82,11 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 		}
 		if desired != "" && string(value) != desired {
 			t.log.Warn("The host's CPU topology changed; republishing it", "node", t.node, "cpus", len(topo.CPUs))
+			if t.OnChange != nil {
+				if err := t.OnChange(topo); err != nil {
+					t.log.Error("The changed topology is not enforced", "node", t.node, "err", err)
+				}
+			}
 		}
 		desired, cpus = string(value), len(topo.CPUs)
 	}

@@ -97,9 +97,11 @@ func run(log *slog.Logger, o options) error {
 		p.SetEventRecorder(broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "corepin-nri", Host: o.NodeName}))
 		// Topology: published at start, re-discovered every
 		// --topology-interval and republished when the host changed or the
-		// annotation was removed from the node. The enforcement keeps the
-		// topology found at start until the plugin restarts.
+		// annotation was removed from the node; the plugin adopts a
+		// compatible grow (CPUs brought online) and keeps enforcing the
+		// topology it has on any other change.
 		topo := plugin.NewTopologyPublisher(client, o.NodeName, discover, o.TopologyInterval, log)
+		topo.OnChange = p.SetTopology
 		go topo.Run(ctx)
 		// The node's corepin.io/node-policy changes the capacity formula
 		// as it does the extender's.
