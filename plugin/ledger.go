@@ -252,7 +252,7 @@ func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 	refuse := func(reason string) error {
 		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Kind: "conflict"}
 	}
-	if c.Class == Exclusive {
+	if c.Class == Exclusive && len(l.quarantine) > 0 {
 		if q := l.quarantinedBy(c.CPUs, c.podKey); q != nil {
 			return refuse(fmt.Sprintf("CPUs %s: CPU %s is held by container %s of pod %s, left running at synchronize after a conflict",
 				c.CPUs, q.CPUs.Intersection(c.CPUs), q.Name, q.podKey))
