@@ -44,6 +44,15 @@ func (r CgroupReader) CPUs(c *Container) (cpuset.CPUSet, error) {
 	default:
 		return cpuset.New(), fmt.Errorf("no cgroup hierarchy found at %s", r.Root)
 	}
+	// Read directly: github.com/containerd/cgroups/v3 (v3.1.3, checked)
+	// writes cpusets but does not read them back. cgroup2.Manager has
+	// Update (write) and Stat/StatFiltered, whose stats.Metrics carry pids,
+	// cpu, memory, rdma, io, hugetlb, memory events and network, no cpuset;
+	// cgroup1's cpuset controller (cgroup1.NewCpuset) has Create and
+	// Update, its reader getValues is unexported, and cgroup1 stats.Metrics
+	// has no cpuset either. The library is used for what it offers here:
+	// the hierarchy in use (cgroups.Mode) and path validation
+	// (cgroup2.VerifyGroupPath in GroupPath).
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return cpuset.New(), err

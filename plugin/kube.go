@@ -51,6 +51,63 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 	return inf
 }
 
+// WatchNode follows this node's object on the API server (a field selector
+// on metadata.name; a transform keeps corepin's annotations only) and hands
+// every version of it to the handlers. It returns once the informer has
+// synced or ctx is done; the watch goes on until ctx is done.
+func WatchNode(ctx context.Context, client kubernetes.Interface, node string, log *slog.Logger, handlers ...func(*v1.Node)) cache.SharedIndexInformer {
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
+		}),
+		informers.WithTransform(slimNode))
+	inf := f.Core().V1().Nodes().Informer()
+	apply := func(obj any) {
+		if n, ok := obj.(*v1.Node); ok && n.Name == node {
+			for _, h := range handlers {
+				h(n)
+			}
+		}
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    apply,
+		UpdateFunc: func(_, obj any) { apply(obj) },
+	})
+	f.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) && ctx.Err() == nil {
+		log.Warn("The node's object is not listed yet", "node", node)
+	}
+	return inf
+}
+
+// slimNode keeps the node's corepin annotations.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*v1.Node)
+	if !ok {
+		return obj, nil
+	}
+	slim := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Annotations: map[string]string{}}}
+	for _, key := range []string{corepin.AnnotationNodePolicy, corepin.AnnotationTopology} {
+		if v, ok := n.Annotations[key]; ok {
+			slim.Annotations[key] = v
+		}
+	}
+	return slim, nil
+}
+
+// NodePolicyHandler is a WatchNode handler applying the node's
+// corepin.io/node-policy to the plugin's capacity formula.
+func (p *Plugin) NodePolicyHandler(log *slog.Logger) func(*v1.Node) {
+	last := ""
+	return func(n *v1.Node) {
+		value := n.Annotations[corepin.AnnotationNodePolicy]
+		if err := p.SetNodePolicy(value); err != nil && value != last {
+			log.Warn("Ignoring a malformed node policy; using the defaults", "node", n.Name, "err", err)
+		}
+		last = value
+	}
+}
+
 // slimPod keeps what the release switch needs: the two annotations and
 // each container's CPU limit.
 func slimPod(obj any) (any, error) {
@@ -66,8 +123,11 @@ func slimPod(obj any) (any, error) {
 		}
 	}
 	for _, c := range pod.Spec.Containers {
-		slim.Spec.Containers = append(slim.Spec.Containers, v1.Container{Name: c.Name,
-			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: c.Resources.Limits[v1.ResourceCPU]}}})
+		kept := v1.Container{Name: c.Name}
+		if q, ok := c.Resources.Limits[v1.ResourceCPU]; ok {
+			kept.Resources.Limits = v1.ResourceList{v1.ResourceCPU: q}
+		}
+		slim.Spec.Containers = append(slim.Spec.Containers, kept)
 	}
 	return slim, nil
 }

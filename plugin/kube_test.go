@@ -4,13 +4,17 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
 )
@@ -101,4 +105,196 @@ func TestPublishSharedPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the shrunk pool published", func() bool { return published() == "1,4-7" })
+}
+
+// TestNodePolicyFollowsTheNode: the node's corepin.io/node-policy (watched
+// on the fake API server) changes the plugin's capacity formula the way
+// the extender merges it (defaults, then the node's fields); malformed or
+// removed, the defaults come back.
+func TestNodePolicyFollowsTheNode(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := newTestPlugin(t) // P = 7: default limit floor(2/3*7) = 4
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{
+		corepin.AnnotationNodePolicy: `{"maxExclusiveRatio": 1.0}`}}}
+	client := fake.NewClientset(node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}})
+	WatchNode(ctx, client, "node-a", log, p.NodePolicyHandler(log))
+	limit := func() int { return p.Capacity().ExclusiveLimit }
+	for _, tc := range []struct {
+		name   string
+		policy *string
+		limit  int
+	}{
+		{"ratio 1 at start", nil, 7},
+		{"headroom 3 beside the ratio", ptr(`{"maxExclusiveRatio": 1.0, "sharedHeadroom": 3}`), 7},
+		{"ratio 0.5", ptr(`{"maxExclusiveRatio": 0.5}`), 3},
+		{"malformed: defaults", ptr(`{"maxExclusiveRatio": 2}`), 4},
+		{"ratio 1 again", ptr(`{"maxExclusiveRatio": 1}`), 7},
+		{"removed: defaults", ptr(""), 4},
+	} {
+		if tc.policy != nil {
+			if *tc.policy == "" {
+				delete(node.Annotations, corepin.AnnotationNodePolicy)
+			} else {
+				node.Annotations[corepin.AnnotationNodePolicy] = *tc.policy
+			}
+			if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, tc.name, func() bool { return limit() == tc.limit })
+	}
+	// Under ratio 1 a placement of 5 CPUs the default formula refuses is admitted.
+	node.Annotations[corepin.AnnotationNodePolicy] = `{"maxExclusiveRatio": 1}`
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ratio 1", func() bool { return limit() == 7 })
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-6"), ctr("c-db", "s-db", "engine", 5000, "")); err != nil {
+		t.Fatalf("a 5-CPU placement under maxExclusiveRatio 1: %v", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestTopologyIsRepublished: the topology annotation is written at start,
+// written again when someone removes it from the node, and rewritten when
+// the host's topology changes (re-discovered every interval).
+func TestTopologyIsRepublished(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	topo := func(n int) corepin.Topology {
+		src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+		for i := 0; i < n; i++ {
+			src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+		}
+		return src
+	}
+	var mu sync.Mutex
+	current := topo(4)
+	discover := func() (corepin.Topology, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return current, nil
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{"other": "kept"}}}
+	client := fake.NewClientset(node)
+	pub := NewTopologyPublisher(client, "node-a", discover, 50*time.Millisecond, log)
+	changes := make(chan int, 10)
+	pub.OnChange = func(tp corepin.Topology) error { changes <- len(tp.CPUs); return nil }
+	WatchNode(ctx, client, "node-a", log, pub.NodeHandler())
+	go pub.Run(ctx)
+	annotation := func() string {
+		n, err := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Annotations[corepin.AnnotationTopology]
+	}
+	cpus := func(value string) int {
+		if value == "" {
+			return 0
+		}
+		tp, err := corepin.ParseTopology(value)
+		if err != nil {
+			t.Fatalf("published topology %q: %v", value, err)
+		}
+		return len(tp.CPUs)
+	}
+	for _, tc := range []struct {
+		name string
+		step func()
+		cpus int
+	}{
+		{"published at start", func() {}, 4},
+		{"annotation removed: restored", func() {
+			n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+			delete(n.Annotations, corepin.AnnotationTopology)
+			if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, 4},
+		{"host grew: republished", func() {
+			mu.Lock()
+			current = topo(8)
+			mu.Unlock()
+		}, 8},
+		{"annotation overwritten: restored", func() {
+			n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+			n.Annotations[corepin.AnnotationTopology] = `{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0}]}`
+			if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, 8},
+	} {
+		tc.step()
+		eventually(t, tc.name, func() bool { return cpus(annotation()) == tc.cpus })
+	}
+	n, _ := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+	if n.Annotations["other"] != "kept" {
+		t.Fatalf("other annotations lost: %v", n.Annotations)
+	}
+	// The plugin was told of the host's change once, and of nothing else.
+	if len(changes) != 1 || <-changes != 8 {
+		t.Fatalf("OnChange calls: %d", len(changes)+1)
+	}
+}
+
+// TestSlimObjects: the informers' transforms keep what the plugin reads
+// and nothing else.
+func TestSlimObjects(t *testing.T) {
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", UID: "u1", ResourceVersion: "7", Labels: map[string]string{"app": "db"},
+			Annotations: map[string]string{
+				corepin.AnnotationReleaseIsolateMode:   "true",
+				corepin.AnnotationExcludeReserveCPUSet: "false",
+				corepin.AnnotationAllocStatus:          `{"node":"n"}`,
+				"kubectl.kubernetes.io/last-applied":   "{...}",
+			}},
+		Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{
+			{Name: "engine", Image: "db:1", Env: []v1.EnvVar{{Name: "A", Value: "b"}}, Resources: v1.ResourceRequirements{
+				Limits:   v1.ResourceList{v1.ResourceCPU: resource.MustParse("2"), v1.ResourceMemory: resource.MustParse("1Gi")},
+				Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}},
+			{Name: "sidecar"},
+		}},
+		Status: v1.PodStatus{Phase: v1.PodRunning},
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9", Labels: map[string]string{"zone": "a"},
+		Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}", corepin.AnnotationSharedPool: "{}", "other": "x"}},
+		Status: v1.NodeStatus{Capacity: v1.ResourceList{v1.ResourceCPU: resource.MustParse("8")}}}
+	cpu := func(q string) v1.ResourceList { return v1.ResourceList{v1.ResourceCPU: resource.MustParse(q)} }
+	for _, tc := range []struct {
+		name      string
+		transform func(any) (any, error)
+		in, want  any
+	}{
+		{"pod", slimPod, pod, &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", UID: "u1", ResourceVersion: "7", Annotations: map[string]string{
+				corepin.AnnotationReleaseIsolateMode: "true", corepin.AnnotationExcludeReserveCPUSet: "false"}},
+			Spec: v1.PodSpec{Containers: []v1.Container{
+				{Name: "engine", Resources: v1.ResourceRequirements{Limits: cpu("2")}},
+				{Name: "sidecar"}, // no limit: none invented
+			}}}},
+		{"node", slimNode, node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9",
+			Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}"}}}},
+		{"a tombstone passes through", slimPod, cache.DeletedFinalStateUnknown{Key: "default/db"}, cache.DeletedFinalStateUnknown{Key: "default/db"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.transform(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equality.Semantic.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+	// The release switch read from the slim pod is the full pod's.
+	slim, _ := slimPod(pod)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if r := releaseOf(slim.(*v1.Pod), log); !r.Isolate || r.ExcludeReserve || r.LimitMilli["engine"] != 2000 || len(r.LimitMilli) != 1 {
+		t.Fatalf("release from the slim pod %+v", r)
+	}
 }

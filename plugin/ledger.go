@@ -112,13 +112,20 @@ type Ledger struct {
 	// release holds the live release switch of pods the API server told us
 	// about, by pod key; it overrides the sandbox's annotations.
 	release map[string]Release
+	// quarantine holds, by container ID, the exclusive containers found
+	// running at synchronize that could not be admitted (their CPUs
+	// conflict with a container kept before them). They keep running where
+	// they are, so all their CPUs stay out of the shared pool and are given
+	// to no one until they go.
+	quarantine map[string]*Container
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
 }
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
-	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{}}
+	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{},
+		quarantine: map[string]*Container{}}
 }
 
 // SetRelease records a pod's live release switch and reports whether any of
@@ -225,24 +232,83 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 }
 
 // Admit records a classified container. An exclusive container's CPUs must
-// be online, not reserved, not held by another pod, and within the
-// capacity formula; otherwise the ledger is unchanged and the error is a
-// Refusal.
-func (l *Ledger) Admit(id string, c *Container) error {
+// be online, not reserved, not held by another pod (nor by a quarantined
+// container), and within the capacity formula; otherwise the ledger is
+// unchanged and the error is a Refusal.
+func (l *Ledger) Admit(id string, c *Container) error { return l.admit(id, c, true) }
+
+// AdmitExisting records a container that already exists (found at
+// synchronize). It is a fact, not a request: it is never refused for
+// capacity (a node can legitimately be over its exclusive limit, since
+// shared containers are not capacity-checked when they are created), only
+// for CPUs it cannot hold (offline, reserved, held by another pod).
+func (l *Ledger) AdmitExisting(id string, c *Container) error { return l.admit(id, c, false) }
+
+func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 	c.ID = id
 	if c.podKey == "" {
 		c.podKey = c.Pod.Key()
+	}
+	refuse := func(reason string) error {
+		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Kind: "conflict"}
+	}
+	if c.Class == Exclusive && len(l.quarantine) > 0 {
+		if q := l.quarantinedBy(c.CPUs, c.podKey); q != nil {
+			return refuse(fmt.Sprintf("CPUs %s: CPU %s is held by container %s of pod %s, left running at synchronize after a conflict",
+				c.CPUs, q.CPUs.Intersection(c.CPUs), q.Name, q.podKey))
+		}
 	}
 	if old, ok := l.containers[id]; ok && old.podKey == c.podKey {
 		l.Forget(id)
 	}
 	l.containers[id] = c
-	if err := l.replacePod(c.podKey); err != nil {
+	if err := l.replacePod(c.podKey, checkCapacity); err != nil {
 		delete(l.containers, id)
-		_ = l.replacePod(c.podKey) // restore the pod as it was
-		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: err.Error(), Kind: "conflict"}
+		_ = l.replacePod(c.podKey, false) // restore the pod as it was
+		return refuse(err.Error())
 	}
 	return nil
+}
+
+// quarantinedBy returns a quarantined container of another pod on one of cpus.
+func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podKey string) *Container {
+	for _, q := range l.quarantined() {
+		if q.podKey != podKey && !q.CPUs.Intersection(cpus).IsEmpty() {
+			return q
+		}
+	}
+	return nil
+}
+
+// Quarantine records an exclusive container that exists but could not be
+// admitted: it keeps running on its CPUs, so they leave the shared pool and
+// are refused to anyone else until the container goes (Forget).
+func (l *Ledger) Quarantine(id string, c *Container) {
+	c.ID = id
+	if c.podKey == "" {
+		c.podKey = c.Pod.Key()
+	}
+	l.quarantine[id] = c
+	l.pool = nil
+}
+
+// Quarantined is the union of the quarantined containers' CPUs.
+func (l *Ledger) Quarantined() cpuset.CPUSet {
+	out := cpuset.New()
+	for _, q := range l.quarantine {
+		out = out.Union(q.CPUs)
+	}
+	return out
+}
+
+// quarantined lists the quarantined containers sorted by ID.
+func (l *Ledger) quarantined() []*Container {
+	out := make([]*Container, 0, len(l.quarantine))
+	for _, q := range l.quarantine {
+		out = append(out, q)
+	}
+	slices.SortFunc(out, func(a, b *Container) int { return strings.Compare(a.ID, b.ID) })
+	return out
 }
 
 // ForgetSandbox drops every container of a pod sandbox and reports whether
@@ -255,23 +321,36 @@ func (l *Ledger) ForgetSandbox(sandboxID string) bool {
 			freed = freed || c.Class == Exclusive
 		}
 	}
+	for id, q := range l.quarantine {
+		if q.SandboxID == sandboxID {
+			l.Forget(id)
+			freed = true
+		}
+	}
 	return freed
 }
 
-// Forget drops a container (stopped or removed) and frees its CPUs.
+// Forget drops a container (stopped or removed) and frees its CPUs; a
+// quarantined container's CPUs go back to the shared pool.
 func (l *Ledger) Forget(id string) (*Container, bool) {
+	if q, ok := l.quarantine[id]; ok {
+		delete(l.quarantine, id)
+		l.pool = nil
+		return q, true
+	}
 	c, ok := l.containers[id]
 	if !ok {
 		return nil, false
 	}
 	delete(l.containers, id)
-	_ = l.replacePod(c.podKey)
+	_ = l.replacePod(c.podKey, false)
 	return c, true
 }
 
 // replacePod rebuilds one pod's placement from its live containers: the
-// union of their exclusive CPUs and the sum of their shared amounts.
-func (l *Ledger) replacePod(key string) error {
+// union of their exclusive CPUs and the sum of their shared amounts. With
+// checkCapacity, a pod whose exclusive CPUs grew must fit the formula.
+func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	var cpus []int
 	var milli int64
 	var pod *Pod
@@ -305,7 +384,7 @@ func (l *Ledger) replacePod(key string) error {
 	}
 	// Only growth is checked against the formula: a pod that keeps or
 	// shrinks its CPUs is never refused what it already holds.
-	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); grew && p.Exclusive() {
+	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); checkCapacity && grew && p.Exclusive() {
 		if c := l.node.Capacity(); c.E > c.ExclusiveLimit {
 			l.node.Remove(key)
 			added := p.CPUs.Size()
@@ -318,10 +397,14 @@ func (l *Ledger) replacePod(key string) error {
 	return nil
 }
 
-// SharedPool is online minus reserved minus the CPUs of exclusive containers.
+// SharedPool is online minus reserved minus the CPUs of exclusive
+// containers, tracked or quarantined.
 func (l *Ledger) SharedPool() cpuset.CPUSet {
 	if l.pool == nil {
 		pool := l.node.SharedPool()
+		if len(l.quarantine) > 0 {
+			pool = pool.Difference(l.Quarantined())
+		}
 		l.pool = &pool
 	}
 	return *l.pool
@@ -351,6 +434,9 @@ type Change struct {
 	CPUs string
 	// Lift or Restore the CFS quota (release-isolate-mode set or unset).
 	Lift, Restore bool
+	// Repair: what the container has is not known to be what the plugin
+	// gave it (drift found, or found so at synchronize).
+	Repair bool
 	// Quota and Period to restore (Quota <= 0: leave the quota as it is).
 	Quota  int64
 	Period uint64
@@ -409,7 +495,7 @@ func (l *Ledger) Changes(skip string) []Change {
 		if c.applied.known && c.applied.cpus == cpus && c.applied.lifted == lift {
 			continue
 		}
-		ch := Change{Container: c, CPUs: cpus}
+		ch := Change{Container: c, CPUs: cpus, Repair: !c.applied.known}
 		switch {
 		case lift && !(c.applied.known && c.applied.lifted):
 			ch.Lift = true
@@ -470,6 +556,16 @@ func (l *Ledger) Containers() []*Container {
 	slices.SortFunc(out, func(a, b *Container) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
+
+// SetLimits changes the capacity parameters (the node's node-policy).
+// Nothing already held is freed: only later requests see the new formula.
+func (l *Ledger) SetLimits(limits api.Limits) {
+	l.cfg.Limits = limits
+	l.node.Limits = limits
+}
+
+// Limits are the capacity parameters in force.
+func (l *Ledger) Limits() api.Limits { return l.cfg.Limits }
 
 // Capacity is the node's position under the capacity formula.
 func (l *Ledger) Capacity() policy.Capacity { return l.node.Capacity() }

@@ -18,6 +18,8 @@ type Metrics struct {
 	driftCorrections prometheus.Counter
 	refusals         *prometheus.CounterVec
 	conflicts        prometheus.Counter
+	overLimit        prometheus.Gauge
+	quarantined      prometheus.Gauge
 }
 
 // NewMetrics registers the plugin's metrics in a new registry (with the Go
@@ -46,8 +48,15 @@ func NewMetrics() *Metrics {
 			Name: "corepin_nri_refusals_total", Help: "Containers refused, by reason."}, []string{"reason"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "corepin_nri_sync_conflicts_total", Help: "Containers found at synchronize whose CPUs conflict with another pod's; left where they are."}),
+		overLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "corepin_nri_exclusive_over_limit_cpus",
+			Help: "Exclusive CPUs held beyond the capacity formula's exclusive limit (running containers found at synchronize are kept); 0 when within."}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "corepin_nri_quarantined_cpus",
+			Help: "CPUs of containers left running at synchronize after a conflict: kept out of the shared pool until they stop."}),
 	}
 	m.Registry.MustRegister(m.handler, m.sharedPool, m.exclusiveHeld, m.containers, m.updates, m.driftCorrections, m.refusals, m.conflicts,
+		m.overLimit, m.quarantined,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -59,7 +68,10 @@ func (m *Metrics) observe(handler string, start time.Time) {
 // state refreshes the gauges from the ledger.
 func (m *Metrics) state(l *Ledger) {
 	m.sharedPool.Set(float64(l.SharedPool().Size()))
-	m.exclusiveHeld.Set(float64(l.Capacity().E))
+	c := l.Capacity()
+	m.exclusiveHeld.Set(float64(c.E))
+	m.overLimit.Set(float64(max(0, c.E-c.ExclusiveLimit)))
+	m.quarantined.Set(float64(l.Quarantined().Size()))
 	counts := map[Class]int{}
 	for _, c := range l.containers {
 		counts[c.Class]++

@@ -4,12 +4,16 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
+	"google.golang.org/grpc/status"
+
+	corepin "github.com/corepin/corepin/api"
 )
 
 // TestOverNRI runs the plugin against the runtime side of NRI
@@ -77,6 +81,26 @@ func TestOverNRI(t *testing.T) {
 	}
 	if _, err := runtime.CreateContainer(ctx, &api.CreateContainerRequest{Pod: exclusivePod("s-x", "x", "3"), Container: ctr("c-x", "s-x", "engine", 1000, "")}); err == nil {
 		t.Fatal("an overlapping allocation was not refused over NRI")
+	}
+	// Refusals reach the runtime (and so kubelet) as corepin's own message.
+	for _, tc := range []struct {
+		name, alloc, want, reason string
+	}{
+		{"malformed JSON", `{"node":"node-a","cpus":`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", "unexpected EOF"},
+		{"malformed cpu list", `{"node":"node-a","cpus":"4-x","containers":{"engine":"4-x"},"mems":"0"}`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", `invalid CPU list "4-x"`},
+		{"unknown field", `{"node":"node-a","cpus":"4","containers":{"engine":"4"},"mems":"0","extra":1}`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", `unknown field "extra"`},
+	} {
+		sb := sandbox("s-bad", "default", "bad", map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocStatus: tc.alloc})
+		_, err := runtime.CreateContainer(ctx, &api.CreateContainerRequest{Pod: sb, Container: ctr("c-bad", "s-bad", "engine", 1000, "")})
+		if err == nil {
+			t.Fatalf("%s: a malformed alloc-status was accepted over NRI", tc.name)
+		}
+		// The runtime carries the plugin's message as the RPC status's
+		// message: that is what containerd hands kubelet.
+		msg := status.Convert(err).Message()
+		if !strings.HasPrefix(msg, tc.want) || !strings.Contains(msg, tc.reason) {
+			t.Fatalf("%s: error %q, want a message starting with %q, with %q", tc.name, msg, tc.want, tc.reason)
+		}
 	}
 	stopResp, err := runtime.StopContainer(ctx, &api.StopContainerRequest{Pod: exclusivePod("s-db", "db", "2-3"), Container: ctr("c-db", "s-db", "engine", 2000, "2-3")})
 	if err != nil {

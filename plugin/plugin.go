@@ -1,9 +1,14 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
 )
 
 // Plugin is the NRI plugin. Its handlers are thin: parse the NRI objects,
@@ -37,6 +43,11 @@ type Plugin struct {
 	// checkConfig validates the configuration the runtime hands a
 	// pre-installed plugin (may be nil).
 	checkConfig func(string) error
+	// baseLimits are the capacity parameters before the node's
+	// corepin.io/node-policy (the defaults, or the plugin's settings).
+	baseLimits corepin.Limits
+	// health is the NRI connection's state for the probes.
+	health *health
 }
 
 // New returns a plugin over a ledger. metrics may be nil.
@@ -45,7 +56,7 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 		metrics = NewMetrics()
 	}
 	p := &Plugin{ledger: ledger, log: log, metrics: metrics, pods: map[string]Pod{},
-		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1)}
+		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits(), health: newHealth(time.Now)}
 	p.changed()
 	return p
 }
@@ -81,7 +92,8 @@ func (p *Plugin) changed() {
 }
 
 // PendingUpdates returns the updates that bring every container to what
-// the ledger says.
+// the ledger says: the pool grown back after a pod went (reason grow), a
+// release switched (release, restore) or drift corrected (repair).
 func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -106,6 +118,27 @@ func (p *Plugin) SetRelease(namespace, name string, r Release) {
 		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
 		notify(p.pending)
 	}
+}
+
+// SetNodePolicy applies the node's corepin.io/node-policy value over the
+// base limits, as the extender does (its defaults, then the fields the
+// node sets). A malformed value keeps the base limits and is returned.
+func (p *Plugin) SetNodePolicy(value string) error {
+	limits := p.baseLimits
+	np, err := corepin.ParseNodePolicy(value)
+	if err == nil {
+		limits = np.Apply(limits)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if old := p.ledger.Limits(); old != limits {
+		p.ledger.SetLimits(limits)
+		c := p.ledger.Capacity()
+		p.log.Info("Capacity limits changed", "maxExclusiveRatio", limits.MaxExclusiveRatio, "sharedOvercommit", limits.SharedOvercommit,
+			"sharedHeadroom", limits.SharedHeadroom, "exclusiveLimit", c.ExclusiveLimit)
+		p.changed()
+	}
+	return err
 }
 
 // ForgetRelease drops a deleted pod's live release switch.
@@ -175,6 +208,16 @@ func (p *Plugin) event(pod Pod, reason, message string) {
 	p.events.Event(ref, v1.EventTypeWarning, reason, message)
 }
 
+// nodeEvent records a warning on this node.
+func (p *Plugin) nodeEvent(reason, message string) {
+	if p.events == nil {
+		return
+	}
+	node := p.ledger.cfg.NodeName
+	ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
+	p.events.Event(ref, v1.EventTypeWarning, reason, message)
+}
+
 // amount is a container's CPU amount in millicores: its CFS quota over the
 // period (the limit), else its CPU shares (the request).
 func amount(c *api.Container) int64 {
@@ -220,9 +263,17 @@ func describe(classified *Container, c *api.Container) {
 
 // Synchronize rebuilds the ledger from the containers that exist and
 // returns updates for every container whose cpuset is not what it should
-// be. A container whose allocation conflicts with another's keeps running
-// where it is; the conflict is logged and counted, and the plugin still
-// registers.
+// be. Containers that exist are facts, not requests: an exclusive container
+// is never left out for capacity (a node over its exclusive limit is
+// logged, counted in corepin_nri_exclusive_over_limit_cpus and reported as
+// a node event). Containers are taken in the order they were created (NRI's
+// created_at; ties and runtimes that do not report it: by pod key, then
+// container ID), so when two exclusive containers claim the same CPU the
+// one created first is kept, whatever order the runtime lists them in. The
+// other keeps running where it is, untracked: it is quarantined, so none
+// of its CPUs goes to the shared pool or to another exclusive container
+// until it stops; the conflict is logged, counted and reported on the pod,
+// and the plugin still registers.
 func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containers []*api.Container) ([]*api.ContainerUpdate, error) {
 	defer p.metrics.observe("Synchronize", time.Now())
 	p.mu.Lock()
@@ -234,22 +285,37 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	for _, sb := range pods {
 		p.pods[sb.GetId()] = podOf(sb)
 	}
-	for _, c := range containers {
+	ordered := slices.Clone(containers)
+	slices.SortStableFunc(ordered, func(a, b *api.Container) int {
+		return cmp.Or(cmp.Compare(a.GetCreatedAt(), b.GetCreatedAt()),
+			strings.Compare(p.pods[a.GetPodSandboxId()].Key(), p.pods[b.GetPodSandboxId()].Key()),
+			strings.Compare(a.GetId(), b.GetId()))
+	})
+	for _, c := range ordered {
 		if s := c.GetState(); s != api.ContainerState_CONTAINER_CREATED && s != api.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
 		pod := p.pods[c.GetPodSandboxId()]
 		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
-		if err == nil {
-			describe(classified, c)
-			err = p.ledger.Admit(c.GetId(), classified)
-		}
 		if err != nil {
-			// Not in the ledger: its cores are not taken from it, and no
-			// one else is given them by this plugin until it goes.
+			// Its annotations do not say where it belongs (malformed,
+			// not placed, another node's): it keeps whatever cpuset it has,
+			// untracked; the plugin claims no CPUs for it.
 			p.metrics.conflicts.Inc()
-			p.log.Error("Conflict at synchronize: container left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
+			p.log.Error("Container at synchronize not tracked: left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
 			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops: "+err.Error())
+			continue
+		}
+		describe(classified, c)
+		if err := p.ledger.AdmitExisting(c.GetId(), classified); err != nil {
+			// Its CPUs conflict with a container kept before it: it keeps
+			// running on them, so none of them goes to anybody else.
+			p.ledger.Quarantine(c.GetId(), classified)
+			p.metrics.conflicts.Inc()
+			p.log.Error("Conflict at synchronize: container left where it is, its CPUs kept out of the shared pool", "pod", pod.Key(),
+				"container", c.GetName(), "cpus", classified.CPUs.String(), "err", err)
+			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops (its CPUs "+
+				classified.CPUs.String()+" are kept out of the shared pool): "+err.Error())
 			continue
 		}
 		if cur, ok := currentCPUs(c); ok {
@@ -261,11 +327,22 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			}
 		}
 	}
+	if c := p.ledger.Capacity(); c.E > c.ExclusiveLimit {
+		msg := fmt.Sprintf("node is over its exclusive limit: %d exclusive CPUs held by running containers, limit %d (P=%d, shared total %s, largest shared %s); no new exclusive container is admitted until it is back under",
+			c.E, c.ExclusiveLimit, c.P, milli(c.S), milli(c.M))
+		p.log.Warn("Over the exclusive limit at synchronize; running containers kept", "exclusive", c.E, "limit", c.ExclusiveLimit)
+		p.nodeEvent("CorepinOverExclusiveLimit", msg)
+	}
 	updates := p.updates("", "repair")
 	p.changed()
-	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
+	p.health.synchronized()
+	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
+		"updates", len(updates), "sharedPool", p.ledger.SharedPool().String())
 	return updates, nil
 }
+
+// milli formats millicores as CPUs.
+func milli(m int64) string { return strconv.FormatFloat(float64(m)/1000, 'f', -1, 64) }
 
 // CreateContainer pins the new container and returns, with it, the updates
 // that move every other container to its new cpuset, so the shared pool
@@ -365,8 +442,9 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 }
 
 // updates turns the ledger's pending changes (other than skip's) into NRI
-// container updates, counted under reason unless they lift or restore a
-// release.
+// container updates, counted under reason unless they repair a container
+// whose cpuset was not known to be right (drift, synchronize) or lift or
+// restore a release.
 func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
@@ -402,6 +480,9 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 			}
 			why = "restore"
 		}
+		if ch.Repair {
+			why = "repair"
+		}
 		counts[why]++
 		out[i] = u
 	}
@@ -409,6 +490,48 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 		p.metrics.updates.WithLabelValues(why).Add(float64(n))
 	}
 	return out
+}
+
+// SetTopology adopts a re-discovered host topology when it is a compatible
+// grow (every CPU the plugin knows keeps its core, socket, NUMA node and IO
+// queues: CPUs brought online), as the extender accepts it: the ledger is
+// rebuilt over it with every container it tracks (and every quarantined
+// one) kept, and the shared containers are grown onto the new CPUs by the
+// plugin's own goroutine. Anything else is refused: the plugin keeps
+// enforcing the topology it has until it restarts.
+func (p *Plugin) SetTopology(src corepin.Topology) error {
+	topo, err := policy.NewTopology(src)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.ledger
+	if err := corepin.CompatibleGrow(old.topo.Source, src); err != nil {
+		return fmt.Errorf("not a compatible grow (%w): enforcing the previous topology until the plugin restarts", err)
+	}
+	l := NewLedger(old.cfg, topo)
+	l.release = old.release
+	for _, c := range old.Containers() {
+		if err := l.AdmitExisting(c.ID, c); err != nil {
+			l.Quarantine(c.ID, c) // cannot happen on a grow; never free its CPUs
+		}
+	}
+	for _, q := range old.quarantined() {
+		l.Quarantine(q.ID, q)
+	}
+	p.ledger = l
+	p.changed()
+	notify(p.pending)
+	p.log.Info("Adopted the grown CPU topology", "cpus", len(src.CPUs), "sharedPool", l.SharedPool().String())
+	return nil
+}
+
+// Capacity is the node's position under the capacity formula.
+func (p *Plugin) Capacity() policy.Capacity {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ledger.Capacity()
 }
 
 // Ledger returns the ledger (for tests and status).

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -150,9 +151,9 @@ func TestSynchronizeRepairs(t *testing.T) {
 	p := newTestPlugin(t)
 	pods := []*api.PodSandbox{exclusivePod("s-db", "db", "2-3"), sandbox("s-web", "default", "web", nil), exclusivePod("s-bad", "bad", "3")}
 	containers := []*api.Container{
-		ctr("c-db", "s-db", "engine", 2000, "2-3"),
-		ctr("c-web", "s-web", "app", 500, "0-7"),   // created while the plugin was down: unpinned
-		ctr("c-bad", "s-bad", "engine", 1000, "3"), // conflicts with db: left where it is
+		createdAt(ctr("c-db", "s-db", "engine", 2000, "2-3"), 100),
+		createdAt(ctr("c-web", "s-web", "app", 500, "0-7"), 300),   // created while the plugin was down: unpinned
+		createdAt(ctr("c-bad", "s-bad", "engine", 1000, "3"), 200), // conflicts with db, created after it: left where it is
 	}
 	upd, err := p.Synchronize(context.Background(), pods, containers)
 	if err != nil {
@@ -303,14 +304,464 @@ func TestRefusalsAndConflictsAreEvents(t *testing.T) {
 		t.Fatal("overlap accepted")
 	}
 	want := `Warning CorepinRefused corepin: pod default/db-2 container engine cpus "3": `
-	if got := <-events.Events; !strings.HasPrefix(got, want) || !strings.Contains(got, "held by pod default/db-1") {
+	if got := nextEvent(t, events); !strings.HasPrefix(got, want) || !strings.Contains(got, "held by pod default/db-1") {
 		t.Fatalf("event %q, want %q...", got, want)
 	}
 	pods := []*api.PodSandbox{exclusivePod("s1", "db-1", "2-3"), exclusivePod("s2", "db-2", "3")}
 	if _, err := p.Synchronize(ctx, pods, []*api.Container{ctr("c1", "s1", "engine", 2000, "2-3"), ctr("c2", "s2", "engine", 1000, "3")}); err != nil {
 		t.Fatal(err)
 	}
-	if got := <-events.Events; !strings.HasPrefix(got, "Warning CorepinConflict container left on its CPUs") {
+	if got := nextEvent(t, events); !strings.HasPrefix(got, "Warning CorepinConflict container left on its CPUs") {
 		t.Fatalf("conflict event %q", got)
+	}
+}
+
+// nextEvent is the next event recorded, failing the test after 5 s.
+func nextEvent(t *testing.T, events *record.FakeRecorder) string {
+	t.Helper()
+	select {
+	case ev := <-events.Events:
+		return ev
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event recorded within 5 s")
+		return ""
+	}
+}
+
+// createdAt sets a container's creation time (nanoseconds, as NRI reports it).
+func createdAt(c *api.Container, at int64) *api.Container {
+	c.CreatedAt = at
+	return c
+}
+
+// TestSynchronizeKeepsRunningExclusive: at synchronize the containers that
+// exist are facts. An exclusive container is never dropped for capacity,
+// a container left out for a conflict keeps all its CPUs out of the shared
+// pool, and which of two conflicting containers is kept does not depend on
+// the order the runtime lists them in.
+func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		pods       []*api.PodSandbox
+		containers []*api.Container
+		// web is the shared container's cpuset after synchronize.
+		web string
+		e   int
+		// kept maps a CPU to the pod that must hold it.
+		kept map[int]string
+		// conflicts is how many containers were left out.
+		conflicts float64
+	}{
+		{
+			// P = 7; a shared 2000m container makes the limit min(4, 7-2*2, 7-1) = 3 < E = 4.
+			name: "over the exclusive limit",
+			pods: []*api.PodSandbox{exclusivePod("s-db", "db", "2-5"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				createdAt(ctr("c-web", "s-web", "app", 2000, "1-7"), 100),
+				createdAt(ctr("c-db", "s-db", "engine", 4000, "2-5"), 200),
+			},
+			web: "1,6-7", e: 4, kept: map[int]string{2: "default/db", 5: "default/db"},
+		},
+		{
+			name: "partial overlap, the first created is kept",
+			pods: []*api.PodSandbox{exclusivePod("s-a", "a", "2-3"), exclusivePod("s-b", "b", "3-4"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				createdAt(ctr("c-b", "s-b", "engine", 2000, "3-4"), 200),
+				createdAt(ctr("c-a", "s-a", "engine", 2000, "2-3"), 100),
+				ctr("c-web", "s-web", "app", 500, "1-7"),
+			},
+			web: "1,5-7", e: 2, kept: map[int]string{2: "default/a", 3: "default/a"}, conflicts: 1,
+		},
+		{
+			name: "partial overlap, b created first",
+			pods: []*api.PodSandbox{exclusivePod("s-a", "a", "2-3"), exclusivePod("s-b", "b", "3-4"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				createdAt(ctr("c-a", "s-a", "engine", 2000, "2-3"), 200),
+				createdAt(ctr("c-b", "s-b", "engine", 2000, "3-4"), 100),
+				ctr("c-web", "s-web", "app", 500, "1-7"),
+			},
+			web: "1,5-7", e: 2, kept: map[int]string{3: "default/b", 4: "default/b"}, conflicts: 1,
+		},
+		{
+			name: "partial overlap, same creation time: by pod key",
+			pods: []*api.PodSandbox{exclusivePod("s-b", "b", "3-4"), exclusivePod("s-a", "a", "2-3"), sandbox("s-web", "default", "web", nil)},
+			containers: []*api.Container{
+				ctr("c-1", "s-b", "engine", 2000, "3-4"),
+				ctr("c-2", "s-a", "engine", 2000, "2-3"),
+				ctr("c-web", "s-web", "app", 500, "1-7"),
+			},
+			web: "1,5-7", e: 2, kept: map[int]string{2: "default/a", 3: "default/a"}, conflicts: 1,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			upd, err := p.Synchronize(context.Background(), tc.pods, tc.containers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, u := range upd {
+				got[u.GetContainerId()] = cpusOf(u)
+			}
+			if got["c-web"] != tc.web {
+				t.Errorf("web -> %q, want %q (updates %v)", got["c-web"], tc.web, got)
+			}
+			// No shared container may be given a CPU a running exclusive container is on.
+			running := cpuset.New()
+			for _, c := range tc.containers {
+				if p.pods[c.GetPodSandboxId()].Annotations[corepin.AnnotationCPUMode] == "exclusive" {
+					cur, _ := currentCPUs(c)
+					running = running.Union(cur)
+				}
+			}
+			if pool := p.SharedPool(); !pool.Intersection(running).IsEmpty() {
+				t.Errorf("shared pool %s includes CPUs %s of running exclusive containers", pool, pool.Intersection(running))
+			}
+			if e := p.Ledger().Capacity().E; e != tc.e {
+				t.Errorf("E = %d, want %d", e, tc.e)
+			}
+			for cpu, pod := range tc.kept {
+				if h, ok := p.Ledger().node.Holder(cpu); !ok || h.Key != pod {
+					t.Errorf("CPU %d held by %v, want %s", cpu, h, pod)
+				}
+			}
+			if got := testutil.ToFloat64(p.metrics.conflicts); got != tc.conflicts {
+				t.Errorf("conflicts %v, want %v", got, tc.conflicts)
+			}
+		})
+	}
+}
+
+// TestQuarantineUntilGone: a container left out at synchronize holds its
+// CPUs against new exclusive containers too, and gives them back to the
+// shared pool only when it goes; a node found over its limit is reported.
+func TestQuarantineUntilGone(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		gone func(p *Plugin) []*api.ContainerUpdate
+	}{
+		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
+			upd, _ := p.StopContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
+			return upd
+		}},
+		{"RemoveContainer", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemoveContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
+			return p.PendingUpdates()
+		}},
+		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.StopPodSandbox(ctx, exclusivePod("s-b", "b", "3-4"))
+			return p.PendingUpdates()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			events := record.NewFakeRecorder(10)
+			p.SetEventRecorder(events)
+			pods := []*api.PodSandbox{exclusivePod("s-a", "a", "2-3"), exclusivePod("s-b", "b", "3-4"), sandbox("s-web", "default", "web", nil)}
+			if _, err := p.Synchronize(ctx, pods, []*api.Container{
+				createdAt(ctr("c-a", "s-a", "engine", 2000, "2-3"), 1),
+				createdAt(ctr("c-b", "s-b", "engine", 2000, "3-4"), 2),
+				createdAt(ctr("c-web", "s-web", "app", 500, "1-7"), 3),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(p.metrics.quarantined); got != 2 {
+				t.Fatalf("quarantined cpus metric %v, want 2", got)
+			}
+			if ev := nextEvent(t, events); !strings.Contains(ev, "CorepinConflict") || !strings.Contains(ev, "3-4 are kept out of the shared pool") {
+				t.Fatalf("event %q", ev)
+			}
+			_, _, err := p.CreateContainer(ctx, exclusivePod("s-c", "c", "4"), ctr("c-c", "s-c", "engine", 1000, ""))
+			if err == nil || !strings.Contains(err.Error(), "CPU 4 is held by container engine of pod default/b") {
+				t.Fatalf("an exclusive container on a quarantined CPU: %v", err)
+			}
+			upd := tc.gone(p)
+			if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
+				t.Fatalf("after the quarantined container went: %v, want c-web grown to 1,4-7", upd)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-c", "c", "4"), ctr("c-c", "s-c", "engine", 1000, "")); err != nil {
+				t.Fatalf("CPU 4 still refused after the quarantined container went: %v", err)
+			}
+		})
+	}
+}
+
+func TestOverLimitAtSynchronizeIsReported(t *testing.T) {
+	p := newTestPlugin(t)
+	events := record.NewFakeRecorder(10)
+	p.SetEventRecorder(events)
+	pods := []*api.PodSandbox{exclusivePod("s-db", "db", "2-5"), sandbox("s-web", "default", "web", nil)}
+	if _, err := p.Synchronize(context.Background(), pods, []*api.Container{
+		ctr("c-web", "s-web", "app", 2000, "1-7"), ctr("c-db", "s-db", "engine", 4000, "2-5")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(p.metrics.overLimit); got != 1 {
+		t.Fatalf("over-limit metric %v, want 1 (E 4, limit 3)", got)
+	}
+	if ev := nextEvent(t, events); !strings.HasPrefix(ev, "Warning CorepinOverExclusiveLimit node is over its exclusive limit: 4 exclusive CPUs held by running containers, limit 3") {
+		t.Fatalf("event %q", ev)
+	}
+	// Still a request-time check: no more exclusive CPUs while over.
+	if _, _, err := p.CreateContainer(context.Background(), exclusivePod("s-x", "x", "6"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil {
+		t.Fatal("an exclusive container admitted on a node over its limit")
+	}
+}
+
+// TestUpdateReasons: every update is counted under why it was issued; a
+// drift correction is a repair, not a grow.
+func TestUpdateReasons(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		do   func(t *testing.T, p *Plugin) []*api.ContainerUpdate
+		want map[string]float64
+	}{
+		{"drift corrected", func(t *testing.T, p *Plugin) []*api.ContainerUpdate {
+			p.CheckDrift(func(c *Container) (cpuset.CPUSet, error) { return cpuset.New(0, 1, 2, 3, 4, 5, 6, 7), nil })
+			return p.PendingUpdates()
+		}, map[string]float64{"repair": 2}},
+		{"exclusive pod removed", func(t *testing.T, p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
+			return p.PendingUpdates()
+		}, map[string]float64{"grow": 1}},
+		{"exclusive stopped", func(t *testing.T, p *Plugin) []*api.ContainerUpdate {
+			upd, _ := p.StopContainer(ctx, nil, ctr("c-db", "s-db", "engine", 2000, "2-3"))
+			return upd
+		}, map[string]float64{"grow": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			web := ctr("c-web", "s-web", "app", 500, "")
+			web.Linux.CgroupsPath = "/kubepods/pod1/c-web"
+			db := ctr("c-db", "s-db", "engine", 2000, "")
+			db.Linux.CgroupsPath = "/kubepods/pod2/c-db"
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), db); err != nil {
+				t.Fatal(err)
+			}
+			before := map[string]float64{}
+			for _, r := range []string{"repair", "grow", "shrink"} {
+				before[r] = testutil.ToFloat64(p.metrics.updates.WithLabelValues(r))
+			}
+			if upd := tc.do(t, p); len(upd) == 0 {
+				t.Fatal("no updates")
+			}
+			for _, r := range []string{"repair", "grow", "shrink"} {
+				if got := testutil.ToFloat64(p.metrics.updates.WithLabelValues(r)) - before[r]; got != tc.want[r] {
+					t.Errorf("updates_total{reason=%q} grew by %v, want %v", r, got, tc.want[r])
+				}
+			}
+		})
+	}
+}
+
+// TestClassesAtCreation: the cpuset each kind of container gets at
+// creation (pool 1,4-7 with db holding 2-3, CPU 0 reserved).
+func TestClassesAtCreation(t *testing.T) {
+	ctx := context.Background()
+	bindAll := func(extra map[string]string) map[string]string {
+		a := map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocSpec: `{"cpu":"BindAllCPUs"}`}
+		for k, v := range extra {
+			a[k] = v
+		}
+		return a
+	}
+	for _, tc := range []struct {
+		name      string
+		unplaced  bool
+		sb        *api.PodSandbox
+		cpus      string
+		class     Class
+		refused   string
+		lifted    bool
+		exclusive int // E after
+	}{
+		{name: "unplaced exclusive refused", sb: sandbox("s-x", "default", "x", map[string]string{corepin.AnnotationCPUMode: "exclusive"}),
+			refused: "not placed by the corepin scheduler extender", exclusive: 2},
+		{name: "unplaced exclusive to shared with UnplacedToShared", unplaced: true,
+			sb:   sandbox("s-x", "default", "x", map[string]string{corepin.AnnotationCPUMode: "exclusive"}),
+			cpus: "1,4-7", class: Shared, exclusive: 2},
+		{name: "UnplacedToShared leaves placed pods exclusive", unplaced: true, sb: exclusivePod("s-x", "x", "4-5"),
+			cpus: "4-5", class: Exclusive, exclusive: 4},
+		{name: "BindAllCPUs: online minus reserved", sb: sandbox("s-x", "default", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs with the reserved CPUs", sb: sandbox("s-x", "default", "x", bindAll(map[string]string{corepin.AnnotationExcludeReserveCPUSet: "false"})),
+			cpus: "0-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs in a system namespace", sb: sandbox("s-x", "kube-system", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "system namespace", sb: sandbox("s-x", "kube-system", "x", nil), cpus: "0-1,4-7", class: System, exclusive: 2},
+		{name: "shared", sb: sandbox("s-x", "default", "x", nil), cpus: "1,4-7", class: Shared, exclusive: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.ledger.cfg.UnplacedToShared = tc.unplaced
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			adj, upd, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 1000, ""))
+			if tc.refused != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.refused) {
+					t.Fatalf("error %v, want %q", err, tc.refused)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				cpu := adj.GetLinux().GetResources().GetCpu()
+				if cpu.GetCpus() != tc.cpus {
+					t.Fatalf("cpuset %q, want %q", cpu.GetCpus(), tc.cpus)
+				}
+				if (cpu.GetQuota().Get() != nil) != tc.lifted {
+					t.Fatalf("quota adjusted: %v", cpu.GetQuota())
+				}
+				if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+					t.Fatalf("class %v, want %v", c.Class, tc.class)
+				}
+				if tc.class != Exclusive && len(upd) != 0 {
+					t.Fatalf("a %v container moved others: %v", tc.class, upd)
+				}
+			}
+			if e := p.Ledger().Capacity().E; e != tc.exclusive {
+				t.Fatalf("E = %d, want %d", e, tc.exclusive)
+			}
+		})
+	}
+}
+
+// TestPoolGrowsBack: whichever way an exclusive container goes, the shared
+// containers are grown back over its CPUs.
+func TestPoolGrowsBack(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		gone func(p *Plugin) []*api.ContainerUpdate
+		// pending: the updates are sent by the plugin's own goroutine.
+		pending bool
+	}{
+		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
+			upd, _ := p.StopContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
+			return upd
+		}, false},
+		{"RemoveContainer without a stop", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemoveContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
+			return nil
+		}, true},
+		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.StopPodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
+			return nil
+		}, true},
+		{"RemovePodSandbox", func(p *Plugin) []*api.ContainerUpdate {
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
+			return nil
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			for _, step := range []struct {
+				sb *api.PodSandbox
+				c  *api.Container
+			}{
+				{sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")},
+				{sandbox("s-dns", "kube-system", "dns", nil), ctr("c-dns", "s-dns", "dns", 100, "")},
+				{exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")},
+				{exclusivePod("s-db", "db", "2-3"), ctr("c-side", "s-db", "exporter", 100, "")},
+			} {
+				if _, _, err := p.CreateContainer(ctx, step.sb, step.c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			upd := tc.gone(p)
+			if tc.pending {
+				select {
+				case <-p.Pending():
+				default:
+					t.Fatal("the pool change was not signalled to the plugin's goroutine")
+				}
+				upd = p.PendingUpdates()
+			}
+			got := map[string]string{}
+			for _, u := range upd {
+				got[u.GetContainerId()] = cpusOf(u)
+			}
+			want := map[string]string{"c-web": "1-7", "c-dns": "0-7"}
+			if _, ok := p.Ledger().Container("c-side"); ok {
+				want["c-side"] = "1-7" // its sandbox is still there
+			}
+			if len(got) != len(want) {
+				t.Fatalf("updates %v, want %v", got, want)
+			}
+			for id, cpus := range want {
+				if got[id] != cpus {
+					t.Fatalf("updates %v, want %v", got, want)
+				}
+			}
+			if pool := p.SharedPool().String(); pool != "1-7" || p.Ledger().Capacity().E != 0 {
+				t.Fatalf("pool %s, E %d after the exclusive container went", pool, p.Ledger().Capacity().E)
+			}
+		})
+	}
+}
+
+// TestSetTopology: CPUs brought online join the shared pool (and can be
+// placed on); any other change is refused and the old topology kept.
+func TestSetTopology(t *testing.T) {
+	ctx := context.Background()
+	topo := func(n int, move bool) corepin.Topology {
+		src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+		for i := 0; i < n; i++ {
+			src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+		}
+		if move {
+			src.CPUs[3].Core = 2
+		}
+		return src
+	}
+	for _, tc := range []struct {
+		name   string
+		src    corepin.Topology
+		err    string
+		web    string // c-web's update, "" for none
+		admits string // a placement admitted after, "" for none
+	}{
+		{name: "grown by 4 CPUs", src: topo(12, false), web: "1,4-11", admits: "8-9"},
+		{name: "same", src: topo(8, false)},
+		{name: "CPU offline", src: topo(6, false), err: "CPU 6 went offline"},
+		{name: "CPU moved core", src: topo(12, true), err: "CPU 3 moved from core 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			err := p.SetTopology(tc.src)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				if pool := p.SharedPool().String(); pool != "1,4-7" {
+					t.Fatalf("pool %s after a refused change", pool)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			upd := p.PendingUpdates()
+			if tc.web == "" && len(upd) != 0 || tc.web != "" && (len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != tc.web) {
+				t.Fatalf("updates %v, want c-web -> %q", upd, tc.web)
+			}
+			if e := p.Capacity().E; e != 2 {
+				t.Fatalf("E = %d, want db's 2 kept", e)
+			}
+			if tc.admits != "" {
+				if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", tc.admits), ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+					t.Fatalf("a placement on the new CPUs: %v", err)
+				}
+			}
+		})
 	}
 }

@@ -7,26 +7,45 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/corepin/corepin/api"
 )
 
 // options are the plugin's settings: flags, or for a pre-installed plugin
 // the YAML file containerd also hands it (/etc/nri/conf.d/10-corepin.conf).
 // A flag given on the command line wins over the file.
 type options struct {
-	NRISocket        string        `json:"nriSocket"`
-	PluginIndex      string        `json:"pluginIndex"`
-	NodeName         string        `json:"nodeName"`
-	ReservedCPUs     string        `json:"reservedCPUs"`
-	SystemNamespaces string        `json:"systemNamespaces"`
-	Kubeconfig       string        `json:"kubeconfig"`
-	SysfsRoot        string        `json:"sysfsRoot"`
-	ProcRoot         string        `json:"procRoot"`
-	KubeletRoot      string        `json:"kubeletRoot"`
-	UnplacedToShared bool          `json:"unplacedToShared"`
-	MetricsAddr      string        `json:"metricsAddr"`
-	DriftInterval    time.Duration `json:"-"`
-	DriftIntervalStr string        `json:"driftInterval"`
-	PublishDebounce  time.Duration `json:"-"`
+	NRISocket           string        `json:"nriSocket"`
+	PluginIndex         string        `json:"pluginIndex"`
+	NodeName            string        `json:"nodeName"`
+	ReservedCPUs        string        `json:"reservedCPUs"`
+	SystemNamespaces    string        `json:"systemNamespaces"`
+	Kubeconfig          string        `json:"kubeconfig"`
+	SysfsRoot           string        `json:"sysfsRoot"`
+	ProcRoot            string        `json:"procRoot"`
+	KubeletRoot         string        `json:"kubeletRoot"`
+	UnplacedToShared    bool          `json:"unplacedToShared"`
+	MetricsAddr         string        `json:"metricsAddr"`
+	DriftInterval       time.Duration `json:"-"`
+	DriftIntervalStr    string        `json:"driftInterval"`
+	PublishDebounce     time.Duration `json:"-"`
+	TopologyInterval    time.Duration `json:"-"`
+	TopologyIntervalStr string        `json:"topologyInterval"`
+	// The capacity parameters before the node's corepin.io/node-policy;
+	// set them as the extender's configuration sets them.
+	MaxExclusiveRatio float64 `json:"maxExclusiveRatio"`
+	SharedOvercommit  float64 `json:"sharedOvercommit"`
+	SharedHeadroom    int     `json:"sharedHeadroom"`
+}
+
+// limits are the capacity parameters the options set.
+func (o options) limits() api.Limits {
+	return api.Limits{MaxExclusiveRatio: o.MaxExclusiveRatio, SharedOvercommit: o.SharedOvercommit, SharedHeadroom: o.SharedHeadroom}
+}
+
+func (o options) validate() error {
+	np := api.NodePolicy{MaxExclusiveRatio: &o.MaxExclusiveRatio, SharedOvercommit: &o.SharedOvercommit, SharedHeadroom: &o.SharedHeadroom}
+	return np.Validate("corepin-nri")
 }
 
 // preinstalledConfig is where containerd keeps a pre-installed plugin's
@@ -40,7 +59,8 @@ func defaultOptions() options {
 		node = hostname
 	}
 	return options{NRISocket: "/var/run/nri/nri.sock", PluginIndex: "10", NodeName: node, SystemNamespaces: "kube-system",
-		SysfsRoot: "/", KubeletRoot: "/var/lib/kubelet", DriftInterval: 30 * time.Second, PublishDebounce: 250 * time.Millisecond}
+		SysfsRoot: "/", KubeletRoot: "/var/lib/kubelet", DriftInterval: 30 * time.Second, TopologyInterval: time.Minute, PublishDebounce: 250 * time.Millisecond,
+		MaxExclusiveRatio: api.DefaultMaxExclusiveRatio, SharedOvercommit: api.DefaultSharedOvercommit, SharedHeadroom: api.DefaultSharedHeadroom}
 }
 
 // bind registers the flags over o.
@@ -55,8 +75,12 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "proc root for IO queues (default SYSFS-ROOT/proc)")
 	fs.StringVar(&o.KubeletRoot, "kubelet-root", o.KubeletRoot, "kubelet state directory, to detect the static CPU manager")
 	fs.BoolVar(&o.UnplacedToShared, "unplaced-to-shared", o.UnplacedToShared, "run exclusive pods without alloc-status in the shared pool instead of refusing them")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /healthz and POST /drift (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /livez, /readyz, /healthz and POST /drift (empty: off)")
 	fs.DurationVar(&o.DriftInterval, "drift-interval", o.DriftInterval, "how often to read every container's cpuset and correct drift (0: only on POST /drift)")
+	fs.Float64Var(&o.MaxExclusiveRatio, "max-exclusive-ratio", o.MaxExclusiveRatio, "capacity formula's ratio, before the node's corepin.io/node-policy (set it as the extender's configuration does)")
+	fs.Float64Var(&o.SharedOvercommit, "shared-overcommit", o.SharedOvercommit, "capacity formula's shared overcommit r, before the node's node-policy")
+	fs.IntVar(&o.SharedHeadroom, "shared-headroom", o.SharedHeadroom, "capacity formula's shared headroom h, before the node's node-policy")
+	fs.DurationVar(&o.TopologyInterval, "topology-interval", o.TopologyInterval, "how often to re-discover the CPU topology and republish it if it changed or was removed from the node (0: only at start)")
 	return fs.String("config", "", "YAML file with these settings (default "+preinstalledConfig+" when containerd launched the plugin)")
 }
 
@@ -72,6 +96,13 @@ func parseOptions(data []byte, into *options) error {
 			return fmt.Errorf("driftInterval %q: not a duration like 30s", into.DriftIntervalStr)
 		}
 		into.DriftInterval = d
+	}
+	if into.TopologyIntervalStr != "" {
+		d, err := time.ParseDuration(into.TopologyIntervalStr)
+		if err != nil || d < 0 {
+			return fmt.Errorf("topologyInterval %q: not a duration like 60s", into.TopologyIntervalStr)
+		}
+		into.TopologyInterval = d
 	}
 	return nil
 }
@@ -92,7 +123,7 @@ func load(args []string) (options, error) {
 		}
 	}
 	if path == "" {
-		return o, nil
+		return o, o.validate()
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -109,5 +140,5 @@ func load(args []string) (options, error) {
 	if err := again.Parse(args); err != nil {
 		return o, err
 	}
-	return merged, nil
+	return merged, merged.validate()
 }

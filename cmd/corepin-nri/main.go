@@ -59,7 +59,10 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return fmt.Errorf("--reserved-cpus %q: %w", o.ReservedCPUs, err)
 	}
-	src, err := topology.Discover(topology.Options{Root: o.SysfsRoot, ProcRoot: o.ProcRoot, Reserved: res})
+	discover := func() (api.Topology, error) {
+		return topology.Discover(topology.Options{Root: o.SysfsRoot, ProcRoot: o.ProcRoot, Reserved: res})
+	}
+	src, err := discover()
 	if err != nil {
 		return err
 	}
@@ -67,7 +70,7 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: api.DefaultLimits(), UnplacedToShared: o.UnplacedToShared}
+	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
 	metrics := plugin.NewMetrics()
 	p := plugin.New(plugin.NewLedger(cfg, topo), log, metrics)
 	p.SetConfigCheck(func(config string) error {
@@ -85,14 +88,24 @@ func run(log *slog.Logger, o options) error {
 	reader := plugin.NewCgroupReader(o.SysfsRoot)
 	drift := func() int { return p.CheckDrift(reader.CPUs) }
 	if o.MetricsAddr != "" {
-		go serveMetrics(ctx, log, o.MetricsAddr, metrics, drift)
+		go serveMetrics(ctx, log, o.MetricsAddr, metrics, p, drift)
 	}
 	if client != nil {
 		broadcaster := record.NewBroadcaster()
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 		defer broadcaster.Shutdown()
 		p.SetEventRecorder(broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "corepin-nri", Host: o.NodeName}))
-		go publishTopology(ctx, log, client, o.NodeName, src)
+		// Topology: published at start, re-discovered every
+		// --topology-interval and republished when the host changed or the
+		// annotation was removed from the node; the plugin adopts a
+		// compatible grow (CPUs brought online) and keeps enforcing the
+		// topology it has on any other change.
+		topo := plugin.NewTopologyPublisher(client, o.NodeName, discover, o.TopologyInterval, log)
+		topo.OnChange = p.SetTopology
+		go topo.Run(ctx)
+		// The node's corepin.io/node-policy changes the capacity formula
+		// as it does the extender's.
+		go plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log), topo.NodeHandler())
 		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
 		// Learn the release switches before the first Synchronize, so a
 		// container found released is not pinned back for a moment; an
@@ -105,6 +118,10 @@ func run(log *slog.Logger, o options) error {
 		case <-time.After(10 * time.Second):
 			log.Warn("The pods of this node are not listed yet; enforcing without their release switches until they are")
 		}
+	}
+	if client == nil {
+		log.Info("No Kubernetes API: the node's corepin.io/node-policy is not read; capacity limits from the settings",
+			"maxExclusiveRatio", o.MaxExclusiveRatio, "sharedOvercommit", o.SharedOvercommit, "sharedHeadroom", o.SharedHeadroom)
 	}
 	if o.DriftInterval > 0 {
 		go func() {
@@ -124,7 +141,9 @@ func run(log *slog.Logger, o options) error {
 	// containerd restarts and dropped connections are transient: reconnect
 	// with backoff and resynchronise (NRI sends Synchronize on every
 	// connect). A pre-installed plugin's connection was made by containerd
-	// and cannot be redialled: containerd starts it again.
+	// and cannot be redialled, so it exits; containerd launches
+	// pre-installed plugins only when containerd itself (re)starts, so
+	// until then the node runs without corepin (docs/plugin.md).
 	preinstalled := os.Getenv(nriapi.PluginSocketEnvVar) != ""
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -143,11 +162,12 @@ func run(log *slog.Logger, o options) error {
 		go pushUpdates(runCtx, log, p, s)
 		err = s.Run(runCtx)
 		cancel()
+		p.Disconnected(err)
 		if ctx.Err() != nil {
 			break
 		}
 		if preinstalled {
-			return fmt.Errorf("connection to the runtime lost: %v", err)
+			return fmt.Errorf("connection to the runtime lost (a pre-installed plugin is launched again only when containerd restarts): %v", err)
 		}
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
@@ -180,12 +200,20 @@ func pushUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub
 	}
 }
 
-// serveMetrics serves /metrics, /healthz and POST /drift (check every
-// container's cpuset now).
-func serveMetrics(ctx context.Context, log *slog.Logger, addr string, m *plugin.Metrics, drift func() int) {
+// healthGrace is how long the plugin may be without an NRI connection
+// before /healthz fails: reconnecting with backoff (up to 30 s) is normal.
+const healthGrace = 30 * time.Second
+
+// serveMetrics serves /metrics, the probes and POST /drift (check every
+// container's cpuset now). /livez: the process serves (liveness);
+// /readyz: synchronized with the runtime on the current connection
+// (readiness); /healthz: connected, or not for less than healthGrace.
+func serveMetrics(ctx context.Context, log *slog.Logger, addr string, m *plugin.Metrics, p *plugin.Plugin, drift func() int) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.Handle("/healthz", p.HealthHandler(healthGrace))
+	mux.Handle("/readyz", p.ReadyHandler())
 	mux.HandleFunc("POST /drift", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = fmt.Fprintf(w, "{\"drifted\":%d}\n", drift())
 	})
@@ -255,23 +283,4 @@ func checkCPUManager(kubeletRoot string) error {
 			filepath.Join(kubeletRoot, "cpu_manager_state"))
 	}
 	return nil
-}
-
-// publishTopology writes corepin.io/topology on the node, retrying until the
-// API server answers; enforcement does not wait for it.
-func publishTopology(ctx context.Context, log *slog.Logger, client kubernetes.Interface, node string, topo api.Topology) {
-	value, _ := json.Marshal(topo)
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{api.AnnotationTopology: string(value)}}})
-	for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, time.Minute) {
-		_, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{})
-		if err == nil {
-			log.Info("Published topology", "node", node, "cpus", len(topo.CPUs), "reserved", topo.Reserved.String())
-			return
-		}
-		log.Warn("Publishing topology failed; retrying", "err", err, "in", wait)
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
-	}
 }

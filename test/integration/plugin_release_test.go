@@ -173,10 +173,22 @@ func TestPluginWithAPIServer(t *testing.T) {
 		"corepin_nri_exclusive_cpus 1",
 		`corepin_nri_container_updates_total{reason="release"} 1`,
 		`corepin_nri_container_updates_total{reason="restore"} 1`,
+		`corepin_nri_container_updates_total{reason="repair"} 1`, // the drift correction
 		`corepin_nri_handler_duration_seconds_count{handler="CreateContainer"}`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	for _, probe := range []string{"/livez", "/readyz", "/healthz"} {
+		resp, err := http.Get("http://" + metricsAddr + probe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s answered %d %q while connected", probe, resp.StatusCode, body)
 		}
 	}
 }

@@ -1,0 +1,131 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	corepin "github.com/corepin/corepin/api"
+)
+
+// TopologyPublisher keeps corepin.io/topology on the node equal to the
+// topology discovered on the host: it publishes at start, re-discovers
+// every interval and republishes when the host changed (CPUs brought
+// online, for example) or when the node's annotation differs from it
+// (removed or overwritten, as its node watch reports).
+type TopologyPublisher struct {
+	client   kubernetes.Interface
+	node     string
+	discover func() (corepin.Topology, error)
+	interval time.Duration
+	log      *slog.Logger
+	kick     chan struct{}
+	// OnChange, when set, is told of a re-discovered topology that differs
+	// from the last one (the plugin adopts a compatible grow); its error is
+	// logged. The topology is published either way, for the extender to
+	// accept or flag.
+	OnChange func(corepin.Topology) error
+
+	mu sync.Mutex
+	// onNode is the annotation as the node watch last saw it; seen: it
+	// has seen the node at all.
+	onNode string
+	seen   bool
+}
+
+// NewTopologyPublisher returns a publisher; interval <= 0 discovers only
+// at start.
+func NewTopologyPublisher(client kubernetes.Interface, node string, discover func() (corepin.Topology, error), interval time.Duration, log *slog.Logger) *TopologyPublisher {
+	return &TopologyPublisher{client: client, node: node, discover: discover, interval: interval, log: log, kick: make(chan struct{}, 1)}
+}
+
+// NodeHandler is a WatchNode handler: it tells the publisher what the
+// node's annotation is now.
+func (t *TopologyPublisher) NodeHandler() func(*v1.Node) {
+	return func(n *v1.Node) {
+		t.mu.Lock()
+		t.onNode, t.seen = n.Annotations[corepin.AnnotationTopology], true
+		t.mu.Unlock()
+		notify(t.kick)
+	}
+}
+
+// differs reports whether the node's annotation, as last seen, is not value.
+func (t *TopologyPublisher) differs(value string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seen && t.onNode != value
+}
+
+// Run publishes until ctx is done. A failed patch is retried with backoff;
+// a discovery that fails keeps the last topology.
+func (t *TopologyPublisher) Run(ctx context.Context) {
+	var desired, published string
+	var cpus int
+	rediscover := func() {
+		topo, err := t.discover()
+		if err != nil {
+			t.log.Warn("Topology discovery failed; keeping the last one", "err", err)
+			return
+		}
+		value, err := json.Marshal(topo)
+		if err != nil {
+			t.log.Error("Topology not encodable", "err", err)
+			return
+		}
+		if desired != "" && string(value) != desired {
+			t.log.Warn("The host's CPU topology changed; republishing it", "node", t.node, "cpus", len(topo.CPUs))
+			if t.OnChange != nil {
+				if err := t.OnChange(topo); err != nil {
+					t.log.Error("The changed topology is not enforced", "node", t.node, "err", err)
+				}
+			}
+		}
+		desired, cpus = string(value), len(topo.CPUs)
+	}
+	rediscover()
+	var tick <-chan time.Time
+	if t.interval > 0 {
+		ticker := time.NewTicker(t.interval)
+		defer ticker.Stop()
+		tick = ticker.C
+	}
+	retry := time.Duration(0)
+	for ctx.Err() == nil {
+		if desired != "" && (desired != published || t.differs(desired)) {
+			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationTopology: desired}}})
+			if _, err := t.client.CoreV1().Nodes().Patch(ctx, t.node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+				retry = min(max(2*retry, time.Second), time.Minute)
+				t.log.Warn("Publishing topology failed; retrying", "node", t.node, "err", err, "in", retry)
+			} else {
+				if published == desired {
+					t.log.Warn("The node's topology annotation was removed or changed; published it again", "node", t.node)
+				} else {
+					t.log.Info("Published topology", "node", t.node, "cpus", cpus)
+				}
+				published, retry = desired, 0
+				t.mu.Lock()
+				t.onNode = desired // until the watch says otherwise
+				t.mu.Unlock()
+			}
+		}
+		var wait <-chan time.Time
+		if retry > 0 {
+			wait = time.After(retry)
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick:
+			rediscover()
+		case <-t.kick:
+		case <-wait:
+		}
+	}
+}
