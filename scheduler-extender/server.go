@@ -225,7 +225,7 @@ func (s *Server) bindPod(ctx context.Context, args *extenderv1.ExtenderBindingAr
 	pod, err := s.getPod(ctx, args)
 	if err != nil {
 		s.countBind("error")
-		klog.ErrorS(err, "Bind failed: pod not found", "pod", podRef, "uid", args.PodUID, "node", args.Node)
+		klog.ErrorS(err, "Bind failed: getting the pod", "pod", podRef, "uid", args.PodUID, "node", args.Node)
 		return extenderv1.ExtenderBindingResult{Error: fmt.Sprintf("pod %s: %v", key, err)}
 	}
 	status, err := s.Sched.Bind(ctx, pod, args.Node, &apiBinder{client: s.Client})
