@@ -35,6 +35,9 @@ type Cache struct {
 	// informer's own HasSynced only says its store has them).
 	synced   []cache.InformerSynced
 	recorder record.EventRecorder
+	// PodDone, when set (before Start), is called with a pod's key when
+	// the pod is bound, finished or deleted: PodEvents.Forget.
+	PodDone func(key string)
 
 	// problems remembers what was last reported per node, so an event is
 	// recorded when a node's annotations go bad, not on every update.
@@ -70,6 +73,9 @@ func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.Eve
 		DeleteFunc: func(obj any) {
 			if r, ok := unwrap(obj).(*PodRecord); ok {
 				sched.DeletePod(r.Key())
+				if c.PodDone != nil {
+					c.PodDone(r.Key())
+				}
 			}
 		},
 	})
@@ -123,6 +129,9 @@ func (c *Cache) upsertPod(obj any) {
 	pod := r.Pod()
 	if err := c.sched.UpsertPod(pod); err != nil {
 		klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+	}
+	if c.PodDone != nil && (pod.Spec.NodeName != "" || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed) {
+		c.PodDone(r.Key())
 	}
 }
 

@@ -2,7 +2,9 @@ package extender
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/corepin/corepin/api"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 )
 
 // BenchmarkHTTPFilterPrioritize1000Nodes is one pod's two extender calls
@@ -74,4 +77,46 @@ func pendingAPIPod(tb testing.TB) *v1.Pod {
 		Status: v1.PodStatus{Phase: v1.PodPending, QOSClass: v1.PodQOSGuaranteed},
 	}
 	return decoded(tb, pod)
+}
+
+// BenchmarkHTTPFilterPrioritizeRejections1000Nodes is the same with the
+// server configured as corepin-extender runs it (readiness gate, metrics)
+// and 500 more nodes that filter rejects (unknown to the cache), without
+// and with pod events: with them, every filter queues a
+// CorepinNodesRejected summary for the worker, which deduplicates it after
+// the first. The difference is the cost of events on the request path
+// (plus the worker's competition for the CPUs).
+func BenchmarkHTTPFilterPrioritizeRejections1000Nodes(b *testing.B) {
+	s, names, _ := populate(b, 1000, 30)
+	for i := 0; i < 500; i++ {
+		names = append(names, fmt.Sprintf("ghost-%05d", i))
+	}
+	body, err := json.Marshal(extenderv1.ExtenderArgs{Pod: pendingAPIPod(b), NodeNames: &names})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, events := range []bool{false, true} {
+		b.Run(fmt.Sprintf("events=%v", events), func(b *testing.B) {
+			metrics := NewMetrics(s)
+			srv := &Server{Sched: s, Client: fake.NewClientset(), Metrics: metrics, Ready: func() bool { return true }}
+			if events {
+				srv.Events = NewPodEvents(&record.FakeRecorder{}, metrics, PodEventsConfig{})
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go srv.RunEvents(ctx)
+			}
+			h := srv.Handler()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for _, path := range []string{"/filter", "/prioritize"} {
+					rec := httptest.NewRecorder()
+					h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body)))
+					if rec.Code != 200 {
+						b.Fatal(rec.Body.String())
+					}
+				}
+			}
+		})
+	}
 }

@@ -14,7 +14,19 @@ type Metrics struct {
 	Binds          *prometheus.CounterVec
 	CacheNodes     prometheus.GaugeFunc
 	CachePods      prometheus.GaugeFunc
+	CacheAssumed   prometheus.GaugeFunc
+	// NotReady counts requests refused because the caches have not synced.
+	NotReady *prometheus.CounterVec
+	// PodEvents counts pod events by reason and what became of them.
+	PodEvents *prometheus.CounterVec
+	// PodEventEntries is the number of pods remembered for event dedupe.
+	PodEventEntries prometheus.Gauge
 }
+
+// ReasonClasses are the values of the reason label of
+// corepin_extender_filter_rejections_total.
+var ReasonClasses = []string{"exclusive-limit", "shared-headroom", "shared-pool", "max-per-node", "attention",
+	"no-topology", "numa-required", "spread", "cores", "io-queue", "unknown-node", "invalid-pod", "other"}
 
 // NewMetrics registers the metrics; the cache gauges read s.
 func NewMetrics(s *Scheduler) *Metrics {
@@ -27,7 +39,7 @@ func NewMetrics(s *Scheduler) *Metrics {
 		Name: "corepin_extender_filter_rejections_total", Help: "Nodes rejected by filter, by reason class.",
 	}, []string{"reason"})
 	m.Binds = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "corepin_extender_binds_total", Help: "Bind requests by result (bound, conflict, error).",
+		Name: "corepin_extender_binds_total", Help: "Bind requests by result: bound, conflict (lost a race; retried), error.",
 	}, []string{"result"})
 	m.CacheNodes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "corepin_extender_cache_nodes", Help: "Nodes in the extender's cache.",
@@ -35,7 +47,21 @@ func NewMetrics(s *Scheduler) *Metrics {
 	m.CachePods = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "corepin_extender_cache_pods", Help: "Pods placed in the extender's cache (bound and assumed).",
 	}, func() float64 { _, p := s.Counts(); return float64(p) })
-	m.Registry.MustRegister(m.RequestSeconds, m.Rejections, m.Binds, m.CacheNodes, m.CachePods)
+	m.CacheAssumed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "corepin_extender_cache_assumed_pods", Help: "Pods bound by the extender that the informer has not shown bound yet.",
+	}, func() float64 { return float64(s.AssumedCount()) })
+	m.NotReady = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corepin_extender_not_ready_total", Help: "Requests refused with 503 because the caches had not synced, by verb.",
+	}, []string{"verb"})
+	m.PodEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corepin_extender_pod_events_total",
+		Help: "Pod events by reason (CorepinNodesRejected, CorepinBindConflict) and result (recorded, deduplicated, skipped, dropped).",
+	}, []string{"reason", "result"})
+	m.PodEventEntries = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "corepin_extender_pod_event_dedupe_entries", Help: "Pending pods remembered to deduplicate CorepinNodesRejected events.",
+	})
+	m.Registry.MustRegister(m.RequestSeconds, m.Rejections, m.Binds, m.CacheNodes, m.CachePods, m.CacheAssumed,
+		m.NotReady, m.PodEvents, m.PodEventEntries)
 	return m
 }
 

@@ -12,6 +12,7 @@ import (
 	"unique"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -477,14 +478,37 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, bind
 	if status != nil {
 		if err := binder.PatchAllocStatus(ctx, pod, status.String()); err != nil {
 			s.Forget(req.Key)
-			return nil, fmt.Errorf("pod %s: writing %s: %w", req.Key, api.AnnotationAllocStatus, err)
+			return nil, apiError(fmt.Errorf("pod %s: writing %s: %w", req.Key, api.AnnotationAllocStatus, err))
 		}
 	}
 	if err := binder.Bind(ctx, pod, nodeName); err != nil {
 		s.Forget(req.Key)
-		return nil, fmt.Errorf("pod %s: binding to %s: %w", req.Key, nodeName, err)
+		return nil, apiError(fmt.Errorf("pod %s: binding to %s: %w", req.Key, nodeName, err))
 	}
 	return status, nil
+}
+
+// conflictError marks a Bind error as a lost race (see IsBindConflict).
+type conflictError struct{ error }
+
+func (e conflictError) Unwrap() error { return e.error }
+
+// IsBindConflict reports whether a Bind error means the bind lost a race:
+// the node no longer has room for the pod (another pod took the CPUs since
+// filter), or the API server refused the write as a conflict (the pod was
+// changed or bound meanwhile). kube-scheduler retries such a pod; any other
+// error is a malformed pod, an unknown node or an API failure.
+func IsBindConflict(err error) bool {
+	var c conflictError
+	return errors.As(err, &c)
+}
+
+// apiError marks API conflicts as lost races.
+func apiError(err error) error {
+	if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+		return conflictError{err}
+	}
+	return err
 }
 
 // assume allocates under the write lock and records the pod as assumed.
@@ -497,14 +521,14 @@ func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*a
 	}
 	if cur, ok := s.podNode[req.Key]; ok {
 		if !s.assumed[req.Key] {
-			return nil, fmt.Errorf("pod %s is already placed on node %s", req.Key, cur)
+			return nil, conflictError{fmt.Errorf("pod %s is already placed on node %s", req.Key, cur)}
 		}
 		// A retry of a bind that failed after assuming: start again.
 		s.removeLocked(req.Key)
 	}
 	alloc, err := st.node.Allocate(req)
 	if err != nil {
-		return nil, fmt.Errorf("pod %s does not fit on %s: %w", req.Key, nodeName, err)
+		return nil, conflictError{fmt.Errorf("pod %s does not fit on %s: %w", req.Key, nodeName, err)}
 	}
 	if err := st.node.Add(policy.PlacementFor(req, alloc.CPUs)); err != nil {
 		return nil, err
@@ -533,6 +557,21 @@ func (s *Scheduler) Assumed() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return slices.Sorted(maps.Keys(s.assumed))
+}
+
+// AssumedCount is the number of pods assumed and not yet confirmed.
+func (s *Scheduler) AssumedCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.assumed)
+}
+
+// Placed reports whether the pod is placed on a node, bound or assumed.
+func (s *Scheduler) Placed(key string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.podNode[key]
+	return ok
 }
 
 // NodeNames lists the known nodes, sorted.

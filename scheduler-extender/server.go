@@ -38,6 +38,8 @@ type Server struct {
 	Ready func() bool
 	// AssumeTTL is how long an assumed pod waits for the informer.
 	AssumeTTL time.Duration
+	// Events records events on pods (optional); start it with RunEvents.
+	Events *PodEvents
 
 	mu        sync.Mutex
 	assumedAt map[string]time.Time
@@ -52,9 +54,9 @@ type PodSource interface {
 // Handler returns the HTTP routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /filter", s.timed("filter", s.filter))
-	mux.HandleFunc("POST /prioritize", s.timed("prioritize", s.prioritize))
-	mux.HandleFunc("POST /bind", s.timed("bind", s.bind))
+	mux.HandleFunc("POST /filter", s.timed("filter", s.whenReady("filter", s.filter)))
+	mux.HandleFunc("POST /prioritize", s.timed("prioritize", s.whenReady("prioritize", s.prioritize)))
+	mux.HandleFunc("POST /bind", s.timed("bind", s.whenReady("bind", s.bind)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.Ready != nil && !s.Ready() {
@@ -76,6 +78,27 @@ func (s *Server) timed(verb string, h http.HandlerFunc) http.HandlerFunc {
 		if s.Metrics != nil {
 			s.Metrics.RequestSeconds.WithLabelValues(verb).Observe(time.Since(start).Seconds())
 		}
+	}
+}
+
+// notReady is the body of a 503 before the caches have synced.
+const notReady = "corepin extender not ready: its caches have not yet taken in the initial lists of nodes and pods " +
+	"(see /readyz); refusing rather than answering from an empty cache, kube-scheduler retries the pod\n"
+
+// whenReady refuses a request with 503 until the caches have synced: an
+// empty cache would reject every node (filter), score none (prioritize)
+// and allocate CPUs that bound pods hold (bind).
+func (s *Server) whenReady(verb string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.Ready != nil && !s.Ready() {
+			if s.Metrics != nil {
+				s.Metrics.NotReady.WithLabelValues(verb).Inc()
+			}
+			klog.V(2).InfoS("Request refused: caches not synced", "verb", verb)
+			http.Error(w, notReady, http.StatusServiceUnavailable)
+			return
+		}
+		h(w, r)
 	}
 }
 
@@ -143,7 +166,10 @@ func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
 		for _, n := range names {
 			unresolvable[n] = err.Error()
 		}
-		klog.InfoS("Pod refused", "pod", klog.KObj(pod), "reason", err.Error())
+		klog.V(2).InfoS("Pod refused on every node", "pod", klog.KObj(pod), "reason", err.Error())
+		if s.Metrics != nil {
+			s.Metrics.Rejections.WithLabelValues("invalid-pod").Add(float64(len(names)))
+		}
 		reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &[]string{}, FailedAndUnresolvableNodes: unresolvable})
 		return
 	}
@@ -154,6 +180,11 @@ func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
 	}
 	klog.V(4).InfoS("Filtered", "pod", klog.KObj(pod), "fit", len(fits), "failed", len(failed))
 	reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &fits, FailedNodes: failed})
+	// The summary is built by the events worker: here only a
+	// non-blocking send, and only for an exclusive pod with rejections.
+	if len(failed) > 0 && s.Events != nil && pod.Annotations[api.AnnotationCPUMode] == string(api.ModeExclusive) {
+		s.Events.NodesRejected(pod, len(names), failed)
+	}
 }
 
 func (s *Server) prioritize(w http.ResponseWriter, r *http.Request) {
@@ -190,18 +221,31 @@ func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) bindPod(ctx context.Context, args *extenderv1.ExtenderBindingArgs) extenderv1.ExtenderBindingResult {
 	key := args.PodNamespace + "/" + args.PodName
+	podRef := klog.KRef(args.PodNamespace, args.PodName)
 	pod, err := s.getPod(ctx, args)
 	if err != nil {
 		s.countBind("error")
+		klog.ErrorS(err, "Bind failed: getting the pod", "pod", podRef, "uid", args.PodUID, "node", args.Node)
 		return extenderv1.ExtenderBindingResult{Error: fmt.Sprintf("pod %s: %v", key, err)}
 	}
 	status, err := s.Sched.Bind(ctx, pod, args.Node, &apiBinder{client: s.Client})
 	if err != nil {
-		s.countBind("conflict")
-		klog.InfoS("Bind refused", "pod", key, "node", args.Node, "reason", err.Error())
+		if IsBindConflict(err) {
+			s.countBind("conflict")
+			klog.InfoS("Bind lost a race, kube-scheduler retries", "pod", podRef, "node", args.Node, "reason", err.Error())
+			if s.Events != nil {
+				s.Events.BindConflict(pod, args.Node, err)
+			}
+		} else {
+			s.countBind("error")
+			klog.ErrorS(err, "Bind failed", "pod", podRef, "node", args.Node)
+		}
 		return extenderv1.ExtenderBindingResult{Error: err.Error()}
 	}
 	s.countBind("bound")
+	if s.Events != nil {
+		s.Events.Forget(key)
+	}
 	s.mu.Lock()
 	if s.assumedAt == nil {
 		s.assumedAt = map[string]time.Time{}
@@ -209,9 +253,9 @@ func (s *Server) bindPod(ctx context.Context, args *extenderv1.ExtenderBindingAr
 	s.assumedAt[key] = time.Now()
 	s.mu.Unlock()
 	if status != nil {
-		klog.InfoS("Bound exclusive pod", "pod", key, "node", args.Node, "cpus", status.CPUs.String(), "mems", status.Mems.String())
+		klog.InfoS("Bound exclusive pod", "pod", podRef, "node", args.Node, "cpus", status.CPUs.String(), "mems", status.Mems.String())
 	} else {
-		klog.V(2).InfoS("Bound shared pod", "pod", key, "node", args.Node)
+		klog.V(2).InfoS("Bound shared pod", "pod", podRef, "node", args.Node)
 	}
 	return extenderv1.ExtenderBindingResult{}
 }
@@ -220,6 +264,29 @@ func (s *Server) countBind(result string) {
 	if s.Metrics != nil {
 		s.Metrics.Binds.WithLabelValues(result).Inc()
 	}
+}
+
+// RunEvents runs the pod events worker until ctx is done.
+func (s *Server) RunEvents(ctx context.Context) {
+	s.Events.Run(ctx, s.podState)
+}
+
+// podState tells the events worker whether a pod still waits for a node.
+func (s *Server) podState(namespace, name string, uid types.UID) PodState {
+	if s.Sched.Placed(namespace + "/" + name) {
+		return PodDone
+	}
+	if s.Pods == nil {
+		return PodPending
+	}
+	pod, ok := s.Pods.Pod(namespace, name)
+	switch {
+	case !ok:
+		return PodUnknown
+	case uid != "" && pod.UID != uid, pod.Spec.NodeName != "":
+		return PodDone
+	}
+	return PodPending
 }
 
 // getPod finds the pod to bind, from the informer cache when it has it with
@@ -242,8 +309,11 @@ func (s *Server) getPod(ctx context.Context, args *extenderv1.ExtenderBindingArg
 
 // ExpireAssumed forgets pods assumed longer than AssumeTTL ago that the
 // informers never confirmed (their bind succeeded but the pod went away
-// unseen, for example).
+// unseen, for example), and expired event dedupe entries.
 func (s *Server) ExpireAssumed(now time.Time) {
+	if s.Events != nil {
+		s.Events.Expire(now)
+	}
 	assumed := map[string]bool{}
 	for _, k := range s.Sched.Assumed() {
 		assumed[k] = true

@@ -77,12 +77,16 @@ func run(kubeconfig, configFile, listen string, profiling bool) error {
 	if err != nil {
 		return err
 	}
-	srv := &extender.Server{Sched: sched, Client: client, Metrics: extender.NewMetrics(sched),
-		Ready: c.Synced, AssumeTTL: 2 * time.Minute}
+	metrics := extender.NewMetrics(sched)
+	events := extender.NewPodEvents(recorder, metrics, extender.PodEventsConfig{})
+	c.PodDone = events.Forget
+	srv := &extender.Server{Sched: sched, Client: client, Metrics: metrics,
+		Ready: c.Synced, AssumeTTL: 2 * time.Minute, Events: events}
 	srv.Pods = c
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go srv.RunEvents(ctx)
 	handler := srv.Handler()
 	if profiling {
 		mux := http.NewServeMux()

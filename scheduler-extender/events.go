@@ -1,0 +1,359 @@
+package extender
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+)
+
+// Reasons of the events the extender records on pods.
+const (
+	// ReasonNodesRejected: filter rejected nodes for an exclusive pod; the
+	// message counts the rejected nodes by reason.
+	ReasonNodesRejected = "CorepinNodesRejected"
+	// ReasonBindConflict: a bind lost a race (the node's CPUs were taken
+	// since filter, or the API server refused the write as a conflict);
+	// kube-scheduler retries the pod.
+	ReasonBindConflict = "CorepinBindConflict"
+)
+
+const (
+	// maxEventMessage bounds an event's message (events.k8s.io/v1 limits
+	// a note to 1 KiB; core events are truncated the same way).
+	maxEventMessage = 1024
+	// maxReasonInMessage bounds one engine reason quoted in a message.
+	maxReasonInMessage = 240
+
+	defaultEventQueue    = 64
+	defaultDedupeEntries = 4096
+	defaultDedupeWindow  = 10 * time.Minute
+)
+
+// PodEventsConfig tunes PodEvents; zero values take the defaults.
+type PodEventsConfig struct {
+	// Queue is how many requests for events may wait for the worker; more
+	// are dropped (and counted), never waited for. Default 64.
+	Queue int
+	// Entries bounds the dedupe memory: at most this many pods are
+	// remembered, the least recently rejected forgotten first. Default 4096.
+	Entries int
+	// Window is how long an identical summary for the same pod is not
+	// recorded again. Default 10 minutes.
+	Window time.Duration
+}
+
+// PodEvents records corepin's events on pods off the request path: the
+// HTTP handlers hand over what happened with a non-blocking send on a
+// bounded queue, and one worker builds the messages, deduplicates them and
+// passes them to the EventRecorder (itself asynchronous).
+//
+// Deduplication: a pod retried every few seconds by kube-scheduler gets a
+// CorepinNodesRejected event only when its summary changes, or once per
+// Window while it stays the same (the broadcaster's correlator then counts
+// the repeat on the existing event). The memory for that is one small
+// entry per pending exclusive pod with rejections, bounded by Entries and
+// dropped as soon as the pod is placed, bound or deleted (Forget), or after
+// Window (Expire).
+type PodEvents struct {
+	recorder record.EventRecorder
+	metrics  *Metrics
+	window   time.Duration
+	capacity int
+	queue    chan podEventItem
+	now      func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]*list.Element // pod key -> element of order
+	order   *list.List               // of *dedupeEntry, most recent first
+}
+
+type podEventKind uint8
+
+const (
+	kindRejected podEventKind = iota
+	kindConflict
+	kindBarrier
+)
+
+type podEventItem struct {
+	kind podEventKind
+	ref  v1.ObjectReference
+	// total and failed for kindRejected: failed is the filter's reply,
+	// which the handler no longer touches once it is queued.
+	total  int
+	failed extenderv1.FailedNodesMap
+	// node and reason for kindConflict.
+	node, reason string
+	done         chan struct{} // kindBarrier
+}
+
+type dedupeEntry struct {
+	key     string
+	uid     types.UID
+	summary uint64
+	at      time.Time
+}
+
+// PodState is what the worker needs to know about a pod before it records
+// a rejection: whether it still waits for a node, and whether the cache
+// knows it (only then is dedupe state kept, since only then does the
+// cache's delete handler call Forget).
+type PodState uint8
+
+// Pod states, see PodState.
+const (
+	// PodPending: the cache shows the pod, not bound.
+	PodPending PodState = iota
+	// PodUnknown: the cache does not show the pod (yet).
+	PodUnknown
+	// PodDone: the pod is placed, bound or gone, or the cache shows
+	// another pod under that name.
+	PodDone
+)
+
+// NewPodEvents returns PodEvents recording through recorder; metrics may
+// be nil. Call Run to start its worker.
+func NewPodEvents(recorder record.EventRecorder, metrics *Metrics, cfg PodEventsConfig) *PodEvents {
+	if cfg.Queue <= 0 {
+		cfg.Queue = defaultEventQueue
+	}
+	if cfg.Entries <= 0 {
+		cfg.Entries = defaultDedupeEntries
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = defaultDedupeWindow
+	}
+	return &PodEvents{recorder: recorder, metrics: metrics, window: cfg.Window, capacity: cfg.Entries,
+		queue: make(chan podEventItem, cfg.Queue), now: time.Now,
+		entries: map[string]*list.Element{}, order: list.New()}
+}
+
+func podRef(pod *v1.Pod) v1.ObjectReference {
+	return v1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}
+}
+
+// NodesRejected queues a CorepinNodesRejected event for an exclusive pod:
+// total nodes were asked about and failed are those rejected. It never
+// blocks; failed must not be changed afterwards.
+func (e *PodEvents) NodesRejected(pod *v1.Pod, total int, failed extenderv1.FailedNodesMap) {
+	e.send(podEventItem{kind: kindRejected, ref: podRef(pod), total: total, failed: failed}, ReasonNodesRejected)
+}
+
+// BindConflict queues a CorepinBindConflict event on the pod. It never blocks.
+func (e *PodEvents) BindConflict(pod *v1.Pod, node string, err error) {
+	e.send(podEventItem{kind: kindConflict, ref: podRef(pod), node: node, reason: err.Error()}, ReasonBindConflict)
+}
+
+func (e *PodEvents) send(item podEventItem, reason string) {
+	select {
+	case e.queue <- item:
+	default:
+		e.count(reason, "dropped")
+		klog.V(2).InfoS("Pod event dropped: queue full", "pod", klog.KRef(item.ref.Namespace, item.ref.Name), "reason", reason)
+	}
+}
+
+func (e *PodEvents) count(reason, result string) {
+	if e.metrics != nil {
+		e.metrics.PodEvents.WithLabelValues(reason, result).Inc()
+	}
+}
+
+// Run records queued events until ctx is done. state tells what the cache
+// knows of a pod; nil treats every pod as PodPending.
+func (e *PodEvents) Run(ctx context.Context, state func(namespace, name string, uid types.UID) PodState) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case item := <-e.queue:
+			e.process(item, state)
+		}
+	}
+}
+
+func (e *PodEvents) process(item podEventItem, state func(namespace, name string, uid types.UID) PodState) {
+	ref := &item.ref
+	switch item.kind {
+	case kindBarrier:
+		close(item.done)
+	case kindConflict:
+		msg := truncate(fmt.Sprintf("bind to node %s lost a race, kube-scheduler retries the pod: %s", item.node, item.reason), maxEventMessage)
+		e.recorder.Eventf(ref, v1.EventTypeWarning, ReasonBindConflict, "%s", msg)
+		e.count(ReasonBindConflict, "recorded")
+	case kindRejected:
+		msg := RejectionSummary(item.total, item.failed)
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(msg))
+		sum := h.Sum64()
+		key := ref.Namespace + "/" + ref.Name
+		now := e.now()
+		// The state check and the insertion are one step under mu: a
+		// Forget for the pod (bind, delete) that follows the check
+		// waits, and removes what was inserted.
+		e.mu.Lock()
+		st := PodPending
+		if state != nil {
+			st = state(ref.Namespace, ref.Name, ref.UID)
+		}
+		if st == PodDone {
+			e.removeLocked(key)
+			e.mu.Unlock()
+			e.count(ReasonNodesRejected, "skipped")
+			return
+		}
+		if el, ok := e.entries[key]; ok {
+			d := el.Value.(*dedupeEntry)
+			if d.uid == ref.UID && d.summary == sum && now.Sub(d.at) < e.window {
+				e.order.MoveToFront(el)
+				e.mu.Unlock()
+				e.count(ReasonNodesRejected, "deduplicated")
+				return
+			}
+			e.removeLocked(key)
+		}
+		if st == PodPending {
+			e.entries[key] = e.order.PushFront(&dedupeEntry{key: key, uid: ref.UID, summary: sum, at: now})
+			for e.order.Len() > e.capacity {
+				e.removeLocked(e.order.Back().Value.(*dedupeEntry).key)
+			}
+		}
+		e.setGauge()
+		e.mu.Unlock()
+		klog.V(2).InfoS("Nodes rejected for exclusive pod", "pod", klog.KRef(ref.Namespace, ref.Name), "summary", msg)
+		e.recorder.Eventf(ref, v1.EventTypeWarning, ReasonNodesRejected, "%s", msg)
+		e.count(ReasonNodesRejected, "recorded")
+	}
+}
+
+func (e *PodEvents) removeLocked(key string) {
+	if el, ok := e.entries[key]; ok {
+		e.order.Remove(el)
+		delete(e.entries, key)
+	}
+}
+
+func (e *PodEvents) setGauge() {
+	if e.metrics != nil {
+		e.metrics.PodEventEntries.Set(float64(len(e.entries)))
+	}
+}
+
+// Forget drops what is remembered of a pod (namespace/name): it was bound,
+// placed or deleted.
+func (e *PodEvents) Forget(key string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.entries[key]; ok {
+		e.removeLocked(key)
+		e.setGauge()
+	}
+}
+
+// Expire drops entries older than the window: they would not suppress an
+// event any more.
+func (e *PodEvents) Expire(now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for key, el := range e.entries {
+		if now.Sub(el.Value.(*dedupeEntry).at) >= e.window {
+			e.removeLocked(key)
+		}
+	}
+	e.setGauge()
+}
+
+// Len is the number of pods remembered for deduplication.
+func (e *PodEvents) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.entries)
+}
+
+// RejectionSummary is the message of a CorepinNodesRejected event: how many
+// of the total nodes were rejected, grouped by reason class, largest group
+// first. A group whose nodes all gave the same reason quotes it; otherwise
+// it names the class and quotes one node's reason as an example. The
+// message is at most 1 KiB: groups that do not fit are counted at the end.
+func RejectionSummary(total int, failed extenderv1.FailedNodesMap) string {
+	type group struct {
+		class, example, node string
+		n                    int
+		same                 bool
+	}
+	byClass := map[string]*group{}
+	for node, reason := range failed {
+		class := reasonClass(reason)
+		g := byClass[class]
+		if g == nil {
+			byClass[class] = &group{class: class, example: reason, node: node, n: 1, same: true}
+			continue
+		}
+		g.n++
+		if reason != g.example {
+			g.same = false
+		}
+		// The example is the first node by name, so the message does not
+		// depend on the map's order.
+		if node < g.node {
+			g.example, g.node = reason, node
+		}
+	}
+	groups := make([]*group, 0, len(byClass))
+	for _, g := range byClass {
+		groups = append(groups, g)
+	}
+	sort.Slice(groups, func(i, j int) bool {
+		if groups[i].n != groups[j].n {
+			return groups[i].n > groups[j].n
+		}
+		return groups[i].class < groups[j].class
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d of %d nodes rejected: ", len(failed), total)
+	left := len(failed)
+	for i, g := range groups {
+		var part string
+		if g.same {
+			part = fmt.Sprintf("%d %s", g.n, truncate(g.example, maxReasonInMessage))
+		} else {
+			part = fmt.Sprintf("%d %s, e.g. %s: %s", g.n, g.class, g.node, truncate(g.example, maxReasonInMessage))
+		}
+		if i > 0 {
+			part = "; " + part
+		}
+		// Keep room for the tail that counts what is left out.
+		if b.Len()+len(part) > maxEventMessage-48 && i > 0 {
+			fmt.Fprintf(&b, "; %d more for %d other reasons", left, len(groups)-i)
+			break
+		}
+		b.WriteString(part)
+		left -= g.n
+	}
+	return truncate(b.String(), maxEventMessage)
+}
+
+// truncate cuts s to at most n bytes on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "..."
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}
