@@ -14,7 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/cpuset"
 
-	"github.com/corepin/corepin/api")
+	"github.com/corepin/corepin/api"
+)
 
 // CPU states in `corepinctl node`.
 const (
