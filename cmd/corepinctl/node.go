@@ -221,8 +221,12 @@ func printNodeMap(w io.Writer, d nodeDoc, pt painter) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  Stacked          %s\n", withCount(d.Stacked))
-	fmt.Fprintf(w, "  Exclusive        limit %d, used %d, by %d pods\n", c.ExclusiveLimit, c.ExclusiveUsed, len(d.ExclusivePods))
-	fmt.Fprintf(w, "  Capacity         P=%d S=%s M=%s (ratio %g, overcommit %g, headroom %d)\n",
+	pods := "pods"
+	if len(d.ExclusivePods) == 1 {
+		pods = "pod"
+	}
+	fmt.Fprintf(w, "  Exclusive        limit %d, used %d, by %d %s\n", c.ExclusiveLimit, c.ExclusiveUsed, len(d.ExclusivePods), pods)
+	fmt.Fprintf(w, "  Capacity         P=%d S=%s M=%s (ratio %.4g, overcommit %g, headroom %d)\n",
 		c.Allocatable, milli(c.SharedMilli), milli(c.LargestSharedMilli), c.MaxExclusiveRatio, c.SharedOvercommit, c.SharedHeadroom)
 	for _, warning := range d.Warnings {
 		fmt.Fprintf(w, "  %s %s\n", pt.paint(colYellow, "Warning"), warning)
