@@ -67,15 +67,17 @@ func exclusive(spec, status string) map[string]string {
 // testCluster: node-a (8 CPUs, 0 reserved) holds db (SameCoreFirst, 1,5),
 // cache (Spread, 2: its sibling 6 is stacked) and a shared web pod of 0.5;
 // so P = 7, E = 3, limit = min(floor(2/3*7)=4, 7-2*0.5=6, 7-ceil(0.25)=6) = 4.
-// node-b has no topology; node-c needs attention and carries a pod whose
-// alloc-status claims a reserved CPU. default/big (4 CPUs) is pending.
+// node-b has no topology; node-c needs attention, carries a pod whose
+// alloc-status claims a reserved CPU, and publishes a shared pool that
+// differs from the one computed. default/big (4 CPUs) is pending.
 func testCluster() []runtime.Object {
 	pending := testPod("big", "", "4", exclusive(`{"cpu":"SameCoreFirst","numa":"Required"}`, ""))
 	pending.Status.Phase = v1.PodPending
 	return []runtime.Object{
 		testNode("node-a", map[string]string{api.AnnotationTopology: testTopology("0"), api.AnnotationSharedPool: `{"cpus":"3-4,6-7"}`}),
 		testNode("node-b", nil),
-		testNode("node-c", map[string]string{api.AnnotationTopology: testTopology("0"), api.AnnotationNodeAttention: "incompatible topology change: CPU 3 moved"}),
+		testNode("node-c", map[string]string{api.AnnotationTopology: testTopology("0"), api.AnnotationNodeAttention: "incompatible topology change: CPU 3 moved",
+			api.AnnotationSharedPool: `{"cpus":"2-7"}`}),
 		testPod("db", "node-a", "2", exclusive(`{"cpu":"SameCoreFirst"}`, `{"node":"node-a","cpus":"1,5","containers":{"engine":"1,5"},"mems":"0"}`)),
 		testPod("cache", "node-a", "1", exclusive(`{"cpu":"Spread"}`, `{"node":"node-a","cpus":"2","containers":{"engine":"2"},"mems":"1"}`)),
 		testPod("web", "node-a", "500m", nil),
@@ -119,6 +121,7 @@ func TestInspectCommands(t *testing.T) {
 			`(?m)^node-b +- +- +0 +0 +0 +0 +no corepin.io/topology annotation`,
 			`(?m)^node-c +8 +1 .*attention: incompatible topology change: CPU 3 moved`,
 			`(?m)^node-c .*pod default/forged: its corepin.io/alloc-status cannot be honoured: .*CPU 0 is reserved`,
+			`(?m)^node-c .*corepin.io/shared-pool "2-7" differs from the pool the pods' alloc-status leave \("1-7"\)`,
 		}, not: []string{"\x1b["}},
 		{name: "node map", args: []string{"node", "node-a"}, want: []string{
 			`(?m)^Node node-a$`,
