@@ -283,3 +283,23 @@ func (n *Node) Clone() *Node {
 
 // NoCPUs is the empty CPU set of a placement without exclusive CPUs.
 func NoCPUs() cpuset.CPUSet { return cpuset.New() }
+
+// Stackable returns the free CPUs that only a Spread pod of another app may
+// take: free threads of cores whose holders are all Spread pods (contract
+// section 1, "stacking"). They are in the shared pool meanwhile.
+func (n *Node) Stackable() cpuset.CPUSet {
+	if n.Topo == nil {
+		return cpuset.New()
+	}
+	var idx []int
+	for _, sum := range n.free {
+		for _, ci := range sum.stackable {
+			for _, i := range n.Topo.cores[ci].cpus {
+				if n.owner[i] == nil {
+					idx = append(idx, i)
+				}
+			}
+		}
+	}
+	return n.Topo.set(idx)
+}

@@ -2,6 +2,12 @@
 //
 //	corepinctl topology [--root DIR] [--proc-root DIR] [--reserved LIST]
 //	corepinctl simulate --scenario FILE
+//	corepinctl nodes [-o json]
+//	corepinctl node NAME [-o json]
+//	corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD
+//
+// The cluster commands take --kubeconfig and --context, resolved as kubectl
+// resolves them.
 package main
 
 import (
@@ -15,6 +21,14 @@ const usage = `usage: corepinctl COMMAND [flags]
 commands:
   topology   print this machine's CPU topology as the corepin.io/topology JSON
   simulate   run a scenario through the extender's filter -> prioritize -> bind path
+  nodes      one line per node: CPUs, reserved, exclusive limit and use, shared pool, warnings
+  node NAME  a node's CPUs by socket, NUMA node and core: reserved, exclusive (and whose), shared, stacked
+  explain POD
+             why a pod has its CPUs, or why it is pending (the engine's reasons, node by node)
+
+cluster commands take --kubeconfig FILE and --context NAME (as kubectl), and
+read the extender's configuration from ConfigMap corepin-system/corepin-scheduler-config
+(--config-map, or --extender-config FILE)
 `
 
 func main() {
@@ -31,6 +45,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runSimulate(args[1:], stdout, stderr)
 	case "topology":
 		return runTopology(args[1:], stdout, stderr)
+	case "nodes":
+		return runNodes(args[1:], stdout, stderr)
+	case "node":
+		return runNode(args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -37,9 +38,10 @@ import (
 )
 
 type cluster struct {
-	client kubernetes.Interface
-	config *rest.Config
-	repo   string
+	client     kubernetes.Interface
+	config     *rest.Config
+	kubeconfig string
+	repo       string
 }
 
 func connect(t *testing.T) *cluster {
@@ -53,7 +55,7 @@ func connect(t *testing.T) *cluster {
 		t.Fatalf("no cluster (run `make test-e2e`, or set KUBECONFIG): %v", err)
 	}
 	_, file, _, _ := runtime.Caller(0)
-	return &cluster{client: kubernetes.NewForConfigOrDie(cfg), config: cfg, repo: filepath.Join(filepath.Dir(file), "..", "..")}
+	return &cluster{client: kubernetes.NewForConfigOrDie(cfg), config: cfg, kubeconfig: path, repo: filepath.Join(filepath.Dir(file), "..", "..")}
 }
 
 // example reads a manifest from examples/.
@@ -105,6 +107,22 @@ func running(pods []v1.Pod, n int) bool {
 		}
 	}
 	return count == n
+}
+
+// corepinctl builds corepinctl from this checkout and runs it against the cluster.
+func (c *cluster) corepinctl(t *testing.T, args ...string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "corepinctl")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/corepinctl")
+	build.Dir = c.repo
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build corepinctl: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, append(args, "--kubeconfig", c.kubeconfig)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("corepinctl %v: %v\n%s", args, err, out)
+	}
+	return string(out)
 }
 
 // shell runs hack/cluster.sh with args (restarts of the local cluster).
@@ -211,6 +229,24 @@ func TestSeedScenario(t *testing.T) {
 	}
 	expectDB(t, exclusive, "100000")
 	expectShared(t, pool)
+
+	t.Run("corepinctl node shows the db pod's CPUs", func(t *testing.T) {
+		out := c.corepinctl(t, "node", nodeName)
+		for _, id := range exclusive.List() {
+			re := fmt.Sprintf(`(?m)cpu +%d  exclusive  default/%s \(engine\)$`, id, regexp.QuoteMeta(dbPod.Name))
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("CPU %d is not shown exclusive to %s (%s):\n%s", id, dbPod.Name, re, out)
+			}
+		}
+		for _, id := range pool.List() {
+			if re := fmt.Sprintf(`(?m)cpu +%d  (shared|stacked)$`, id); !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("CPU %d is not shown shared (%s):\n%s", id, re, out)
+			}
+		}
+		if re := fmt.Sprintf(`(?m)^  Shared pool +%s \(%d\)`, regexp.QuoteMeta(pool.String()), pool.Size()); !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("no shared pool line %s:\n%s", re, out)
+		}
+	})
 
 	t.Run("release-isolate-mode widens and restores", func(t *testing.T) {
 		annotate := func(value *string) {
