@@ -247,3 +247,62 @@ func TestRenderedKustomization(t *testing.T) {
 		})
 	}
 }
+
+// TestDocumentedOverlay renders the overlay docs/install.md shows (over
+// this deploy/) and checks it does what the text says: images from the
+// registry, kube-scheduler's tag, --reserved-cpus on the plugin.
+func TestDocumentedOverlay(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "install.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = "```yaml\n# my-corepin/kustomization.yaml\n"
+	_, rest, ok := strings.Cut(string(doc), start)
+	if !ok {
+		t.Fatalf("docs/install.md has no block starting %q", start)
+	}
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("unterminated block")
+	}
+	here, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(block, "- ../corepin/deploy\n") {
+		t.Fatalf("the overlay no longer refers to ../corepin/deploy:\n%s", block)
+	}
+	dir := t.TempDir()
+	// Kustomize takes relative paths only.
+	rel, err := filepath.Rel(dir, here)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kustomization := strings.Replace(block, "- ../corepin/deploy\n", "- "+rel+"\n", 1)
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	objs := render(t, dir)
+
+	var ds appsv1.DaemonSet
+	strict(t, "DaemonSet", objs["DaemonSet/corepin-nri"], &ds)
+	plugin := ds.Spec.Template.Spec.Containers[0]
+	if plugin.Image != "registry.example.com/corepin/corepin-nri:v0.1.0" {
+		t.Errorf("plugin image %q", plugin.Image)
+	}
+	if n := len(plugin.Args); n == 0 || plugin.Args[n-1] != "--reserved-cpus=0-1" {
+		t.Errorf("plugin args %q: want --reserved-cpus=0-1 appended", plugin.Args)
+	}
+	var dep appsv1.Deployment
+	strict(t, "Deployment", objs["Deployment/corepin-scheduler"], &dep)
+	images := map[string]string{}
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		images[c.Name] = c.Image
+	}
+	if images["extender"] != "registry.example.com/corepin/corepin-extender:v0.1.0" || images["kube-scheduler"] != "registry.k8s.io/kube-scheduler:v1.33.5" {
+		t.Errorf("scheduler images %v", images)
+	}
+	if objs["ValidatingAdmissionPolicy/corepin-alloc-status"] == nil || objs["Namespace/corepin-system"] == nil {
+		t.Error("the overlay lost the admission policy or the namespace")
+	}
+}
