@@ -3,26 +3,29 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	v1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/yaml"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
@@ -37,28 +40,65 @@ const (
 	policyPhrase = "may only be set by the corepin scheduler extender"
 )
 
-// loadAdmissionPolicy reads deploy/base/admission-policy.yaml, strictly.
-func loadAdmissionPolicy(t *testing.T) (*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding) {
+// applyDeploy renders deploy/ as `kubectl apply -k deploy/` would and
+// creates every object with strict field validation, so an unknown or
+// misplaced field, a wrong namespace or an invalid CEL expression is an
+// error here. It returns the kind/name of every object created.
+func applyDeploy(t *testing.T, cp *framework.ControlPlane) []string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	path := filepath.Join(filepath.Dir(file), "..", "..", "deploy", "base", "admission-policy.yaml")
-	data, err := os.ReadFile(path)
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "deploy")
+	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	dyn, err := dynamic.NewForConfig(cp.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs := bytes.Split(data, []byte("\n---\n"))
-	if len(docs) != 2 {
-		t.Fatalf("%s: %d documents, want the policy and its binding", path, len(docs))
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cp.Client.Discovery()))
+	var created []string
+	for _, r := range resources.Resources() {
+		m, err := r.Map()
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj := &unstructured.Unstructured{Object: m}
+		gvk := obj.GroupVersionKind()
+		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("%s: %v", gvk, err)
+		}
+		var client dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
+		if mapping.Scope.Name() == "namespace" {
+			client = dyn.Resource(mapping.Resource).Namespace(obj.GetNamespace())
+		} else if obj.GetNamespace() != "" {
+			t.Errorf("%s/%s is cluster-scoped but rendered with namespace %q", gvk.Kind, obj.GetName(), obj.GetNamespace())
+		}
+		if _, err := client.Create(context.Background(), obj, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil {
+			t.Fatalf("creating %s %s/%s: %v", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+		}
+		created = append(created, gvk.Kind+"/"+obj.GetName())
 	}
-	var policy admissionv1.ValidatingAdmissionPolicy
-	var binding admissionv1.ValidatingAdmissionPolicyBinding
-	if err := yaml.UnmarshalStrict(docs[0], &policy); err != nil {
-		t.Fatalf("%s: policy: %v", path, err)
+	return created
+}
+
+// allowed asks the API server whether a service account may do verb on
+// resource (with subresource), cluster-wide.
+func allowed(t *testing.T, cp *framework.ControlPlane, sa, verb, resource, subresource string) bool {
+	t.Helper()
+	review, err := cp.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   "system:serviceaccount:corepin-system:" + sa,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:corepin-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: verb, Resource: resource, Subresource: subresource, Namespace: "default"},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := yaml.UnmarshalStrict(docs[1], &binding); err != nil {
-		t.Fatalf("%s: binding: %v", path, err)
-	}
-	return &policy, &binding
+	return review.Status.Allowed
 }
 
 // impersonate returns a client that acts as user, authenticated, with no
@@ -102,14 +142,38 @@ func annotationPatch(key string, value *string) []byte {
 	return []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%s}}}`, key, v))
 }
 
-// TestAdmissionPolicy applies deploy/base/admission-policy.yaml to a real
-// kube-apiserver and checks who may write corepin.io/alloc-status through
+// TestAdmissionPolicy applies deploy/ (rendered with kustomize, created
+// strictly) to a real kube-apiserver, checks the service accounts'
+// permissions, and checks who may write corepin.io/alloc-status through
 // each of the three ways a pod's annotations can be written: the pod
 // itself (create, patch), its status, and a Binding, whose annotations the
 // API server copies onto the pod without pod admission.
 func TestAdmissionPolicy(t *testing.T) {
 	ctx := context.Background()
 	cp := framework.StartControlPlane(t)
+
+	// Everything `kubectl apply -k deploy/` applies, the policy included.
+	created := applyDeploy(t, cp)
+	t.Logf("created from deploy/: %s", strings.Join(created, " "))
+
+	// The service accounts' own permissions, from the manifests alone.
+	for _, c := range []struct {
+		sa, verb, resource, subresource string
+		want                            bool
+	}{
+		{"corepin-scheduler", "patch", "pods", "", true},
+		{"corepin-scheduler", "create", "pods", "binding", true},
+		{"corepin-scheduler", "watch", "nodes", "", true},
+		{"corepin-scheduler", "update", "pods", "status", true}, // system:kube-scheduler's
+		{"corepin-nri", "list", "pods", "", true},
+		{"corepin-nri", "patch", "nodes", "", true},
+		{"corepin-nri", "patch", "pods", "", false},
+		{"corepin-nri", "create", "pods", "binding", false},
+	} {
+		if got := allowed(t, cp, c.sa, c.verb, c.resource, c.subresource); got != c.want {
+			t.Errorf("%s may %s %s/%s: %v, want %v", c.sa, c.verb, c.resource, c.subresource, got, c.want)
+		}
+	}
 
 	// Both identities may write pods, their status and Bindings: only the
 	// policy tells them apart.
@@ -136,14 +200,6 @@ func TestAdmissionPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	policy, binding := loadAdmissionPolicy(t)
-	if _, err := cp.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the policy: %v", err)
-	}
-	if _, err := cp.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the binding: %v", err)
-	}
-
 	alice := impersonate(t, cp, ordinaryUser)
 	extender := impersonate(t, cp, extenderUser)
 	pods := func(c kubernetes.Interface) corev1client.PodInterface { return c.CoreV1().Pods("default") }
@@ -162,7 +218,7 @@ func TestAdmissionPolicy(t *testing.T) {
 		return strings.Contains(err.Error(), policyPhrase), err
 	})
 	// The policy's type-check warnings, if any, are in its status.
-	if p, err := cp.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, policy.Name, metav1.GetOptions{}); err == nil {
+	if p, err := cp.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "corepin-alloc-status", metav1.GetOptions{}); err == nil {
 		if tc := p.Status.TypeChecking; tc != nil && len(tc.ExpressionWarnings) > 0 {
 			t.Errorf("the policy's CEL has type-check warnings: %+v", tc.ExpressionWarnings)
 		}
