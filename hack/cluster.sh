@@ -80,10 +80,13 @@ down() {
       kill -9 "$pid" 2>/dev/null || true
     done
   fi
-  # Containers outlive containerd: stop the shims and their tasks.
-  if [ -d "$dir/containerd/state" ]; then
-    pkill -9 -f "containerd-shim-runc-v2 -namespace k8s.io -address $dir/containerd.sock" 2>/dev/null || true
-  fi
+  # Containers outlive containerd: stop the shims (their command line has
+  # -id before -address) and every process left in the pods' cgroups.
+  pkill -9 -f "containerd-shim-runc-v2 .*-address $dir/containerd.sock" 2>/dev/null || true
+  for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+    [ -d "$root" ] || continue
+    find "$root" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | xargs -r kill -9 2>/dev/null || true
+  done
   # Unmount whatever the kubelet and containerd left.
   if [ -d "$dir" ]; then
     grep -o " $dir[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done

@@ -143,7 +143,7 @@ func TestPluginWithAPIServer(t *testing.T) {
 
 	// Drift: rewrite the shared container's cpuset on the host, as a stray
 	// agent would, then ask the plugin to check.
-	file := filepath.Join("/sys/fs/cgroup/cpuset/corepin-test/web", web, "cpuset.cpus")
+	file := filepath.Join("/sys/fs/cgroup/cpuset", ctrd.CgroupParent, "web", web, "cpuset.cpus")
 	if _, err := os.Stat(file); err != nil {
 		t.Skipf("no cgroup v1 cpuset file for the drift check: %v", err)
 	}

@@ -22,15 +22,18 @@ const ContainerdVersion = "v2.4.2"
 // Containerd is a private containerd with NRI enabled, its state in a temp
 // dir, talking CRI on its own socket.
 type Containerd struct {
-	Dir       string
-	Socket    string
-	NRISocket string
-	Process   *Process
-	Runtime   cri.RuntimeServiceClient
-	Images    cri.ImageServiceClient
-	conn      *grpc.ClientConn
-	config    string
-	t         testing.TB
+	Dir string
+	// CgroupParent holds every pod of this instance (one per test, so a
+	// cleanup never touches another test's containers).
+	CgroupParent string
+	Socket       string
+	NRISocket    string
+	Process      *Process
+	Runtime      cri.RuntimeServiceClient
+	Images       cri.ImageServiceClient
+	conn         *grpc.ClientConn
+	config       string
+	t            testing.TB
 }
 
 // StartContainerd starts containerd with NRI and imports the test images.
@@ -44,7 +47,7 @@ func StartContainerd(t testing.TB) *Containerd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Containerd{Dir: dir, Socket: filepath.Join(dir, "containerd.sock"), NRISocket: filepath.Join(dir, "nri.sock"), t: t}
+	c := &Containerd{Dir: dir, CgroupParent: "/corepin-test/" + filepath.Base(dir), Socket: filepath.Join(dir, "containerd.sock"), NRISocket: filepath.Join(dir, "nri.sock"), t: t}
 	c.config = filepath.Join(dir, "config.toml")
 	cfg := fmt.Sprintf(`version = 3
 root = %q
@@ -125,6 +128,17 @@ func (c *Containerd) cleanup() {
 	}
 	// Leftover shims and mounts of this instance.
 	_ = exec.Command("pkill", "-f", "containerd-shim-runc-v2.*"+c.Dir).Run()
+	// A killed shim leaves its containers running: kill whatever is left in
+	// this instance's cgroups and remove them.
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", c.CgroupParent))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", c.CgroupParent))
+	script := `for d in "$@"; do [ -d "$d" ] || continue
+  find "$d" -name cgroup.procs -exec cat {} + | xargs -r kill -9
+  for _ in 1 2 3 4 5 6 7 8 9 10; do find "$d" -depth -type d -exec rmdir {} + 2>/dev/null; [ -d "$d" ] || break; sleep 0.2; done
+done`
+	if out, err := exec.Command("sh", append([]string{"-c", script, "sh"}, dirs...)...).CombinedOutput(); err != nil {
+		c.t.Logf("removing the test's cgroups: %v %s", err, out)
+	}
 	if out, err := exec.Command("sh", "-c", "grep "+c.Dir+" /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l").CombinedOutput(); err != nil {
 		c.t.Logf("unmounting: %v %s", err, out)
 	}
@@ -139,7 +153,7 @@ func (c *Containerd) RunPod(t testing.TB, namespace, name string, annotations ma
 		Annotations:  annotations,
 		LogDirectory: filepath.Join(c.Dir, "logs", namespace, name),
 		Linux: &cri.LinuxPodSandboxConfig{
-			CgroupParent: "/corepin-test/" + name,
+			CgroupParent: c.CgroupParent + "/" + name,
 			SecurityContext: &cri.LinuxSandboxSecurityContext{
 				NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD},
 			},
