@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/corepin/corepin/api"
@@ -135,7 +137,18 @@ func profileExtender(b *testing.B, port int, path string) func() {
 
 // measure creates n pods at once and returns how many per second were bound.
 func measure(b *testing.B, c kubernetes.Interface, prefix string, n int, schedulerName string, annotations map[string]string) float64 {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// The row's pods are followed with one watch opened before they exist:
+	// polling with lists cost the API server more the longer a row took,
+	// which loaded the slower rows' figures with the measurement itself.
+	// A watch the API server closes early is reopened after a list.
+	boundPods := metav1.ListOptions{LabelSelector: "row=" + prefix, FieldSelector: "spec.nodeName!="}
+	w, err := c.CoreV1().Pods("default").Watch(ctx, boundPods)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { w.Stop() }()
 	start := time.Now()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
@@ -157,18 +170,32 @@ func measure(b *testing.B, c kubernetes.Interface, prefix string, n int, schedul
 		}(i)
 	}
 	wg.Wait()
-	// Only this row's bound pods are listed: a poll that lists every pod
-	// would cost the API server more in each later row.
-	rowPods := metav1.ListOptions{LabelSelector: "row=" + prefix}
-	bound := rowPods
-	bound.FieldSelector = "spec.nodeName!="
-	framework.Eventually(b, 10*time.Minute, prefix+" pods bound", func() (bool, error) {
-		list, err := c.CoreV1().Pods("default").List(ctx, bound)
-		if err != nil {
-			return false, err
+	bound := map[string]bool{}
+	for len(bound) < n {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				list, err := c.CoreV1().Pods("default").List(ctx, boundPods)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, pod := range list.Items {
+					bound[pod.Name] = true
+				}
+				reopen := boundPods
+				reopen.ResourceVersion = list.ResourceVersion
+				if w, err = c.CoreV1().Pods("default").Watch(ctx, reopen); err != nil {
+					b.Fatal(err)
+				}
+				continue
+			}
+			if pod, isPod := ev.Object.(*v1.Pod); isPod && ev.Type != watch.Deleted && pod.Spec.NodeName != "" {
+				bound[pod.Name] = true
+			}
+		case <-ctx.Done():
+			b.Fatalf("%s: %d of %d pods bound after 10 minutes", prefix, len(bound), n)
 		}
-		return len(list.Items) == n, fmt.Errorf("%d of %d bound", len(list.Items), n)
-	})
+	}
 	return float64(n) / time.Since(start).Seconds()
 }
 
