@@ -54,9 +54,9 @@ type PodSource interface {
 // Handler returns the HTTP routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /filter", s.timed("filter", s.whenReady("filter", s.filter)))
-	mux.HandleFunc("POST /prioritize", s.timed("prioritize", s.whenReady("prioritize", s.prioritize)))
-	mux.HandleFunc("POST /bind", s.timed("bind", s.whenReady("bind", s.bind)))
+	mux.HandleFunc("POST /filter", s.whenReady("filter", s.timed("filter", s.filter)))
+	mux.HandleFunc("POST /prioritize", s.whenReady("prioritize", s.timed("prioritize", s.prioritize)))
+	mux.HandleFunc("POST /bind", s.whenReady("bind", s.timed("bind", s.bind)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.Ready != nil && !s.Ready() {

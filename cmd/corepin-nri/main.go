@@ -105,18 +105,34 @@ func run(log *slog.Logger, o options) error {
 		go topo.Run(ctx)
 		// The node's corepin.io/node-policy changes the capacity formula
 		// as it does the extender's.
-		go plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log), topo.NodeHandler())
+		nodeSynced := make(chan struct{})
+		go func() {
+			plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log), topo.NodeHandler())
+			close(nodeSynced)
+		}()
 		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
-		// Learn the release switches before the first Synchronize, so a
-		// container found released is not pinned back for a moment; an
-		// API server that is away delays enforcement by 10 s at most.
-		synced := make(chan struct{})
-		go func() { plugin.WatchPods(ctx, client, o.NodeName, p, log); close(synced) }()
-		select {
-		case <-synced:
-		case <-ctx.Done():
-		case <-time.After(10 * time.Second):
-			log.Warn("The pods of this node are not listed yet; enforcing without their release switches until they are")
+		// Learn the node's limits and the release switches before the
+		// first Synchronize, so that neither a container placed under the
+		// node's node-policy is refused nor one found released is pinned
+		// back for a moment; an API server that is away delays enforcement
+		// by 10 s at most.
+		podsSynced := make(chan struct{})
+		go func() { plugin.WatchPods(ctx, client, o.NodeName, p, log); close(podsSynced) }()
+		var deadline <-chan time.Time = time.After(10 * time.Second)
+		closedChannel := make(chan time.Time)
+		close(closedChannel)
+		for _, w := range []struct {
+			synced <-chan struct{}
+			what   string
+		}{{nodeSynced, "The node's corepin.io/node-policy is not read yet; enforcing with the settings' limits until it is"},
+			{podsSynced, "The pods of this node are not listed yet; enforcing without their release switches until they are"}} {
+			select {
+			case <-w.synced:
+			case <-ctx.Done():
+			case <-deadline:
+				log.Warn(w.what)
+				deadline = closedChannel // the 10 s are over for both
+			}
 		}
 	}
 	if client == nil {

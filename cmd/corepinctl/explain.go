@@ -184,8 +184,9 @@ func (e *explainer) placed() error {
 	}
 	value, has := pod.Annotations[api.AnnotationAllocStatus]
 	if !has {
-		e.printf("  CPUs        %s: the pod asks for exclusive CPUs but has no %s, so it runs in the shared pool %s;\n"+
-			"              it was not scheduled by corepin (is its schedulerName the corepin scheduler's?)\n",
+		e.printf("  CPUs        %s: the pod asks for exclusive CPUs but has no %s: the node plugin refuses its\n"+
+			"              containers (event CorepinRefused), or, if it runs with --unplaced-to-shared, puts them in\n"+
+			"              the shared pool %s; it was not scheduled by corepin (is its schedulerName the corepin scheduler's?)\n",
 			e.pt.paint(colRed, "none"), api.AnnotationAllocStatus, orNone(pool.String()))
 		return nil
 	}

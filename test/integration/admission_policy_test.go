@@ -164,6 +164,7 @@ func TestAdmissionPolicy(t *testing.T) {
 		{"corepin-scheduler", "patch", "pods", "", true},
 		{"corepin-scheduler", "create", "pods", "binding", true},
 		{"corepin-scheduler", "watch", "nodes", "", true},
+		{"corepin-scheduler", "patch", "nodes", "", true},       // corepin.io/attention
 		{"corepin-scheduler", "update", "pods", "status", true}, // system:kube-scheduler's
 		{"corepin-nri", "list", "pods", "", true},
 		{"corepin-nri", "patch", "nodes", "", true},
