@@ -24,10 +24,11 @@ import (
 // Binder commits a bind decision to the cluster: the extender's server talks
 // to the API server, the simulator records it in memory.
 type Binder interface {
-	// PatchAllocStatus writes corepin.io/alloc-status on the pod.
-	PatchAllocStatus(ctx context.Context, pod *v1.Pod, status string) error
-	// Bind binds the pod to the node (pods/binding).
-	Bind(ctx context.Context, pod *v1.Pod, node string) error
+	// Bind binds the pod to the node (pods/binding). For an exclusive pod
+	// allocStatus is the corepin.io/alloc-status to write, and the pod must
+	// carry it no later than it carries the node: the kubelet copies a
+	// pod's annotations into its sandbox once. It is empty for shared pods.
+	Bind(ctx context.Context, pod *v1.Pod, node, allocStatus string) error
 }
 
 // Scheduler is the extender's view of the cluster: one policy.Node per node,
@@ -462,8 +463,8 @@ func eachChunk(n int, fn func(lo, hi int)) {
 }
 
 // Bind chooses the pod's CPUs on the node against everything placed or
-// assumed there, assumes the result, writes alloc-status (exclusive pods)
-// and binds through binder. On any failure the assumption is dropped and the
+// assumed there, assumes the result, and binds through binder with the
+// alloc-status of an exclusive pod. On any failure the assumption is dropped and the
 // error returned, so kube-scheduler retries the pod: a lost race never yields
 // overlapping cores. The status is nil for shared pods.
 func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, binder Binder) (*api.AllocStatus, error) {
@@ -475,15 +476,13 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, bind
 	if err != nil {
 		return nil, err
 	}
+	var allocStatus string
 	if status != nil {
-		if err := binder.PatchAllocStatus(ctx, pod, status.String()); err != nil {
-			s.Forget(req.Key)
-			return nil, apiError(fmt.Errorf("pod %s: writing %s: %w", req.Key, api.AnnotationAllocStatus, err))
-		}
+		allocStatus = status.String()
 	}
-	if err := binder.Bind(ctx, pod, nodeName); err != nil {
+	if err := binder.Bind(ctx, pod, nodeName, allocStatus); err != nil {
 		s.Forget(req.Key)
-		return nil, apiError(fmt.Errorf("pod %s: binding to %s: %w", req.Key, nodeName, err))
+		return nil, apiError(fmt.Errorf("pod %s: %w", req.Key, err))
 	}
 	return status, nil
 }

@@ -57,18 +57,14 @@ func newRecordingBinder() *recordingBinder {
 	return &recordingBinder{statuses: map[string]string{}, nodes: map[string]string{}}
 }
 
-func (b *recordingBinder) PatchAllocStatus(_ context.Context, pod *v1.Pod, status string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.statuses[PodKey(pod)] = status
-	return nil
-}
-
-func (b *recordingBinder) Bind(_ context.Context, pod *v1.Pod, node string) error {
+func (b *recordingBinder) Bind(_ context.Context, pod *v1.Pod, node, allocStatus string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failBind != nil {
 		return b.failBind
+	}
+	if allocStatus != "" {
+		b.statuses[PodKey(pod)] = allocStatus
 	}
 	b.nodes[PodKey(pod)] = node
 	return nil

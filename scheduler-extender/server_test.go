@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/corepin/corepin/api"
@@ -93,6 +94,64 @@ func TestHTTPFilterPrioritizeBind(t *testing.T) {
 	rec = post(t, h, "/bind", extenderv1.ExtenderBindingArgs{PodName: "db2", PodNamespace: "default", Node: "n1"})
 	if err := json.Unmarshal(rec.Body.Bytes(), &br); err != nil || !strings.Contains(br.Error, "does not fit on n1: not enough free CPUs on cores no pod holds (needs 4, 2 available)") {
 		t.Fatalf("losing bind: %s", rec.Body)
+	}
+}
+
+// TestBindWrites checks what a bind writes to the API server in each mode:
+// by default a PATCH of alloc-status and then the Binding; with
+// AllocStatusInBinding only the Binding, carrying the annotation (the API
+// server copies it onto the pod; TestAllocStatusInBinding shows that on a
+// real one). A shared pod gets only its Binding either way.
+func TestBindWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		inBinding bool
+		exclusive bool
+		want      []string
+	}{
+		{"patch then binding", false, true, []string{"patch pods", "create pods/binding"}},
+		{"in binding", true, true, []string{"create pods/binding+alloc-status"}},
+		{"shared pod", false, false, []string{"create pods/binding"}},
+		{"shared pod, in binding", true, false, []string{"create pods/binding"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, client := newTestServer(t)
+			srv.AllocStatusInBinding = tc.inBinding
+			pod := testPod("db", 2, tc.exclusive)
+			if _, err := client.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			client.ClearActions()
+			rec := post(t, srv.Handler(), "/bind", extenderv1.ExtenderBindingArgs{PodName: "db", PodNamespace: "default", Node: "n1"})
+			var br extenderv1.ExtenderBindingResult
+			if err := json.Unmarshal(rec.Body.Bytes(), &br); err != nil || br.Error != "" {
+				t.Fatalf("bind: %s", rec.Body)
+			}
+			var got []string
+			for _, a := range client.Actions() {
+				if a.GetVerb() == "get" {
+					continue
+				}
+				w := a.GetVerb() + " " + a.GetResource().Resource
+				if a.GetSubresource() != "" {
+					w += "/" + a.GetSubresource()
+				}
+				if c, ok := a.(k8stesting.CreateAction); ok && a.GetSubresource() == "binding" {
+					binding := c.GetObject().(*v1.Binding)
+					if v, ok := binding.Annotations[api.AnnotationAllocStatus]; ok {
+						st, err := api.ParseAllocStatus(v)
+						if err != nil || st.Node != "n1" || st.CPUs.Size() != 2 {
+							t.Fatalf("alloc-status in the Binding: %q %v", v, err)
+						}
+						w += "+alloc-status"
+					}
+				}
+				got = append(got, w)
+			}
+			if strings.Join(got, ", ") != strings.Join(tc.want, ", ") {
+				t.Fatalf("writes %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 

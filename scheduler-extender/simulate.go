@@ -81,17 +81,15 @@ type memoryBinder struct {
 	pods map[string]*v1.Pod
 }
 
-func (b *memoryBinder) PatchAllocStatus(_ context.Context, pod *v1.Pod, status string) error {
+func (b *memoryBinder) Bind(_ context.Context, pod *v1.Pod, node, allocStatus string) error {
 	p := b.pods[PodKey(pod)]
-	if p.Annotations == nil {
-		p.Annotations = map[string]string{}
+	if allocStatus != "" {
+		if p.Annotations == nil {
+			p.Annotations = map[string]string{}
+		}
+		p.Annotations[api.AnnotationAllocStatus] = allocStatus
 	}
-	p.Annotations[api.AnnotationAllocStatus] = status
-	return nil
-}
-
-func (b *memoryBinder) Bind(_ context.Context, pod *v1.Pod, node string) error {
-	b.pods[PodKey(pod)].Spec.NodeName = node
+	p.Spec.NodeName = node
 	return nil
 }
 

@@ -36,14 +36,17 @@ func main() {
 	configFile := flag.String("config", "", "configuration file (YAML); defaults apply when empty")
 	listen := flag.String("listen", ":8888", "address to serve the extender on")
 	profiling := flag.Bool("profiling", false, "serve Go's profiles under /debug/pprof/ on the extender's address")
+	inBinding := flag.Bool("alloc-status-in-binding", false,
+		"write an exclusive pod's corepin.io/alloc-status in its Binding (one API write, set together with the node) "+
+			"instead of a PATCH before the Binding (the contract's default)")
 	flag.Parse()
-	if err := run(*kubeconfig, *configFile, *listen, *profiling); err != nil {
+	if err := run(*kubeconfig, *configFile, *listen, *profiling, *inBinding); err != nil {
 		klog.ErrorS(err, "corepin-extender failed")
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, configFile, listen string, profiling bool) error {
+func run(kubeconfig, configFile, listen string, profiling, allocStatusInBinding bool) error {
 	cfg := api.Config{}
 	if configFile != "" {
 		var err error
@@ -81,7 +84,7 @@ func run(kubeconfig, configFile, listen string, profiling bool) error {
 	events := extender.NewPodEvents(recorder, metrics, extender.PodEventsConfig{})
 	c.PodDone = events.Forget
 	srv := &extender.Server{Sched: sched, Client: client, Metrics: metrics,
-		Ready: c.Synced, AssumeTTL: 2 * time.Minute, Events: events}
+		Ready: c.Synced, AssumeTTL: 2 * time.Minute, Events: events, AllocStatusInBinding: allocStatusInBinding}
 	srv.Pods = c
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -96,6 +99,9 @@ func run(kubeconfig, configFile, listen string, profiling bool) error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		handler = mux
+	}
+	if allocStatusInBinding {
+		klog.InfoS("Exclusive pods get corepin.io/alloc-status in their Binding, not in a PATCH before it")
 	}
 	httpSrv := &http.Server{Addr: listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	if cfg.TLS != nil {

@@ -15,6 +15,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -184,6 +185,7 @@ func TestAdmissionPolicy(t *testing.T) {
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "create", "update", "patch"}},
 			{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"update", "patch"}},
 			{APIGroups: []string{""}, Resources: []string{"pods/binding"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers", "pods/resize"}, Verbs: []string{"update", "patch"}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -263,6 +265,40 @@ func TestAdmissionPolicy(t *testing.T) {
 			Target:     v1.ObjectReference{Kind: "Node", Name: "node-a"},
 		}, metav1.CreateOptions{})
 		refusedByPolicy(t, "a Binding carrying alloc-status", err)
+
+		// pods/ephemeralcontainers and pods/resize are not matched by the
+		// policy: their strategies keep the stored metadata, so an
+		// annotation sent along is dropped, not written. Both writes
+		// succeed here, and the annotation is not on the pod afterwards.
+		cur, err = pods(alice).Get(ctx, plain.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur.Annotations[api.AnnotationAllocStatus] = status
+		cur.Spec.EphemeralContainers = []v1.EphemeralContainer{{EphemeralContainerCommon: v1.EphemeralContainerCommon{
+			Name: "debug", Image: "corepin.io/test/workload:latest", TerminationMessagePolicy: v1.TerminationMessageReadFile, ImagePullPolicy: v1.PullIfNotPresent}}}
+		got, err := pods(alice).UpdateEphemeralContainers(ctx, plain.Name, cur, metav1.UpdateOptions{})
+		mustSucceed(t, "adding an ephemeral container with alloc-status in the body", err)
+		if got != nil {
+			if _, ok := got.Annotations[api.AnnotationAllocStatus]; ok || len(got.Spec.EphemeralContainers) != 1 {
+				t.Errorf("pods/ephemeralcontainers: ephemeral containers %d, annotations %v; want the container and no alloc-status", len(got.Spec.EphemeralContainers), got.Annotations)
+			}
+		}
+		cur, err = pods(alice).Get(ctx, plain.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur.Annotations[api.AnnotationAllocStatus] = status
+		two := resource.MustParse("2")
+		cur.Spec.Containers[0].Resources.Limits[v1.ResourceCPU] = two
+		cur.Spec.Containers[0].Resources.Requests[v1.ResourceCPU] = two
+		got, err = pods(alice).UpdateResize(ctx, plain.Name, cur, metav1.UpdateOptions{})
+		mustSucceed(t, "resizing with alloc-status in the body", err)
+		if got != nil {
+			if _, ok := got.Annotations[api.AnnotationAllocStatus]; ok || !got.Spec.Containers[0].Resources.Limits.Cpu().Equal(two) {
+				t.Errorf("pods/resize: CPU limit %s, annotations %v; want 2 and no alloc-status", got.Spec.Containers[0].Resources.Limits.Cpu(), got.Annotations)
+			}
+		}
 
 		after, err := cp.Client.CoreV1().Pods("default").Get(ctx, plain.Name, metav1.GetOptions{})
 		if err != nil {

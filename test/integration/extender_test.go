@@ -288,6 +288,82 @@ func TestExtender(t *testing.T) {
 	checker.assert(t)
 }
 
+// TestAllocStatusWrites follows every version of two exclusive pods through
+// a watch: bound by the default extender, the pod carries alloc-status
+// before it has a node (a PATCH, then the Binding; contract section 2);
+// bound by an extender run with --alloc-status-in-binding, the annotation
+// arrives in the very write that sets the node (the API server copies the
+// Binding's annotations onto the pod). In neither case is a pod ever seen
+// bound without its CPUs.
+func TestAllocStatusWrites(t *testing.T) {
+	cp := framework.StartControlPlane(t)
+	c := cp.Client
+	cp.CreateNode(t, "node-a", 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w, err := c.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	extPort := framework.FreePort(t)
+	ext := startExtender(t, cp, extPort)
+	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+
+	// firstWithStatus reads the watch until the pod is seen with alloc-status
+	// and returns that version, failing if any version is bound without it.
+	firstWithStatus := func(name string) *v1.Pod {
+		t.Helper()
+		timeout := time.After(60 * time.Second)
+		for {
+			select {
+			case ev, ok := <-w.ResultChan():
+				if !ok {
+					t.Fatal("the pod watch closed")
+				}
+				p, ok := ev.Object.(*v1.Pod)
+				if !ok || p.Name != name {
+					continue
+				}
+				if p.Annotations[api.AnnotationAllocStatus] != "" {
+					return p
+				}
+				if p.Spec.NodeName != "" {
+					t.Fatalf("pod %s seen bound to %s without alloc-status", name, p.Spec.NodeName)
+				}
+			case <-timeout:
+				t.Fatalf("pod %s never seen with alloc-status", name)
+			}
+		}
+	}
+	create := func(name string) {
+		t.Helper()
+		if _, err := c.CoreV1().Pods("default").Create(ctx, newPod(name, podOpts{cpu: "2", annotations: exclusive()}), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	create("patched")
+	if p := firstWithStatus("patched"); p.Spec.NodeName != "" {
+		t.Fatalf("default extender: alloc-status first seen together with node %s, want a PATCH before the Binding", p.Spec.NodeName)
+	}
+	if st := allocStatus(t, waitScheduled(t, c, "patched")); st.Node != "node-a" || st.CPUs.Size() != 2 {
+		t.Fatalf("patched: alloc-status %+v", st)
+	}
+
+	ext.Stop()
+	startExtender(t, cp, extPort, "--alloc-status-in-binding")
+	create("in-binding")
+	p := firstWithStatus("in-binding")
+	if p.Spec.NodeName != "node-a" {
+		t.Fatalf("--alloc-status-in-binding: alloc-status first seen on node %q, want it in the write that binds to node-a", p.Spec.NodeName)
+	}
+	st, other := allocStatus(t, p), allocStatus(t, waitScheduled(t, c, "patched"))
+	if st.Node != "node-a" || st.CPUs.Size() != 2 || !st.CPUs.Intersection(other.CPUs.Set()).IsEmpty() {
+		t.Fatalf("in-binding: alloc-status %+v next to %+v", st, other)
+	}
+}
+
 // TestExtenderChurn creates and deletes 300 exclusive pods concurrently
 // over 20 nodes while an invariant checker watches every intermediate state.
 func TestExtenderChurn(t *testing.T) {

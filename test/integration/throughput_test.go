@@ -31,7 +31,9 @@ import (
 // ratio corepin/default (target at least 0.8). It logs, per row, the CPU
 // time each process used per pod, since they all share the machine. With
 // COREPIN_PROFILE_DIR set, it saves a CPU profile of the extender during
-// each corepin row there.
+// each corepin row there. With COREPIN_ALLOC_STATUS_IN_BINDING=1 the
+// extender runs with --alloc-status-in-binding (one API write per exclusive
+// pod instead of a PATCH and a Binding).
 //
 //	go test -tags integration -run '^$' -bench SchedulerThroughput -benchtime 3x ./test/integration/
 func BenchmarkSchedulerThroughput(b *testing.B) {
@@ -51,7 +53,11 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	}
 	wg.Wait()
 	extPort := framework.FreePort(b)
-	ext := startExtender(b, cp, extPort, "--profiling")
+	extArgs := []string{"--profiling"}
+	if os.Getenv("COREPIN_ALLOC_STATUS_IN_BINDING") == "1" {
+		extArgs = append(extArgs, "--alloc-status-in-binding")
+	}
+	ext := startExtender(b, cp, extPort, extArgs...)
 	defaultSched := cp.StartScheduler(b, "default-scheduler", "", nil)
 	corepinSched := cp.StartScheduler(b, "corepin-scheduler", "corepin-scheduler", &framework.SchedulerExtender{
 		URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 30 * time.Second})
