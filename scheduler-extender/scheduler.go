@@ -464,9 +464,9 @@ func eachChunk(n int, fn func(lo, hi int)) {
 
 // Bind chooses the pod's CPUs on the node against everything placed or
 // assumed there, assumes the result, and binds through binder with the
-// alloc-status of an exclusive pod. On any failure the assumption is dropped and the
-// error returned, so kube-scheduler retries the pod: a lost race never yields
-// overlapping cores. The status is nil for shared pods.
+// alloc-status of an exclusive pod. On any failure the assumption is
+// dropped and the error returned, so kube-scheduler retries the pod: a lost
+// race never yields overlapping cores. The status is nil for shared pods.
 func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, binder Binder) (*api.AllocStatus, error) {
 	req, err := s.request(pod)
 	if err != nil {

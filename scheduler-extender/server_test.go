@@ -100,7 +100,7 @@ func TestHTTPFilterPrioritizeBind(t *testing.T) {
 // TestBindWrites checks what a bind writes to the API server in each mode:
 // by default a PATCH of alloc-status and then the Binding; with
 // AllocStatusInBinding only the Binding, carrying the annotation (the API
-// server copies it onto the pod; TestAllocStatusInBinding shows that on a
+// server copies it onto the pod; TestAllocStatusWrites shows that on a
 // real one). A shared pod gets only its Binding either way.
 func TestBindWrites(t *testing.T) {
 	for _, tc := range []struct {
