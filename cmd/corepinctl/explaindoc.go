@@ -9,8 +9,10 @@ import (
 	"github.com/corepin/corepin/api"
 )
 
-// explainDoc is what `corepinctl explain` found out about a pod; the text
-// output is printed from it.
+// explainDoc is what `corepinctl explain` found out about a pod. The text
+// output is printed from it and `-o json` encodes it, so the two cannot
+// disagree. The field names are documented in docs/operations.md and are
+// stable: add fields, do not rename them.
 type explainDoc struct {
 	// Pod is namespace/name.
 	Pod string `json:"pod"`
@@ -176,6 +178,27 @@ func newExplainDoc(namespace, name, node, phase, scheduler string) *explainDoc {
 		state = explainPlaced
 	}
 	return &explainDoc{Pod: namespace + "/" + name, State: state, Phase: phase, Node: node, SchedulerName: scheduler}
+}
+
+// forJSON returns the document with empty lists for the lists not filled,
+// so scripts can iterate over them without checking for null. The text
+// output tells "not reached" from "empty" by nil, so this is done only here.
+func (d explainDoc) forJSON() explainDoc {
+	for _, list := range []*[]string{&d.AnnotationErrors, &d.Warnings} {
+		if *list == nil {
+			*list = []string{}
+		}
+	}
+	if d.Checks == nil {
+		d.Checks = []checkDoc{}
+	}
+	if d.Events == nil {
+		d.Events = []eventDoc{}
+	}
+	if d.Nodes == nil {
+		d.Nodes = []nodeVerdict{}
+	}
+	return d
 }
 
 // printExplain prints the document as text. It also prints a document
