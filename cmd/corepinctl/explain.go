@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -28,12 +29,19 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var kf kubeFlags
 	kf.register(fs, true)
+	var output string
+	fs.StringVar(&output, "o", "text", "output format: text or json")
+	fs.StringVar(&output, "output", "text", "same as -o")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return 2
 	}
+	if output != "text" && output != "json" {
+		fmt.Fprintf(stderr, "corepinctl explain: -o/--output %q: must be text or json\n", output)
+		return 2
+	}
 	if len(rest) != 1 {
-		fmt.Fprintln(stderr, "usage: corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD [--kubeconfig FILE] [--context NAME]")
+		fmt.Fprintln(stderr, "usage: corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD [-o text|json] [--kubeconfig FILE] [--context NAME]")
 		return 2
 	}
 	ctx := context.Background()
@@ -66,77 +74,90 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "corepinctl explain: %v\n", err)
 		return 1
 	}
-	e := explainer{ctx: ctx, client: client, cfg: cfg, pod: pod, w: stdout, pt: newPainter(stdout)}
+	e := explainer{ctx: ctx, client: client, cfg: cfg, pod: pod,
+		doc: newExplainDoc(pod.Namespace, pod.Name, pod.Spec.NodeName, string(pod.Status.Phase), pod.Spec.SchedulerName)}
 	if pod.Spec.NodeName != "" {
 		err = e.placed()
 	} else {
 		err = e.pending()
 	}
+	// A script reading JSON gets a whole document or none; a person reading
+	// text gets what was found before the error.
+	if output == "json" && err == nil {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(e.doc.forJSON()); err != nil {
+			return 1
+		}
+	}
+	if output == "text" {
+		printExplain(stdout, e.doc, newPainter(stdout))
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "corepinctl explain: %v\n", err)
 		return 1
 	}
+	// Failed checks are reported in the document, not by the exit code: the
+	// command worked, the placement is what is wrong.
 	return 0
 }
 
+// explainer gathers the facts about one pod into doc.
 type explainer struct {
 	ctx    context.Context
 	client kubernetes.Interface
 	cfg    api.Config
 	pod    *v1.Pod
-	w      io.Writer
-	pt     painter
-	// failed counts the checks that failed.
-	failed int
+	doc    *explainDoc
 }
 
-func (e *explainer) printf(format string, args ...any) { fmt.Fprintf(e.w, format, args...) }
-
-// check prints one consistency check.
-func (e *explainer) check(ok bool, format string, args ...any) {
-	mark := e.pt.paint(colGreen, "ok  ")
+// check records one consistency check.
+func (e *explainer) check(ok bool, name, format string, args ...any) {
+	e.doc.Checks = append(e.doc.Checks, checkDoc{Check: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	if !ok {
-		mark = e.pt.paint(colRed, "FAIL")
-		e.failed++
+		e.doc.FailedChecks++
 	}
-	e.printf("    %s %s\n", mark, fmt.Sprintf(format, args...))
 }
 
-// rule describes what the pod's annotations ask for.
+// rule records what the pod's annotations ask for, or why they are invalid.
 func (e *explainer) rule() (api.PodIntent, bool) {
 	intent, err := api.ParsePodIntent(e.pod.Annotations, e.pod.Labels)
 	if err != nil {
-		e.printf("  Rule        %s %v\n", e.pt.paint(colRed, "invalid annotations:"), err)
+		e.doc.AnnotationErrors = errorList(err)
 		return intent, false
 	}
-	rule := fmt.Sprintf("cpu-mode %s", intent.Mode)
+	e.doc.Mode = string(intent.Mode)
+	if intent.BindAll() {
+		e.doc.Mode = string(api.BindAllCPUs)
+	}
+	rule := &ruleDoc{CPUMode: string(intent.Mode), App: intent.App, MaxPerNode: intent.MaxPerNode}
 	if intent.Mode == api.ModeExclusive || intent.BindAll() {
 		spec := intent.Spec
-		rule += fmt.Sprintf("; alloc-spec cpu %s, numa %s", spec.CPU, spec.NUMA)
-		if spec.IOQueueSpread {
-			rule += ", ioQueueSpread"
-		}
-		if spec.Containers != nil {
-			rule += ", containers " + strings.Join(spec.Containers, ",")
-		}
-		if _, ok := e.pod.Annotations[api.AnnotationAllocSpec]; !ok {
-			rule += " (no " + api.AnnotationAllocSpec + ": the defaults)"
-		}
+		_, given := e.pod.Annotations[api.AnnotationAllocSpec]
+		rule.AllocSpec = &allocSpecDoc{CPU: string(spec.CPU), NUMA: string(spec.NUMA), IOQueueSpread: spec.IOQueueSpread,
+			Containers: spec.Containers, Defaults: !given}
 	}
-	if intent.App != "" {
-		rule += fmt.Sprintf("; app %q", intent.App)
-	}
-	if intent.MaxPerNode > 0 {
-		rule += fmt.Sprintf(", max-per-node %d", intent.MaxPerNode)
-	}
-	e.printf("  Rule        %s\n", rule)
+	e.doc.Rule = rule
 	return intent, true
+}
+
+// errorList splits errors.Join's result into its errors, each naming one
+// annotation and its value.
+func errorList(err error) []string {
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []string{err.Error()}
+	}
+	var list []string
+	for _, e := range joined.Unwrap() {
+		list = append(list, e.Error())
+	}
+	return list
 }
 
 // placed explains a pod bound to a node.
 func (e *explainer) placed() error {
-	pod, nodeName := e.pod, e.pod.Spec.NodeName
-	e.printf("Pod %s/%s on node %s (%s)\n", pod.Namespace, pod.Name, nodeName, pod.Status.Phase)
+	pod, nodeName, d := e.pod, e.pod.Spec.NodeName, e.doc
 	intent, ok := e.rule()
 	node, err := e.client.CoreV1().Nodes().Get(e.ctx, nodeName, metav1.GetOptions{})
 	if err != nil {
@@ -151,69 +172,71 @@ func (e *explainer) placed() error {
 		return err
 	}
 	v := st.view(nodeName)
-	pool := v.sharedPool
-	poolFrom := "computed from the pods' alloc-status"
-	if v.published != nil {
-		pool, poolFrom = *v.published, "published by the node plugin"
-	}
+	e.nodeFacts(v)
 	if !ok {
 		return nil
 	}
 	if !intent.Exclusive() {
-		switch {
-		case intent.BindAll():
-			online := cpuset.New()
-			if v.topo != nil {
-				online = v.topo.Online()
-				if intent.ExcludeReserve {
-					online = online.Difference(v.topo.Reserved.Set())
-				}
-			}
-			e.printf("  CPUs        %s: BindAllCPUs pins every container to the node's online CPUs%s; it holds no exclusive CPUs\n",
-				orNone(online.String()), map[bool]string{true: " minus reserved", false: ""}[intent.ExcludeReserve])
-		case contains(e.cfg.Systems(), pod.Namespace) && v.topo != nil:
-			e.printf("  CPUs        %s: shared, in a system namespace: the shared pool %s (%s) plus the reserved CPUs %s\n",
-				orNone(pool.Union(v.topo.Reserved.Set()).String()), orNone(pool.String()), poolFrom, orNone(v.topo.Reserved.Set().String()))
-		default:
-			e.printf("  CPUs        %s: shared, the node's shared pool (%s)\n", orNone(pool.String()), poolFrom)
-		}
-		for _, warning := range v.warnings {
-			e.printf("  %s %s\n", e.pt.paint(colYellow, "Warning"), warning)
-		}
+		e.sharedCPUs(intent, v)
 		return nil
 	}
 	value, has := pod.Annotations[api.AnnotationAllocStatus]
 	if !has {
-		e.printf("  CPUs        %s: the pod asks for exclusive CPUs but has no %s: the node plugin refuses its\n"+
-			"              containers (event CorepinRefused), or, if it runs with --unplaced-to-shared, puts them in\n"+
-			"              the shared pool %s; it was not scheduled by corepin (is its schedulerName the corepin scheduler's?)\n",
-			e.pt.paint(colRed, "none"), api.AnnotationAllocStatus, orNone(pool.String()))
+		d.CPUSource = cpusNone
 		return nil
 	}
 	status, err := api.ParseAllocStatus(value)
 	if err != nil {
-		e.printf("  CPUs        %s: %v\n", e.pt.paint(colRed, "invalid"), err)
+		d.CPUSource, d.AllocStatusError = cpusInvalid, err.Error()
 		return nil
 	}
-	cpus := status.CPUs.Set()
-	var containers []string
+	d.CPUSource, d.CPUs = cpusAllocStatus, status.CPUs.Set().String()
+	d.AllocStatus = &allocStatusDoc{Node: status.Node, CPUs: d.CPUs, Mems: status.Mems.Set().String(), Containers: map[string]string{}}
 	for name, set := range status.Containers {
-		containers = append(containers, name+": "+set.Set().String())
+		d.AllocStatus.Containers[name] = set.Set().String()
 	}
-	sort.Strings(containers)
-	e.printf("  CPUs        %s (%s), from %s\n", cpus, strings.Join(containers, ", "), api.AnnotationAllocStatus)
-	e.printf("  Mems        %s\n", orNone(status.Mems.Set().String()))
-	e.printf("  Checks against node %s:\n", nodeName)
 	e.consistency(intent, status, v)
-	if len(v.warnings) > 0 {
-		for _, warning := range v.warnings {
-			e.printf("  %s %s\n", e.pt.paint(colYellow, "Warning"), warning)
-		}
-	}
-	if e.failed > 0 {
-		e.printf("  %d check(s) failed: see docs/operations.md, \"Inspecting nodes and pods\"\n", e.failed)
-	}
 	return nil
+}
+
+// nodeFacts records the node's shared pool, reserved CPUs and warnings.
+func (e *explainer) nodeFacts(v nodeView) {
+	d := e.doc
+	d.SharedPool, d.SharedPoolFrom = v.sharedPool.String(), poolComputed
+	if v.published != nil {
+		d.SharedPool, d.SharedPoolFrom = v.published.String(), poolPublished
+	}
+	if v.topo != nil {
+		d.Reserved = v.topo.Reserved.Set().String()
+	}
+	d.Warnings = v.warnings
+}
+
+// sharedCPUs records the CPUs of a pod that holds no exclusive CPUs.
+func (e *explainer) sharedCPUs(intent api.PodIntent, v nodeView) {
+	d := e.doc
+	switch {
+	case intent.BindAll():
+		online := cpuset.New()
+		if v.topo != nil {
+			online = v.topo.Online()
+			if intent.ExcludeReserve {
+				online = online.Difference(v.topo.Reserved.Set())
+			}
+		}
+		d.CPUSource, d.CPUs = cpusOnline, online.String()
+		if intent.ExcludeReserve {
+			d.CPUSource = cpusOnlineMinusReserved
+		}
+	case contains(e.cfg.Systems(), e.pod.Namespace) && v.topo != nil:
+		pool := v.sharedPool
+		if v.published != nil {
+			pool = *v.published
+		}
+		d.CPUSource, d.CPUs = cpusSystem, pool.Union(v.topo.Reserved.Set()).String()
+	default:
+		d.CPUSource, d.CPUs = cpusSharedPool, d.SharedPool
+	}
 }
 
 // consistency checks alloc-status against the node's topology and the other
@@ -221,9 +244,9 @@ func (e *explainer) placed() error {
 func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v nodeView) {
 	pod := e.pod
 	cpus := status.CPUs.Set()
-	e.check(status.Node == pod.Spec.NodeName, "alloc-status names node %q, the pod is bound to %q", status.Node, pod.Spec.NodeName)
+	e.check(status.Node == pod.Spec.NodeName, checkNode, "alloc-status names node %q, the pod is bound to %q", status.Node, pod.Spec.NodeName)
 	if v.topo == nil {
-		e.check(false, "the node publishes a valid %s", api.AnnotationTopology)
+		e.check(false, checkTopology, "the node publishes a valid %s", api.AnnotationTopology)
 		return
 	}
 	topo := v.topo
@@ -237,9 +260,9 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 			offline = append(offline, id)
 		}
 	}
-	e.check(len(offline) == 0, "CPUs %s are online (offline: %s)", cpus, orNone(cpuset.New(offline...).String()))
+	e.check(len(offline) == 0, checkOnline, "CPUs %s are online (offline: %s)", cpus, orNone(cpuset.New(offline...).String()))
 	reserved := cpus.Intersection(topo.Reserved.Set())
-	e.check(reserved.IsEmpty(), "CPUs %s are not reserved (reserved: %s, of them in the pod: %s)", cpus, orNone(topo.Reserved.Set().String()), orNone(reserved.String()))
+	e.check(reserved.IsEmpty(), checkNotReserved, "CPUs %s are not reserved (reserved: %s, of them in the pod: %s)", cpus, orNone(topo.Reserved.Set().String()), orNone(reserved.String()))
 
 	// the exclusive containers and their amounts
 	if req, err := policy.NewRequest(pod); err == nil {
@@ -254,7 +277,7 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 		}
 		sort.Strings(want)
 		sort.Strings(got)
-		e.check(strings.Join(want, ",") == strings.Join(got, ","), "exclusive containers and CPU counts match the pod's spec (spec %s, alloc-status %s)",
+		e.check(strings.Join(want, ",") == strings.Join(got, ","), checkContainers, "exclusive containers and CPU counts match the pod's spec (spec %s, alloc-status %s)",
 			strings.Join(want, " "), strings.Join(got, " "))
 	}
 
@@ -267,12 +290,12 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 	numaSet := cpuset.New(numas...)
 	mems := status.Mems.Set()
 	if intent.Spec.NUMA == api.NUMANone {
-		e.check(mems.IsEmpty(), "numa None: no mems set (mems %s)", orNone(mems.String()))
+		e.check(mems.IsEmpty(), checkMems, "numa None: no mems set (mems %s)", orNone(mems.String()))
 	} else {
-		e.check(mems.Equals(numaSet), "mems %s are the NUMA nodes of the CPUs (%s)", orNone(mems.String()), numaSet)
+		e.check(mems.Equals(numaSet), checkMems, "mems %s are the NUMA nodes of the CPUs (%s)", orNone(mems.String()), numaSet)
 	}
 	if intent.Spec.NUMA == api.NUMARequired {
-		e.check(numaSet.Size() == 1, "numa Required: all CPUs in one NUMA node (NUMA nodes %s)", numaSet)
+		e.check(numaSet.Size() == 1, checkNUMARequired, "numa Required: all CPUs in one NUMA node (NUMA nodes %s)", numaSet)
 	}
 
 	// cores: Spread takes one thread per core; nobody shares a core with a
@@ -295,7 +318,7 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 			}
 		}
 		sort.Strings(doubled)
-		e.check(len(doubled) == 0, "Spread: at most one CPU per physical core (%d cores; %s)", len(perCore), orNone(strings.Join(doubled, ", ")))
+		e.check(len(doubled) == 0, checkSpread, "Spread: at most one CPU per physical core (%d cores; %s)", len(perCore), orNone(strings.Join(doubled, ", ")))
 	}
 	key := extender.PodKey(pod)
 	var conflicts, neighbours []string
@@ -321,11 +344,11 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 		}
 	}
 	sort.Strings(neighbours)
-	e.check(len(conflicts) == 0, "no other pod holds these CPUs (%s)", orNone(strings.Join(conflicts, ", ")))
-	e.check(len(neighbours) == 0, "its cores are shared only as the contract allows (Spread beside Spread of another app): %s", orNone(strings.Join(neighbours, ", ")))
+	e.check(len(conflicts) == 0, checkNotHeld, "no other pod holds these CPUs (%s)", orNone(strings.Join(conflicts, ", ")))
+	e.check(len(neighbours) == 0, checkCoreSharing, "its cores are shared only as the contract allows (Spread beside Spread of another app): %s", orNone(strings.Join(neighbours, ", ")))
 	if v.published != nil {
 		overlap := v.published.Intersection(cpus)
-		e.check(overlap.IsEmpty() || e.pod.Status.Phase != v1.PodRunning, "not in the shared pool the node plugin publishes (%s; overlap %s)", orNone(v.published.String()), orNone(overlap.String()))
+		e.check(overlap.IsEmpty() || e.pod.Status.Phase != v1.PodRunning, checkNotShared, "not in the shared pool the node plugin publishes (%s; overlap %s)", orNone(v.published.String()), orNone(overlap.String()))
 	}
 }
 
@@ -341,25 +364,17 @@ func contains(list []string, s string) bool {
 // pending explains a pod not bound to a node: the scheduler's latest
 // FailedScheduling events, then the engine's reasons now, node by node.
 func (e *explainer) pending() error {
-	pod := e.pod
-	e.printf("Pod %s/%s is pending: not bound to a node (scheduler %s)\n", pod.Namespace, pod.Name, pod.Spec.SchedulerName)
+	pod, d := e.pod, e.doc
 	if _, ok := e.rule(); !ok {
 		return nil
 	}
 	events, err := failedScheduling(e.ctx, e.client, pod)
 	if err != nil {
-		e.printf("  Events      %v\n", err)
-	} else if len(events) == 0 {
-		e.printf("  Events      no FailedScheduling events (the scheduler has not tried yet, or they expired)\n")
-	} else {
-		e.printf("  Latest FailedScheduling events:\n")
-		for i, ev := range events {
-			if i == 3 {
-				break
-			}
-			when := eventTime(ev)
-			e.printf("    %s (x%d)  %s\n", when.UTC().Format(time.RFC3339), max(ev.Count, 1), strings.TrimSpace(ev.Message))
-		}
+		d.EventsError = err.Error()
+	}
+	for _, ev := range events[:min(len(events), maxEvents)] {
+		d.Events = append(d.Events, eventDoc{Time: eventTime(ev).UTC().Format(time.RFC3339), Count: max(ev.Count, 1),
+			Message: strings.TrimSpace(ev.Message)})
 	}
 	nodes, err := e.client.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{})
 	if err != nil {
@@ -374,29 +389,15 @@ func (e *explainer) pending() error {
 		return err
 	}
 	names := st.nodeNames()
-	fits, failed, err := st.sched.Filter(pod, names)
+	_, failed, err := st.sched.Filter(pod, names)
 	if err != nil {
-		e.printf("  The corepin extender rejects the pod itself: %s\n", e.pt.paint(colRed, err.Error()))
+		d.ExtenderError = err.Error()
 		return nil
 	}
-	e.printf("  The corepin engine now, node by node (the extender's filter on the cluster as it is):\n")
-	width := 0
+	d.Nodes = make([]nodeVerdict, 0, len(names))
 	for _, n := range names {
-		width = max(width, len(n))
-	}
-	for _, n := range names {
-		reason, ok := failed[n]
-		if !ok {
-			reason = e.pt.paint(colGreen, "fits")
-		}
-		e.printf("    %-*s  %s\n", width, n, reason)
-	}
-	if len(names) == 0 {
-		e.printf("    no nodes\n")
-	}
-	if len(fits) > 0 {
-		e.printf("  It fits on %s for corepin now: if it stays pending, kube-scheduler's own filters (resources, taints, affinity) reject those nodes, or the pod is waiting for a retry; see the events.\n",
-			strings.Join(fits, ", "))
+		reason, refused := failed[n]
+		d.Nodes = append(d.Nodes, nodeVerdict{Node: n, Fits: !refused, Reason: reason})
 	}
 	return nil
 }

@@ -246,3 +246,176 @@ func TestInspectJSON(t *testing.T) {
 		t.Errorf("node-a: %+v", a)
 	}
 }
+
+// decodeExplain decodes `corepinctl explain -o json` output strictly: one
+// document with only the documented fields, and nothing after it.
+func decodeExplain(t *testing.T, out string) explainDoc {
+	t.Helper()
+	var doc explainDoc
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if dec.More() {
+		t.Fatalf("more than one document:\n%s", out)
+	}
+	return doc
+}
+
+// explain -o json carries what the text shows, for scripts.
+func TestExplainJSON(t *testing.T) {
+	withBadPod := func() []runtime.Object {
+		return append(testCluster(), testPod("bad", "node-a", "1", map[string]string{api.AnnotationCPUMode: "turbo"}))
+	}
+	for _, tc := range []struct {
+		name  string
+		objs  func() []runtime.Object
+		args  []string
+		check func(t *testing.T, d explainDoc)
+	}{
+		{name: "placed", objs: testCluster, args: []string{"explain", "-o", "json", "default/db"}, check: func(t *testing.T, d explainDoc) {
+			if d.Pod != "default/db" || d.State != "placed" || d.Phase != "Running" || d.Node != "node-a" || d.Mode != "exclusive" {
+				t.Errorf("header %+v", d)
+			}
+			if r := d.Rule; r == nil || r.CPUMode != "exclusive" || r.AllocSpec == nil || r.AllocSpec.CPU != "SameCoreFirst" || r.AllocSpec.NUMA != "Preferred" || r.AllocSpec.Defaults {
+				t.Errorf("rule %+v", r)
+			}
+			if s := d.AllocStatus; d.CPUs != "1,5" || d.CPUSource != "alloc-status" || s == nil || s.Node != "node-a" || s.CPUs != "1,5" || s.Mems != "0" ||
+				len(s.Containers) != 1 || s.Containers["engine"] != "1,5" {
+				t.Errorf("cpus %q from %q, alloc-status %+v", d.CPUs, d.CPUSource, s)
+			}
+			if len(d.Checks) != 8 || d.FailedChecks != 0 {
+				t.Errorf("%d checks, %d failed: %+v", len(d.Checks), d.FailedChecks, d.Checks)
+			}
+			for _, c := range d.Checks {
+				if !c.OK || c.Check == "" || c.Detail == "" {
+					t.Errorf("check %+v", c)
+				}
+			}
+		}},
+		{name: "inconsistent, --output", objs: testCluster, args: []string{"explain", "forged", "--output", "json"}, check: func(t *testing.T, d explainDoc) {
+			if d.Node != "node-c" || d.CPUs != "0" || d.FailedChecks != 1 {
+				t.Errorf("node %q, cpus %q, %d failed", d.Node, d.CPUs, d.FailedChecks)
+			}
+			var failed []checkDoc
+			for _, c := range d.Checks {
+				if !c.OK {
+					failed = append(failed, c)
+				}
+			}
+			if len(failed) != 1 || failed[0].Check != "not-reserved" || failed[0].Detail != "CPUs 0 are not reserved (reserved: 0, of them in the pod: 0)" {
+				t.Errorf("failed checks %+v", failed)
+			}
+			if d.Reserved != "0" || len(d.Warnings) == 0 {
+				t.Errorf("reserved %q, warnings %q", d.Reserved, d.Warnings)
+			}
+		}},
+		{name: "shared", objs: testCluster, args: []string{"explain", "-o", "json", "web"}, check: func(t *testing.T, d explainDoc) {
+			if d.Mode != "shared" || d.Rule == nil || d.Rule.AllocSpec != nil || d.CPUSource != "shared-pool" || d.CPUs != "3-4,6-7" ||
+				d.SharedPoolFrom != "published" || d.AllocStatus != nil || len(d.Checks) != 0 {
+				t.Errorf("%+v", d)
+			}
+		}},
+		{name: "pending", objs: testCluster, args: []string{"explain", "-o", "json", "big"}, check: func(t *testing.T, d explainDoc) {
+			if d.Pod != "default/big" || d.State != "pending" || d.Node != "" || d.SchedulerName != "corepin-scheduler" || d.CPUs != "" || d.AllocStatus != nil {
+				t.Errorf("header %+v", d)
+			}
+			want := eventDoc{Time: "2026-11-23T01:00:00Z", Count: 3, Message: "0/3 nodes are available: 1 exclusive limit 4 reached (needs 4, holds 3)."}
+			if len(d.Events) != 1 || d.Events[0] != want {
+				t.Errorf("events %+v", d.Events)
+			}
+			if len(d.Nodes) != 3 {
+				t.Fatalf("nodes %+v", d.Nodes)
+			}
+			if n := d.Nodes[0]; n.Node != "node-a" || n.Fits || n.Reason != "no NUMA node has 4 free CPUs on cores no pod holds (numa Required; most: 2 on NUMA node 1)" {
+				t.Errorf("node-a %+v", n)
+			}
+			if n := d.Nodes[2]; n.Node != "node-c" || n.Fits || n.Reason != "node needs attention, no new exclusive pods: incompatible topology change: CPU 3 moved" {
+				t.Errorf("node-c %+v", n)
+			}
+		}},
+		{name: "invalid annotations", objs: withBadPod, args: []string{"explain", "-o", "json", "bad"}, check: func(t *testing.T, d explainDoc) {
+			if d.Rule != nil || d.Mode != "" || len(d.AnnotationErrors) != 1 || d.AnnotationErrors[0] != `corepin.io/cpu-mode="turbo": must be exclusive or shared` {
+				t.Errorf("rule %+v, mode %q, errors %q", d.Rule, d.Mode, d.AnnotationErrors)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// a terminal, to show that JSON is never coloured
+			out, errOut, code := runWith(t, tc.objs(), true, tc.args...)
+			if code != 0 || errOut != "" {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			if strings.Contains(out, "\x1b[") {
+				t.Errorf("colour in JSON:\n%s", out)
+			}
+			if testing.Verbose() {
+				t.Logf("%s\n%s", strings.Join(tc.args, " "), out)
+			}
+			doc := decodeExplain(t, out)
+			tc.check(t, doc)
+
+			// The document has every fact of the text: printed as text it is
+			// the text output.
+			var args []string
+			for i := 0; i < len(tc.args); i++ {
+				if tc.args[i] == "-o" || tc.args[i] == "--output" {
+					i++
+					continue
+				}
+				args = append(args, tc.args[i])
+			}
+			text, _, _ := runWith(t, tc.objs(), false, args...)
+			var fromJSON bytes.Buffer
+			printExplain(&fromJSON, &doc, false)
+			if fromJSON.String() != text {
+				t.Errorf("the JSON printed as text:\n%s\nthe text output:\n%s", fromJSON.String(), text)
+			}
+
+			// The field names are the documented ones, present in every document.
+			var raw map[string]any
+			if err := json.Unmarshal([]byte(out), &raw); err != nil {
+				t.Fatal(err)
+			}
+			for _, key := range []string{"pod", "state", "phase", "node", "schedulerName", "mode", "rule", "annotationErrors",
+				"cpus", "cpuSource", "sharedPool", "sharedPoolFrom", "reserved", "allocStatus", "allocStatusError", "checks", "failedChecks", "warnings",
+				"events", "eventsError", "extenderError", "nodes"} {
+				if _, ok := raw[key]; !ok {
+					t.Errorf("no %q", key)
+				}
+			}
+			for _, list := range []string{"annotationErrors", "checks", "warnings", "events", "nodes"} {
+				if _, ok := raw[list].([]any); !ok {
+					t.Errorf("%q is %v, want a list", list, raw[list])
+				}
+			}
+		})
+	}
+}
+
+func TestExplainOutputFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		err  string
+	}{
+		{[]string{"explain", "-o", "yaml", "db"}, 2, `corepinctl explain: -o/--output "yaml": must be text or json`},
+		{[]string{"explain", "db", "--output=yaml"}, 2, `-o/--output "yaml": must be text or json`},
+		{[]string{"explain", "-o", "json"}, 2, "usage: corepinctl explain"},
+		// an error leaves no document on stdout, only the message
+		{[]string{"explain", "-o", "json", "nope"}, 1, "pod default/nope not found"},
+		{[]string{"explain", "-o", "text", "db"}, 0, ""},
+	} {
+		out, errOut, code := runWith(t, testCluster(), false, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.err) {
+			t.Errorf("%v: exit %d (%s), want %d with %q", tc.args, code, errOut, tc.code, tc.err)
+		}
+		if tc.code != 0 && out != "" {
+			t.Errorf("%v: printed %q on stdout", tc.args, out)
+		}
+		if tc.code == 0 && !strings.HasPrefix(out, "Pod default/db on node node-a (Running)\n") {
+			t.Errorf("%v: %s", tc.args, out)
+		}
+	}
+}

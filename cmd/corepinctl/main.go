@@ -4,7 +4,7 @@
 //	corepinctl simulate --scenario FILE
 //	corepinctl nodes [-o json]
 //	corepinctl node NAME [-o json]
-//	corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD
+//	corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD [-o text|json]
 //
 // The cluster commands take --kubeconfig and --context, resolved as kubectl
 // resolves them.
@@ -24,7 +24,8 @@ commands:
   nodes      one line per node: CPUs, reserved, exclusive limit and use, shared pool, warnings
   node NAME  a node's CPUs by socket, NUMA node and core: reserved, exclusive (and whose), shared, stacked
   explain POD
-             why a pod has its CPUs, or why it is pending (the engine's reasons, node by node)
+             why a pod has its CPUs, or why it is pending (the engine's reasons, node by node);
+             -o json prints the same as one document
 
 cluster commands take --kubeconfig FILE and --context NAME (as kubectl), and
 read the extender's configuration from ConfigMap corepin-system/corepin-scheduler-config
