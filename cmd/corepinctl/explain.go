@@ -29,15 +29,13 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var kf kubeFlags
 	kf.register(fs, true)
-	var output string
-	fs.StringVar(&output, "o", "text", "output format: text or json")
-	fs.StringVar(&output, "output", "text", "same as -o")
+	outputp := outputFlag(fs, "the explanation")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return 2
 	}
-	if output != "text" && output != "json" {
-		fmt.Fprintf(stderr, "corepinctl explain: -o/--output %q: must be text or json\n", output)
+	output := *outputp
+	if !checkOutput("explain", output, stderr) {
 		return 2
 	}
 	if len(rest) != 1 {

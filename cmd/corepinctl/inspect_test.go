@@ -394,6 +394,26 @@ func TestExplainJSON(t *testing.T) {
 	}
 }
 
+// TestOutputFlag: nodes and node take the same -o/--output as explain.
+func TestOutputFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		err  string
+		out  string
+	}{
+		{[]string{"nodes", "-o", "yaml"}, 2, `corepinctl nodes: -o/--output "yaml": must be text or json`, ""},
+		{[]string{"node", "node-a", "--output=wide"}, 2, `corepinctl node: -o/--output "wide": must be text or json`, ""},
+		{[]string{"nodes", "--output", "json"}, 0, "", `"name": "node-a"`},
+		{[]string{"node", "-o", "text", "node-a"}, 0, "", "node-a"},
+	} {
+		out, errOut, code := runWith(t, testCluster(), false, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.err) || !strings.Contains(out, tc.out) {
+			t.Errorf("%v: exit %d, stderr %q, stdout %q; want %d, %q, %q", tc.args, code, errOut, out, tc.code, tc.err, tc.out)
+		}
+	}
+}
+
 func TestExplainOutputFlag(t *testing.T) {
 	for _, tc := range []struct {
 		args []string

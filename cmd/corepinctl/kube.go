@@ -73,6 +73,24 @@ var isTerminal = func(w io.Writer) bool {
 
 // parseInterleaved parses flags placed before, between or after the
 // positional arguments (`corepinctl node NAME -o json`), as kubectl allows.
+// outputFlag registers -o and its long form --output, "text" by default.
+func outputFlag(fs *flag.FlagSet, text string) *string {
+	output := new(string)
+	fs.StringVar(output, "o", "text", "output format: text ("+text+") or json")
+	fs.StringVar(output, "output", "text", "same as -o")
+	return output
+}
+
+// checkOutput refuses an output format other than text and json, naming
+// the flag and the value.
+func checkOutput(command, output string, stderr io.Writer) bool {
+	if output == "text" || output == "json" {
+		return true
+	}
+	fmt.Fprintf(stderr, "corepinctl %s: -o/--output %q: must be text or json\n", command, output)
+	return false
+}
+
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var positional []string
 	for {

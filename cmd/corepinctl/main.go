@@ -2,8 +2,8 @@
 //
 //	corepinctl topology [--root DIR] [--proc-root DIR] [--reserved LIST]
 //	corepinctl simulate --scenario FILE
-//	corepinctl nodes [-o json]
-//	corepinctl node NAME [-o json]
+//	corepinctl nodes [-o text|json]
+//	corepinctl node NAME [-o text|json]
 //	corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD [-o text|json]
 //
 // The cluster commands take --kubeconfig and --context, resolved as kubectl

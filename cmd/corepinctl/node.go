@@ -139,13 +139,16 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var kf kubeFlags
 	kf.register(fs, false)
-	output := fs.String("o", "", "output format: empty for the map, json")
+	output := outputFlag(fs, "the map")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return 2
 	}
-	if len(rest) != 1 || (*output != "" && *output != "json") {
-		fmt.Fprintln(stderr, "usage: corepinctl node NAME [-o json] [--kubeconfig FILE] [--context NAME]")
+	if !checkOutput("node", *output, stderr) {
+		return 2
+	}
+	if len(rest) != 1 {
+		fmt.Fprintln(stderr, "usage: corepinctl node NAME [-o text|json] [--kubeconfig FILE] [--context NAME]")
 		return 2
 	}
 	name := rest[0]

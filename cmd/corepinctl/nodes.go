@@ -120,13 +120,16 @@ func runNodes(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var kf kubeFlags
 	kf.register(fs, false)
-	output := fs.String("o", "", "output format: empty for a table, json")
+	output := outputFlag(fs, "a table")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return 2
 	}
-	if len(rest) > 0 || (*output != "" && *output != "json") {
-		fmt.Fprintln(stderr, "usage: corepinctl nodes [-o json] [--kubeconfig FILE] [--context NAME]")
+	if !checkOutput("nodes", *output, stderr) {
+		return 2
+	}
+	if len(rest) > 0 {
+		fmt.Fprintln(stderr, "usage: corepinctl nodes [-o text|json] [--kubeconfig FILE] [--context NAME]")
 		return 2
 	}
 	ctx := context.Background()
