@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"k8s.io/utils/cpuset"
@@ -335,14 +336,20 @@ func (a *cpuAccumulator) take(c candidate) []int {
 	return a.buf[c.lo : c.lo+min(n, a.need)]
 }
 
-// queueGain counts the queues the CPUs would newly cover and their use.
+// queueGain counts the distinct queues the CPUs would newly cover and their
+// use. Two threads of one core usually serve the same queue: counted per
+// thread, that queue would outweigh an unused queue on another core.
 func (a *cpuAccumulator) queueGain(cpus []int) (newQueues, use int) {
+	var buf [8]int
+	seen := buf[:0]
 	for _, i := range cpus {
 		for _, q := range a.topo.queuesOf[i] {
-			if !a.covered[q] {
-				newQueues++
-				use += a.queueUse[q]
+			if a.covered[q] || slices.Contains(seen, q) {
+				continue
 			}
+			seen = append(seen, q)
+			newQueues++
+			use += a.queueUse[q]
 		}
 	}
 	return newQueues, use

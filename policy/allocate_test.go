@@ -173,6 +173,23 @@ func TestIOQueueSpread(t *testing.T) {
 	}
 }
 
+// TestIOQueueSpreadCountsQueuesOnce: both threads of a core usually serve
+// the same queue; counted per thread, a core in a used queue outscored a
+// core in an unused one, and two pods landed on one queue.
+func TestIOQueueSpreadCountsQueuesOnce(t *testing.T) {
+	q0, q1 := mustSet("0"), mustSet("1-2,17-18")
+	n := newTestNode(t, "2s-smt-server", func(topo *api.Topology) {
+		topo.IOQueues = []api.IOQueue{{Name: "q0", CPUs: api.NewCPUList(q0)}, {Name: "q1", CPUs: api.NewCPUList(q1)}}
+	})
+	spec := api.AllocSpec{IOQueueSpread: true}
+	x := place(t, n, exclusiveReq("x", "", 2, spec))
+	y := place(t, n, exclusiveReq("y", "", 2, spec))
+	inQ0 := func(a Allocation) bool { return !a.CPUs.Intersection(q0).IsEmpty() }
+	if inQ0(x) == inQ0(y) {
+		t.Fatalf("pods on %s and %s: want one in queue q0 (CPU 0) and one in q1, the least-used queue first", x.CPUs, y.CPUs)
+	}
+}
+
 func TestPerContainerSplit(t *testing.T) {
 	n := newTestNode(t, "2s-smt-server")
 	req := exclusiveReq("a", "", 0, api.AllocSpec{})
