@@ -166,4 +166,56 @@ func TestNewRequest(t *testing.T) {
 		!strings.Contains(err.Error(), `corepin.io/cpu-mode="dedicated"`) {
 		t.Fatalf("bad mode: %v", err)
 	}
+	// An empty list would bind the pod with no CPUs and an alloc-status
+	// the node plugin refuses: the pod is refused here instead.
+	listed[api.AnnotationAllocSpec] = `{"containers":[]}`
+	if _, err := NewRequest(pod(listed, container("engine", "2", ""))); err == nil ||
+		!strings.Contains(err.Error(), `field "containers": an exclusive pod must list at least one container`) {
+		t.Fatalf("empty containers list: %v", err)
+	}
+}
+
+// TestNewRequestInitContainers: a native sidecar (restartPolicy Always)
+// runs beside the app for the pod's life, in the shared pool, so it counts
+// in the shared amount and never gets exclusive CPUs; an ordinary init
+// container has finished before the app starts and counts nothing.
+func TestNewRequestInitContainers(t *testing.T) {
+	always := v1.ContainerRestartPolicyAlways
+	sidecar := container("proxy", "2", "")
+	sidecar.RestartPolicy = &always
+	withInit := func(annotations map[string]string) *v1.Pod {
+		p := pod(annotations, container("engine", "4", ""))
+		p.Spec.InitContainers = []v1.Container{container("migrate", "8", ""), sidecar}
+		return p
+	}
+	for _, tc := range []struct {
+		name            string
+		annotations     map[string]string
+		exclusive       int
+		sharedMilli     int64
+		wantErrContains string
+	}{
+		{name: "shared pod", annotations: nil, sharedMilli: 6000},
+		{name: "exclusive pod: the sidecar stays shared although its amount is whole",
+			annotations: map[string]string{api.AnnotationCPUMode: "exclusive"}, exclusive: 4, sharedMilli: 2000},
+		{name: "a sidecar cannot be listed for exclusive CPUs",
+			annotations:     map[string]string{api.AnnotationCPUMode: "exclusive", api.AnnotationAllocSpec: `{"containers":["proxy"]}`},
+			wantErrContains: `container "proxy" is listed for exclusive CPUs but it is an init container (native sidecar)`},
+		{name: "an ordinary init container cannot be listed",
+			annotations:     map[string]string{api.AnnotationCPUMode: "exclusive", api.AnnotationAllocSpec: `{"containers":["migrate"]}`},
+			wantErrContains: `container "migrate" is listed for exclusive CPUs but the pod has no such container`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := NewRequest(withInit(tc.annotations))
+			if tc.wantErrContains != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErrContains) {
+					t.Fatalf("error %v, want %q", err, tc.wantErrContains)
+				}
+				return
+			}
+			if err != nil || req.ExclusiveCPUs() != tc.exclusive || req.SharedMilli() != tc.sharedMilli {
+				t.Fatalf("request %+v (%v): want %d exclusive CPUs and %dm shared", req, err, tc.exclusive, tc.sharedMilli)
+			}
+		})
+	}
 }

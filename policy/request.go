@@ -15,16 +15,22 @@ type Request struct {
 	Key       string
 	Namespace string
 	Intent    api.PodIntent
-	// Containers are the pod's app containers in spec order.
+	// Containers are the pod's app containers in spec order, then its
+	// native sidecars.
 	Containers []Container
 }
 
-// Container is one app container's CPU amount and whether it gets exclusive CPUs.
+// Container is one container's CPU amount and whether it gets exclusive CPUs.
 type Container struct {
 	Name string
 	// Milli is the CPU amount in millicores: the limit if set, else the request.
 	Milli     int64
 	Exclusive bool
+	// Sidecar marks a native sidecar: an init container with restartPolicy
+	// Always, which runs in the shared pool for the pod's whole life, so it
+	// counts in the shared amount. It never gets exclusive CPUs. Other init
+	// containers finish before the app starts and are not counted.
+	Sidecar bool
 }
 
 // ExclusiveCPUs is k: the number of exclusive CPUs the pod needs.
@@ -65,6 +71,12 @@ func ContainerAmount(c *v1.Container) int64 {
 	return 0
 }
 
+// IsNativeSidecar reports whether an init container keeps running beside
+// the app containers (restartPolicy: Always).
+func IsNativeSidecar(c *v1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == v1.ContainerRestartPolicyAlways
+}
+
 // NewRequest builds the engine's request from a pod. It fails, naming the
 // pod, when the annotations are malformed or an exclusive pod has no
 // container with a whole CPU amount.
@@ -78,6 +90,11 @@ func NewRequest(pod *v1.Pod) (Request, error) {
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
 		req.Containers = append(req.Containers, Container{Name: c.Name, Milli: ContainerAmount(c)})
+	}
+	for i := range pod.Spec.InitContainers {
+		if c := &pod.Spec.InitContainers[i]; IsNativeSidecar(c) {
+			req.Containers = append(req.Containers, Container{Name: c.Name, Milli: ContainerAmount(c), Sidecar: true})
+		}
 	}
 	if !intent.Exclusive() {
 		return req, nil
@@ -93,12 +110,19 @@ func NewRequest(pod *v1.Pod) (Request, error) {
 func (r *Request) markExclusive() error {
 	isWhole := func(m int64) bool { return m >= 1000 && m%1000 == 0 }
 	if listed := r.Intent.Spec.Containers; listed != nil {
+		if len(listed) == 0 {
+			return fmt.Errorf("%s: field \"containers\": an exclusive pod must list at least one container (got [])", api.AnnotationAllocSpec)
+		}
 		for _, name := range listed {
 			found := false
 			for i := range r.Containers {
 				c := &r.Containers[i]
 				if c.Name != name {
 					continue
+				}
+				if c.Sidecar {
+					return fmt.Errorf("%s: container %q is listed for exclusive CPUs but it is an init container (native sidecar), which runs in the shared pool",
+						api.AnnotationAllocSpec, name)
 				}
 				found = true
 				if !isWhole(c.Milli) {
@@ -115,7 +139,7 @@ func (r *Request) markExclusive() error {
 	}
 	any := false
 	for i := range r.Containers {
-		if isWhole(r.Containers[i].Milli) {
+		if !r.Containers[i].Sidecar && isWhole(r.Containers[i].Milli) {
 			r.Containers[i].Exclusive = true
 			any = true
 		}

@@ -35,12 +35,16 @@ type wirePod struct {
 		Annotations     map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec struct {
-		NodeName   string `json:"nodeName"`
-		Containers []struct {
-			Name      string                  `json:"name"`
-			Resources v1.ResourceRequirements `json:"resources"`
-		} `json:"containers"`
+		NodeName       string          `json:"nodeName"`
+		Containers     []wireContainer `json:"containers"`
+		InitContainers []wireContainer `json:"initContainers"`
 	} `json:"spec"`
+}
+
+type wireContainer struct {
+	Name          string                     `json:"name"`
+	Resources     v1.ResourceRequirements    `json:"resources"`
+	RestartPolicy *v1.ContainerRestartPolicy `json:"restartPolicy"`
 }
 
 func (w *wirePod) pod() *v1.Pod {
@@ -52,6 +56,13 @@ func (w *wirePod) pod() *v1.Pod {
 	}
 	for i, c := range w.Spec.Containers {
 		pod.Spec.Containers[i] = v1.Container{Name: c.Name, Resources: c.Resources}
+	}
+	// Native sidecars count in the shared amount; other init containers
+	// finish before the app starts.
+	for _, c := range w.Spec.InitContainers {
+		if c.RestartPolicy != nil {
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, v1.Container{Name: c.Name, Resources: c.Resources, RestartPolicy: c.RestartPolicy})
+		}
 	}
 	return pod
 }

@@ -4,6 +4,11 @@ import (
 	"encoding/json"
 	"slices"
 	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/corepin/corepin/policy"
 )
 
 func TestNodeNameList(t *testing.T) {
@@ -63,6 +68,35 @@ func TestWirePodKeepsWhatTheEngineReads(t *testing.T) {
 	c := got.Spec.Containers
 	if len(c) != 1 || c[0].Name != "engine" || c[0].Resources.Limits.Cpu().MilliValue() != 8000 || c[0].Resources.Requests.Cpu().MilliValue() != 8000 {
 		t.Errorf("containers = %+v", c)
+	}
+}
+
+// TestNativeSidecarsCount: a native sidecar counts in the pod's shared
+// amount whether the engine reads the pod from kube-scheduler's request or
+// from the informer's PodRecord; an ordinary init container counts in
+// neither.
+func TestNativeSidecarsCount(t *testing.T) {
+	always := v1.ContainerRestartPolicyAlways
+	pod := testPod("web", 0, false)
+	pod.Spec.Containers = []v1.Container{{Name: "app", Resources: v1.ResourceRequirements{
+		Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1500m")}}}}
+	pod.Spec.InitContainers = []v1.Container{
+		{Name: "migrate", Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("4")}}},
+		{Name: "proxy", RestartPolicy: &always, Resources: v1.ResourceRequirements{Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("500m")}}},
+	}
+	body, err := json.Marshal(map[string]any{"pod": pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args extenderArgs
+	if err := json.Unmarshal(body, &args); err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]*v1.Pod{"API object": pod, "request body": args.Pod.pod(), "PodRecord": NewPodRecord(pod).Pod()} {
+		req, err := policy.NewRequest(p)
+		if err != nil || req.SharedMilli() != 2000 {
+			t.Errorf("%s: shared amount %dm (%v), want 2000m (app 1500m + native sidecar 500m)", name, req.SharedMilli(), err)
+		}
 	}
 }
 

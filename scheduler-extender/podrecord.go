@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
 )
 
 // PodRecord is what the Pod informer keeps of a pod: exactly the fields the
@@ -45,11 +46,40 @@ type PodRecord struct {
 type internedPair struct{ key, value unique.Handle[string] }
 
 // containerCPU is a container's name and CPU limit and request, in
-// millicores, with whether each is set.
+// millicores, with whether each is set. sidecar marks a native sidecar (an
+// init container with restartPolicy Always): it counts in the pod's shared
+// amount. Other init containers are not kept.
 type containerCPU struct {
 	name                 unique.Handle[string]
 	limit, request       int64
 	hasLimit, hasRequest bool
+	sidecar              bool
+}
+
+func newContainerCPU(c *v1.Container) containerCPU {
+	out := containerCPU{name: intern(c.Name), sidecar: policy.IsNativeSidecar(c)}
+	if q, ok := c.Resources.Limits[v1.ResourceCPU]; ok {
+		out.limit, out.hasLimit = q.MilliValue(), true
+	}
+	if q, ok := c.Resources.Requests[v1.ResourceCPU]; ok {
+		out.request, out.hasRequest = q.MilliValue(), true
+	}
+	return out
+}
+
+func (c containerCPU) container() v1.Container {
+	out := v1.Container{Name: str(c.name)}
+	if c.hasLimit {
+		out.Resources.Limits = v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(c.limit, resource.DecimalSI)}
+	}
+	if c.hasRequest {
+		out.Resources.Requests = v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(c.request, resource.DecimalSI)}
+	}
+	if c.sidecar {
+		always := v1.ContainerRestartPolicyAlways
+		out.RestartPolicy = &always
+	}
+	return out
 }
 
 var noHandle unique.Handle[string]
@@ -100,15 +130,13 @@ func NewPodRecord(pod *v1.Pod) *PodRecord {
 		}
 	}
 	slices.SortFunc(r.annotations, func(a, b internedPair) int { return strings.Compare(a.key.Value(), b.key.Value()) })
-	r.containers = make([]containerCPU, len(pod.Spec.Containers))
+	r.containers = make([]containerCPU, 0, len(pod.Spec.Containers))
 	for i := range pod.Spec.Containers {
-		c := &pod.Spec.Containers[i]
-		r.containers[i].name = intern(c.Name)
-		if q, ok := c.Resources.Limits[v1.ResourceCPU]; ok {
-			r.containers[i].limit, r.containers[i].hasLimit = q.MilliValue(), true
-		}
-		if q, ok := c.Resources.Requests[v1.ResourceCPU]; ok {
-			r.containers[i].request, r.containers[i].hasRequest = q.MilliValue(), true
+		r.containers = append(r.containers, newContainerCPU(&pod.Spec.Containers[i]))
+	}
+	for i := range pod.Spec.InitContainers {
+		if c := &pod.Spec.InitContainers[i]; policy.IsNativeSidecar(c) {
+			r.containers = append(r.containers, newContainerCPU(c))
 		}
 	}
 	return r
@@ -124,7 +152,7 @@ func (r *PodRecord) namespaceName() (string, string) {
 
 // Pod rebuilds the pod as the engine sees it: name, namespace, UID, node,
 // phase, the app labels, the corepin.io annotations and each container's
-// name and CPU limit and request. The result is the caller's.
+// (and native sidecar's) name and CPU limit and request. The result is the caller's.
 func (r *PodRecord) Pod() *v1.Pod {
 	ns, name := r.namespaceName()
 	pod := &v1.Pod{
@@ -150,15 +178,12 @@ func (r *PodRecord) Pod() *v1.Pod {
 			pod.Annotations[api.AnnotationAllocStatus] = r.allocStatus
 		}
 	}
-	pod.Spec.Containers = make([]v1.Container, len(r.containers))
-	for i, c := range r.containers {
-		out := &pod.Spec.Containers[i]
-		out.Name = str(c.name)
-		if c.hasLimit {
-			out.Resources.Limits = v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(c.limit, resource.DecimalSI)}
-		}
-		if c.hasRequest {
-			out.Resources.Requests = v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(c.request, resource.DecimalSI)}
+	pod.Spec.Containers = make([]v1.Container, 0, len(r.containers))
+	for _, c := range r.containers {
+		if c.sidecar {
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, c.container())
+		} else {
+			pod.Spec.Containers = append(pod.Spec.Containers, c.container())
 		}
 	}
 	return pod
