@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -148,6 +149,17 @@ func TestParsePodIntent(t *testing.T) {
 	for _, want := range []string{`corepin.io/cpu-mode="dedicated"`, `corepin.io/max-per-node="0"`, `corepin.io/exclude-reserve-cpuset="yes"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not contain %s", err, want)
+		}
+	}
+	for _, v := range []string{"0", "-1", "1.5", "", " 2", "2 ", "+1", "01", "1e1", "two"} {
+		if _, err := ParsePodIntent(map[string]string{AnnotationMaxPerNode: v}, nil); err == nil ||
+			!strings.Contains(err.Error(), fmt.Sprintf("corepin.io/max-per-node=%q: must be an integer >= 1", v)) {
+			t.Errorf("max-per-node %q: %v", v, err)
+		}
+	}
+	for v, want := range map[string]int{"1": 1, "10": 10} {
+		if intent, err := ParsePodIntent(map[string]string{AnnotationMaxPerNode: v}, nil); err != nil || intent.MaxPerNode != want {
+			t.Errorf("max-per-node %q: %d, %v", v, intent.MaxPerNode, err)
 		}
 	}
 	bindAll, err := ParsePodIntent(map[string]string{AnnotationCPUMode: "exclusive", AnnotationAllocSpec: `{"cpu":"BindAllCPUs"}`}, nil)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 )
 
 // PodIntent is what a pod's annotations ask of corepin, parsed once.
@@ -48,8 +47,10 @@ func ParsePodIntent(annotations, labels map[string]string) (PodIntent, error) {
 	intent.Spec = spec
 
 	if v, ok := annotations[AnnotationMaxPerNode]; ok {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < 1 {
+		// Plain digits only, as a user writes a count: Atoi alone would
+		// also take " 2", "+1" and "01".
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || v[0] < '1' || v[0] > '9' {
 			errs = append(errs, fmt.Errorf("%s=%q: must be an integer >= 1", AnnotationMaxPerNode, v))
 		}
 		intent.MaxPerNode = n

@@ -118,6 +118,7 @@ func TestFilterRecordsNodesRejected(t *testing.T) {
 	// A shared pod rejected on a node gets no event (and no entry).
 	shared := testPod("web", 0, false)
 	shared.Annotations[api.AnnotationMaxPerNode] = "1"
+	shared.Labels = map[string]string{"app": "web"}
 	filterCall(t, h, shared, "ghost")
 	srv.Events.flush(t)
 	if got := drain(recorder); len(got) != 0 || srv.Events.Len() != 1 {

@@ -360,6 +360,13 @@ func (s *Scheduler) request(pod *v1.Pod) (policy.Request, error) {
 	if err != nil {
 		return req, err
 	}
+	// max-per-node counts the pods of one app; without an app identity it
+	// would silently limit nothing. Checked here, for new placements only:
+	// a pod already bound keeps being counted whatever its annotations.
+	if req.Intent.MaxPerNode > 0 && req.Intent.App == "" {
+		return req, fmt.Errorf("pod %s: %s=%q needs an app identity: set %s or the label %s or %s",
+			req.Key, api.AnnotationMaxPerNode, pod.Annotations[api.AnnotationMaxPerNode], api.AnnotationApp, api.LabelAppName, api.LabelApp)
+	}
 	if req.Intent.BindAll() && !contains(s.cfg.BindAllNamespaces, pod.Namespace) {
 		return req, fmt.Errorf("pod %s: %s: BindAllCPUs is not allowed in namespace %q (the extender's bindAllNamespaces: [%s])",
 			req.Key, api.AnnotationAllocSpec, pod.Namespace, strings.Join(s.cfg.BindAllNamespaces, ", "))

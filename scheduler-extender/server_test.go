@@ -167,6 +167,32 @@ func TestHTTPBadPodIsUnresolvable(t *testing.T) {
 	}
 }
 
+// TestMaxPerNodeNeedsAnApp: max-per-node without an app identity would
+// limit nothing; the pod is refused with a reason naming the annotation,
+// and accepted once it has an app.
+func TestMaxPerNodeNeedsAnApp(t *testing.T) {
+	srv, _ := newTestServer(t)
+	pod := testPod("cache", 0, false)
+	pod.Annotations[api.AnnotationMaxPerNode] = "1"
+	names := []string{"n1"}
+	filter := func() extenderv1.ExtenderFilterResult {
+		rec := post(t, srv.Handler(), "/filter", extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+		var fr extenderv1.ExtenderFilterResult
+		if err := json.Unmarshal(rec.Body.Bytes(), &fr); err != nil {
+			t.Fatalf("filter: %d %s", rec.Code, rec.Body)
+		}
+		return fr
+	}
+	want := `corepin.io/max-per-node="1" needs an app identity: set corepin.io/app or the label app.kubernetes.io/name or app`
+	if fr := filter(); !strings.Contains(fr.FailedAndUnresolvableNodes["n1"], want) {
+		t.Fatalf("without an app: %+v, want %q", fr, want)
+	}
+	pod.Labels = map[string]string{"app": "cache"}
+	if fr := filter(); fr.NodeNames == nil || len(*fr.NodeNames) != 1 {
+		t.Fatalf("with an app: %+v", fr)
+	}
+}
+
 func TestHTTPMalformedBodies(t *testing.T) {
 	srv, _ := newTestServer(t)
 	h := srv.Handler()
