@@ -17,6 +17,9 @@ func TestParseAllocSpec(t *testing.T) {
 		{name: "full", in: `{"cpu":"Spread","numa":"Required","ioQueueSpread":true,"containers":["engine"]}`,
 			want: AllocSpec{CPU: Spread, NUMA: NUMARequired, IOQueueSpread: true, Containers: []string{"engine"}}},
 		{name: "unknown field", in: `{"cpus":"Spread"}`, err: `unknown field "cpus"`},
+		{name: "field name in another case", in: `{"CPU":"Spread"}`, err: `unknown field "CPU"`},
+		{name: "field name in another case, camel", in: `{"ioqueuespread":true}`, err: `unknown field "ioqueuespread"`},
+		{name: "repeated field", in: `{"cpu":"Spread","cpu":"SameCoreFirst"}`, err: `duplicate field "cpu"`},
 		{name: "bad cpu", in: `{"cpu":"Packed"}`, err: `field "cpu": must be SameCoreFirst, Spread or BindAllCPUs (got "Packed")`},
 		{name: "bad numa", in: `{"numa":"Strict"}`, err: `"Strict"`},
 		{name: "wrong type", in: `{"ioQueueSpread":"yes"}`, err: `field "ioQueueSpread"`},
@@ -70,6 +73,8 @@ func TestParseAllocStatusErrors(t *testing.T) {
 		{`{"node":"a","cpus":"4-5","containers":{"e":"4-5","f":"5"},"mems":""}`, "given to two containers"},
 		{`{"node":"a","cpus":"4-6","containers":{"e":"4-5"},"mems":""}`, "union"},
 		{`{"node":"a","cpus":"4","containers":{"e":"4"},"mems":"","extra":1}`, `unknown field "extra"`},
+		{`{"node":"a","CPUs":"4","containers":{"e":"4"},"mems":""}`, `unknown field "CPUs"`},
+		{`{"node":"a","cpus":"4","cpus":"5","containers":{"e":"4"},"mems":""}`, `duplicate field "cpus"`},
 		{`{"node":"a","cpus":"0-99999999","containers":{"e":"4"}}`, "out of range"},
 		{`{"node":"a","cpus":4,"containers":{"e":"4"}}`, "CPU list string"},
 	} {
@@ -97,6 +102,8 @@ func TestParseTopology(t *testing.T) {
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0}],"reserved":"1"}`, "not online"},
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0}],"reserved":"","ioQueues":[{"name":"q","cpus":"3"}]}`, "not online"},
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0,"smt":1}],"reserved":""}`, `unknown field "smt"`},
+		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0,"Id":5}],"reserved":""}`, `unknown field "cpus[0].Id"`},
+		{`{"version":1,"cpus":[{"id":0,"id":1,"core":0,"socket":0,"numa":0,"l3":0}],"reserved":""}`, `duplicate field "cpus[0].id"`},
 	} {
 		if _, err := ParseTopology(tc.in); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%s: error %v, want %q", tc.in, err, tc.err)
@@ -177,7 +184,8 @@ func TestParseNodePolicy(t *testing.T) {
 	if l.MaxExclusiveRatio != 0.5 || l.SharedOvercommit != 3 || l.SharedHeadroom != 1 {
 		t.Fatalf("limits %+v", l)
 	}
-	for _, in := range []string{`{"maxExclusiveRatio": 1.5}`, `{"sharedOvercommit": 0.5}`, `{"sharedHeadroom": -1}`, `{"ratio": 1}`} {
+	for _, in := range []string{`{"maxExclusiveRatio": 1.5}`, `{"sharedOvercommit": 0.5}`, `{"sharedHeadroom": -1}`, `{"ratio": 1}`,
+		`{"MaxExclusiveRatio": 0.5}`, `{"maxExclusiveRatio": 0.5, "maxExclusiveRatio": 0.9}`} {
 		if _, err := ParseNodePolicy(in); err == nil || !strings.Contains(err.Error(), AnnotationNodePolicy) {
 			t.Errorf("%s: error %v", in, err)
 		}

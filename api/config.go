@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 )
 
 // ScoringStrategy ranks feasible nodes in prioritize.
@@ -128,7 +127,7 @@ func isFilter(name string) bool {
 // ParseConfig parses a YAML or JSON configuration strictly.
 func ParseConfig(source string, data []byte) (Config, error) {
 	var c Config
-	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+	if err := UnmarshalYAMLStrict(data, &c); err != nil {
 		return Config{}, fmt.Errorf("%s: %w", source, err)
 	}
 	if err := c.Validate(source); err != nil {

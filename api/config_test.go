@@ -20,6 +20,9 @@ func TestParseConfig(t *testing.T) {
 		{"scoringStrategy: Random", "scoringStrategy"},
 		{"pipelines: [{name: a, filters: [nope]}]", "nope"},
 		{"tls: {certFile: a}", "tls"},
+		{"MaxExclusiveRatio: 0.5", `unknown field "MaxExclusiveRatio"`},
+		{"pipelines: [{name: a, Filters: [capacity]}]", `unknown field "pipelines[0].Filters"`},
+		{"sharedHeadroom: 1\nsharedHeadroom: 2", `"sharedHeadroom" already set`},
 	} {
 		_, err := ParseConfig("cfg", []byte(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

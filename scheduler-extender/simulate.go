@@ -13,7 +13,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/corepin/corepin/api"
 )
@@ -50,7 +49,7 @@ var ErrMalformedScenario = errors.New("malformed scenario")
 // ParseScenario reads a scenario strictly.
 func ParseScenario(data []byte) (*Scenario, error) {
 	var sc Scenario
-	if err := yaml.UnmarshalStrict(data, &sc); err != nil {
+	if err := api.UnmarshalYAMLStrict(data, &sc); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedScenario, err)
 	}
 	if sc.Config != nil {
@@ -76,9 +75,12 @@ func ParseScenario(data []byte) (*Scenario, error) {
 	return &sc, nil
 }
 
-// memoryBinder is the simulator's cluster: it records binds in the pods it holds.
+// memoryBinder is the simulator's cluster: it records binds in the pods it
+// holds (bound ones), and knows the pods that were created but could not
+// be scheduled (pending), which a delete removes and a create retries.
 type memoryBinder struct {
-	pods map[string]*v1.Pod
+	pods    map[string]*v1.Pod
+	pending map[string]bool
 }
 
 func (b *memoryBinder) Bind(_ context.Context, pod *v1.Pod, node, allocStatus string) error {
@@ -110,18 +112,23 @@ func Simulate(sc *Scenario, out io.Writer) error {
 		names = append(names, sc.Nodes[i].Name)
 	}
 	sort.Strings(names)
-	binder := &memoryBinder{pods: map[string]*v1.Pod{}}
+	binder := &memoryBinder{pods: map[string]*v1.Pod{}, pending: map[string]bool{}}
 	enc := json.NewEncoder(out)
+	// Error texts quote rules such as ">= 1": print them as written.
+	enc.SetEscapeHTML(false)
 	for i, st := range sc.Steps {
 		var res StepResult
 		if st.Create != nil {
 			res = simulateCreate(s, binder, names, st.Create.DeepCopy())
 		} else {
 			res = StepResult{Deleted: st.Delete}
-			if _, ok := binder.pods[st.Delete]; !ok {
+			// A pod that could not be scheduled exists all the same
+			// (pending), as it would in a cluster.
+			if _, ok := binder.pods[st.Delete]; !ok && !binder.pending[st.Delete] {
 				res = StepResult{Pod: st.Delete, Error: fmt.Sprintf("pod %s not found", st.Delete)}
 			}
 			delete(binder.pods, st.Delete)
+			delete(binder.pending, st.Delete)
 			s.DeletePod(st.Delete)
 		}
 		res.Step = i
@@ -145,21 +152,24 @@ func simulateCreate(s *Scheduler, binder *memoryBinder, names []string, pod *v1.
 		res.Error = "pod has no metadata.name"
 		return res
 	}
+	// A create of a pod that is pending (its earlier create could not be
+	// scheduled) is another scheduling attempt for it, as kube-scheduler's
+	// retry would be; a bound pod cannot be created twice.
 	if _, ok := binder.pods[key]; ok {
 		res.Error = fmt.Sprintf("pod %s already exists", key)
 		return res
 	}
+	delete(binder.pending, key)
 	fits, failed, err := s.Filter(pod, names)
-	if err != nil {
-		res.Error = err.Error()
-		return res
+	if err == nil && len(fits) == 0 {
+		err = errors.New(unschedulable(len(names), failed))
 	}
-	if len(fits) == 0 {
-		res.Error = unschedulable(len(names), failed)
-		return res
+	var scores extenderv1.HostPriorityList
+	if err == nil {
+		scores, err = s.Prioritize(pod, fits)
 	}
-	scores, err := s.Prioritize(pod, fits)
 	if err != nil {
+		binder.pending[key] = true
 		res.Error = err.Error()
 		return res
 	}
@@ -173,6 +183,7 @@ func simulateCreate(s *Scheduler, binder *memoryBinder, names []string, pod *v1.
 	status, err := s.Bind(context.Background(), pod, best.Host, binder)
 	if err != nil {
 		delete(binder.pods, key)
+		binder.pending[key] = true
 		res.Error = err.Error()
 		return res
 	}
@@ -181,15 +192,19 @@ func simulateCreate(s *Scheduler, binder *memoryBinder, names []string, pod *v1.
 		return res
 	}
 	res.Node = best.Host
-	cpus, mems := "", ""
+	// Contract section 6: a shared pod prints its node and "cpus": "";
+	// containers and mems belong to exclusive pods.
+	cpus := ""
+	res.CPUs = &cpus
 	if status != nil {
-		cpus, mems = status.CPUs.String(), status.Mems.String()
+		cpus = status.CPUs.String()
+		mems := status.Mems.String()
+		res.Mems = &mems
 		res.Containers = map[string]string{}
 		for name, set := range status.Containers {
 			res.Containers[name] = set.String()
 		}
 	}
-	res.CPUs, res.Mems = &cpus, &mems
 	return res
 }
 
@@ -199,6 +214,9 @@ func unschedulable(total int, failed extenderv1.FailedNodesMap) string {
 	parts := make([]string, len(names))
 	for i, n := range names {
 		parts[i] = n + ": " + failed[n]
+	}
+	if len(parts) == 0 {
+		return fmt.Sprintf("0/%d nodes fit", total)
 	}
 	return fmt.Sprintf("0/%d nodes fit: %s", total, strings.Join(parts, "; "))
 }
