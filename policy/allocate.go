@@ -148,34 +148,45 @@ func (a *cpuAccumulator) units(c candidate) int {
 // from, in the order to use them. Required: one node that fits. Preferred and
 // None: one node if any fits, else as few as possible, largest first. Among
 // nodes that fit, those without a pod of the same app come first (soft rule),
-// then the tightest fit, to keep large nodes whole for large pods. The
-// result is appended to chosen (a caller's buffer keeps filters allocation-free).
+// then, for Spread, those that fit without stacking, then the tightest fit,
+// to keep large nodes whole for large pods. The result is appended to chosen
+// (a caller's buffer keeps filters allocation-free).
 func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	numas := len(a.topo.numas)
 	// Small fixed buffers keep the filter path free of allocations on
 	// machines with up to 8 NUMA nodes.
-	var capBuf [8]int
+	var capBuf, freeBuf [8]int
 	var appBuf [8]bool
-	var capacity []int
+	// capacity counts the units the pod may take on each NUMA node;
+	// unstacked, those on cores no other pod holds anything on (for a
+	// SameCoreFirst pod, all of them).
+	var capacity, unstacked []int
 	var sameApp []bool
 	if numas <= len(capBuf) {
-		capacity, sameApp = capBuf[:numas], appBuf[:numas]
+		capacity, unstacked, sameApp = capBuf[:numas], freeBuf[:numas], appBuf[:numas]
 	} else {
-		capacity, sameApp = make([]int, numas), make([]bool, numas)
+		capacity, unstacked, sameApp = make([]int, numas), make([]int, numas), make([]bool, numas)
 	}
 	total := 0
 	if a.cands != nil {
 		for _, c := range a.cands {
 			u := a.units(c)
-			capacity[a.topo.cores[c.core].numa] += u
+			numa := a.topo.cores[c.core].numa
+			capacity[numa] += u
+			if !c.stacked {
+				unstacked[numa] += u
+			}
 			total += u
 		}
 	} else {
 		// Feasibility only (filter): read the node's summary.
 		for u, sum := range a.node.free {
-			units := sum.wholeCPUs
+			free := sum.wholeCPUs
 			if a.spread {
-				units = sum.freeCores
+				free = sum.freeCores
+			}
+			units := free
+			if a.spread {
 				for _, ci := range sum.stackable {
 					if _, _, ok := a.node.eligible(ci, a.req, true); ok {
 						units++
@@ -183,6 +194,7 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 				}
 			}
 			capacity[u] += units
+			unstacked[u] += free
 			total += units
 		}
 	}
@@ -193,12 +205,23 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 			}
 		}
 	}
+	// better orders the NUMA nodes that fit: without a same-app pod first,
+	// then those where a Spread pod need not stack on another app's cores
+	// (Spread prefers cores whose siblings are all free, and that
+	// preference must hold across NUMA nodes too, not only within the
+	// chosen one), then the tightest fit.
+	better := func(u, than int) bool {
+		if sameApp[u] != sameApp[than] {
+			return !sameApp[u]
+		}
+		if uFree, thanFree := unstacked[u] >= a.need, unstacked[than] >= a.need; uFree != thanFree {
+			return uFree
+		}
+		return capacity[u] < capacity[than]
+	}
 	best := -1
 	for u := 0; u < numas; u++ {
-		if capacity[u] < a.need {
-			continue
-		}
-		if best < 0 || sameApp[best] && !sameApp[u] || sameApp[best] == sameApp[u] && capacity[u] < capacity[best] {
+		if capacity[u] >= a.need && (best < 0 || better(u, best)) {
 			best = u
 		}
 	}

@@ -38,6 +38,10 @@ func TestAllocate(t *testing.T) {
 			{req: exclusiveReq("a", "x", 16, spread), want: "0-15"},
 			{req: exclusiveReq("b", "y", 2, spread), want: "16-17"},
 		}},
+		{"Spread prefers another NUMA node's free cores to stacking", "2s-smt-server", []step{
+			{req: exclusiveReq("a", "x", 8, spread), want: "0-7"},
+			{req: exclusiveReq("b", "y", 2, spread), want: "8-9", mems: "1"},
+		}},
 		{"Spread never stacks the same app", "2s-smt-server", []step{
 			{req: exclusiveReq("a", "x", 16, spread), want: "0-15"},
 			{req: exclusiveReq("b", "x", 1, spread), want: "error: not enough physical cores eligible for Spread"},
