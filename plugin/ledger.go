@@ -526,6 +526,51 @@ func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	return 0, period
 }
 
+// Sent is what a batch of unsolicited updates gave each container, as the
+// ledger recorded it when the batch was computed (Changes), by container ID.
+type Sent map[string]applied
+
+// sentOf records what changes gave their containers.
+func sentOf(changes []Change) Sent {
+	out := make(Sent, len(changes))
+	for _, ch := range changes {
+		out[ch.Container.ID] = ch.Container.applied
+	}
+	return out
+}
+
+// Delivered reconciles the ledger with a batch of unsolicited updates once
+// the runtime has applied it, and returns the IDs of the containers whose
+// pinning is no longer known (sorted). Such a batch is computed under the
+// plugin's lock but sent after the lock is released, so a handler may run
+// in between and return its own updates (a CreateContainer's shrink),
+// which the runtime applies first: the batch's older cpuset then
+// overwrites them. A container whose recorded pinning is no longer what
+// the batch gave it is recorded as having the batch's pinning (what the
+// runtime applied last), and one whose update failed (failed, by ID) as
+// unknown, so that the next Changes sends either its current target
+// again. Containers the ledger no longer tracks are left alone.
+func (l *Ledger) Delivered(sent Sent, failed map[string]bool) []string {
+	var stale []string
+	for id, gave := range sent {
+		c, ok := l.containers[id]
+		if !ok {
+			continue
+		}
+		switch {
+		case failed[id]:
+			c.applied.known = false
+		case c.applied != gave:
+			c.applied = gave
+		default:
+			continue
+		}
+		stale = append(stale, id)
+	}
+	slices.Sort(stale)
+	return stale
+}
+
 // Applied records the pinning a container was given or was found with.
 func (l *Ledger) Applied(id string, cpus cpuset.CPUSet, lifted bool) {
 	if c, ok := l.containers[id]; ok {

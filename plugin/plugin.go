@@ -93,11 +93,56 @@ func (p *Plugin) changed() {
 
 // PendingUpdates returns the updates that bring every container to what
 // the ledger says: the pool grown back after a pod went (reason grow), a
-// release switched (release, restore) or drift corrected (repair).
+// release switched (release, restore) or drift corrected (repair). The
+// ledger records them as applied: a caller that sends them to the runtime
+// should use PushPending, which also repairs what a handler running in
+// between changed.
 func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.updates("", "grow")
+	updates, _ := p.updates("", "grow")
+	return updates
+}
+
+// UpdateFunc sends unsolicited updates to the runtime and returns the ones
+// that failed (stub.Stub's UpdateContainers).
+type UpdateFunc func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
+
+// PushPending computes the pending updates (PendingUpdates), sends them
+// with send outside the plugin's lock (send must not run inside a handler:
+// it would deadlock with the runtime's lock), then reconciles the ledger
+// with what was sent. A handler may run while the batch is in flight and
+// return its own updates, which the runtime applies before the batch: a
+// container the handler moved is then overwritten by the batch's older
+// cpuset. Every such container, and every container whose update failed
+// (all of the batch when send fails as a whole), is sent its current
+// target by the next batch, which is signalled on Pending. It returns how
+// many updates were sent and how many of them failed.
+func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
+	p.mu.Lock()
+	updates, batch := p.updates("", "grow")
+	p.mu.Unlock()
+	if len(updates) == 0 {
+		return 0, 0, nil
+	}
+	failedUpdates, err := send(updates)
+	failed := map[string]bool{}
+	for _, u := range failedUpdates {
+		failed[u.GetContainerId()] = true
+	}
+	if err != nil {
+		for id := range batch {
+			failed[id] = true
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	stale := p.ledger.Delivered(batch, failed)
+	if len(stale) > 0 {
+		p.log.Info("Updates to send again: moved by a handler while a batch was in flight, or failed", "containers", stale)
+		notify(p.pending)
+	}
+	return len(updates), len(failed), err
 }
 
 // SharedPool is the current shared pool.
@@ -333,7 +378,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		p.log.Warn("Over the exclusive limit at synchronize; running containers kept", "exclusive", c.E, "limit", c.ExclusiveLimit)
 		p.nodeEvent("CorepinOverExclusiveLimit", msg)
 	}
-	updates := p.updates("", "repair")
+	updates, _ := p.updates("", "repair")
 	p.changed()
 	p.health.synchronized()
 	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
@@ -379,7 +424,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	}
 	p.ledger.Applied(c.GetId(), cpus, lifted)
 	// Everyone else's cpuset is assumed to be what the ledger last gave it.
-	updates := p.updates(c.GetId(), "shrink")
+	updates, _ := p.updates(c.GetId(), "shrink")
 	p.changed()
 	p.log.Info("Pinned container", "pod", pod.Key(), "container", c.GetName(), "class", classified.Class,
 		"cpus", cpus.String(), "released", lifted, "updates", len(updates))
@@ -395,7 +440,7 @@ func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Cont
 	if !ok || gone.Class != Exclusive {
 		return nil, nil
 	}
-	updates := p.updates("", "grow")
+	updates, _ := p.updates("", "grow")
 	p.changed()
 	p.log.Info("Freed exclusive CPUs", "pod", gone.Pod.Key(), "container", gone.Name, "cpus", gone.CPUs.String(), "updates", len(updates))
 	return updates, nil
@@ -445,10 +490,10 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 // container updates, counted under reason unless they repair a container
 // whose cpuset was not known to be right (drift, synchronize) or lift or
 // restore a release.
-func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
+func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, Sent) {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
-		return nil
+		return nil, nil
 	}
 	// One allocation per message type for the whole reply: an exclusive
 	// container's creation can move hundreds of shared containers.
@@ -489,7 +534,7 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 	for why, n := range counts {
 		p.metrics.updates.WithLabelValues(why).Add(float64(n))
 	}
-	return out
+	return out, sentOf(changes)
 }
 
 // SetTopology adopts a re-discovered host topology when it is a compatible

@@ -199,19 +199,27 @@ func run(log *slog.Logger, o options) error {
 }
 
 // pushUpdates sends the updates no handler could return, from the
-// plugin's own goroutine.
+// plugin's own goroutine. Containers a batch could not bring to their
+// target (failed, or moved by a handler while it was in flight) are sent
+// again by the next batch; after a failure it waits a moment, so a
+// container that keeps failing is not retried in a tight loop.
 func pushUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub.Stub) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.Pending():
-			updates := p.PendingUpdates()
-			if len(updates) == 0 {
+			sent, failed, err := p.PushPending(s.UpdateContainers)
+			if sent == 0 {
 				continue
 			}
-			failed, err := s.UpdateContainers(updates)
-			log.Info("Updated containers", "updates", len(updates), "failed", len(failed), "err", err)
+			log.Info("Updated containers", "updates", sent, "failed", failed, "err", err)
+			if failed > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
 		}
 	}
 }

@@ -1,0 +1,108 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/containerd/nri/pkg/api"
+)
+
+// drain empties the plugin's pending signal and reports whether it was set.
+func drain(p *Plugin) bool {
+	select {
+	case <-p.Pending():
+		return true
+	default:
+		return false
+	}
+}
+
+// updateMap is a batch of updates as container ID -> cpus.
+func updateMap(upd []*api.ContainerUpdate) map[string]string {
+	out := map[string]string{}
+	for _, u := range upd {
+		out[u.GetContainerId()] = cpusOf(u)
+	}
+	return out
+}
+
+// TestUnsolicitedBatchNeverOverwritesAHandlersReply: the plugin's own
+// goroutine computes a batch under the lock and sends it after releasing
+// it. Whatever happens while the batch is in flight (a CreateContainer
+// shrinks the pool in its reply, which the runtime applies first; the
+// runtime fails an update; the whole call fails), the containers the batch
+// did not leave on their current target are sent it by the next batch.
+func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		// send plays the runtime: it may run a handler before "applying"
+		// the batch, and answer with failures or an error.
+		send func(p *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
+		// again: the next batch (container -> cpus); nil: no next batch.
+		again map[string]string
+	}{
+		{name: "no handler in between: nothing to send again",
+			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil }},
+		{name: "an exclusive create shrinks the pool while a grow is in flight",
+			send: func(p *Plugin, _ []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				_, reply, err := p.CreateContainer(ctx, exclusivePod("s-b", "b", "2-3"), ctr("c-b", "s-b", "engine", 2000, ""))
+				if err != nil || updateMap(reply)["c-web"] != "1,4-7" {
+					t.Fatalf("handler in between: %v %v", reply, err)
+				}
+				return nil, nil // the runtime applied the reply, then the stale batch
+			},
+			again: map[string]string{"c-web": "1,4-7"}},
+		{name: "a failed update is sent again",
+			send:  func(_ *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return batch, nil },
+			again: map[string]string{"c-web": "1-7"}},
+		{name: "a failed call sends the whole batch again",
+			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				return nil, errors.New("connection closed")
+			},
+			again: map[string]string{"c-web": "1-7"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-a", "a", "4-5")) // grow c-web back, from the goroutine
+			drain(p)
+			var inFlight map[string]string
+			sent, _, _ := p.PushPending(func(batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				inFlight = updateMap(batch)
+				return tc.send(p, batch)
+			})
+			if sent != 1 || inFlight["c-web"] != "1-7" {
+				t.Fatalf("batch in flight %v, want c-web grown to 1-7", inFlight)
+			}
+			if signalled := drain(p); signalled != (tc.again != nil) {
+				t.Fatalf("next batch signalled %v, want %v", signalled, tc.again != nil)
+			}
+			next := updateMap(p.PendingUpdates())
+			if tc.again == nil {
+				tc.again = map[string]string{}
+			}
+			if len(next) != len(tc.again) || !equalMaps(next, tc.again) {
+				t.Fatalf("next batch %v, want %v", next, tc.again)
+			}
+		})
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
