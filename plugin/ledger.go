@@ -38,8 +38,21 @@ type Pod struct {
 	Labels               map[string]string
 }
 
-// Key is namespace/name.
+// Key is namespace/name: how the pod is named in messages and events,
+// and how the API server's release switch finds it.
 func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// identity is what the ledger keys a pod's placement by: its UID, else (a
+// runtime that does not report it) the sandbox's ID. namespace/name is not
+// enough: a pod deleted and re-created under the same name (a bare pod, a
+// force delete) gets a new sandbox while the old one's containers may
+// still run, and the two must not be merged into one placement.
+func identity(uid, sandboxID string) string {
+	if uid != "" {
+		return uid
+	}
+	return "sandbox:" + sandboxID
+}
 
 // Container is a container the ledger tracks.
 type Container struct {
@@ -62,8 +75,9 @@ type Container struct {
 	Quota  int64
 	Period uint64
 
-	// cpus caches CPUs.String(); podKey caches Pod.Key().
-	cpus, podKey string
+	// cpus caches CPUs.String(); podKey caches Pod.Key(); podID is the
+	// pod's identity (UID, else sandbox ID) that placements are keyed by.
+	cpus, podKey, podID string
 	// sandboxRelease is the release switch in the sandbox's annotations,
 	// in force until the API server says otherwise.
 	sandboxRelease Release
@@ -120,12 +134,15 @@ type Ledger struct {
 	quarantine map[string]*Container
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
+	// names maps the identity of each placed pod to its namespace/name,
+	// for messages.
+	names map[string]string
 }
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{},
-		quarantine: map[string]*Container{}}
+		quarantine: map[string]*Container{}, names: map[string]string{}}
 }
 
 // SetRelease records a pod's live release switch and reports whether any of
@@ -244,36 +261,45 @@ func (l *Ledger) Admit(id string, c *Container) error { return l.admit(id, c, tr
 // for CPUs it cannot hold (offline, reserved, held by another pod).
 func (l *Ledger) AdmitExisting(id string, c *Container) error { return l.admit(id, c, false) }
 
-func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
+// keyed fills in the keys a container is found by.
+func (c *Container) keyed(id string) {
 	c.ID = id
 	if c.podKey == "" {
 		c.podKey = c.Pod.Key()
 	}
+	if c.podID == "" {
+		c.podID = identity(c.Pod.UID, c.SandboxID)
+	}
+}
+
+func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
+	c.keyed(id)
 	refuse := func(reason string) error {
 		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Kind: "conflict"}
 	}
 	if c.Class == Exclusive && len(l.quarantine) > 0 {
-		if q := l.quarantinedBy(c.CPUs, c.podKey); q != nil {
+		if q := l.quarantinedBy(c.CPUs, c.podID); q != nil {
 			return refuse(fmt.Sprintf("CPUs %s: CPU %s is held by container %s of pod %s, left running at synchronize after a conflict",
 				c.CPUs, q.CPUs.Intersection(c.CPUs), q.Name, q.podKey))
 		}
 	}
-	if old, ok := l.containers[id]; ok && old.podKey == c.podKey {
+	if old, ok := l.containers[id]; ok && old.podID == c.podID {
 		l.Forget(id)
 	}
 	l.containers[id] = c
-	if err := l.replacePod(c.podKey, checkCapacity); err != nil {
+	if err := l.replacePod(c.podID, checkCapacity); err != nil {
 		delete(l.containers, id)
-		_ = l.replacePod(c.podKey, false) // restore the pod as it was
+		_ = l.replacePod(c.podID, false) // restore the pod as it was
 		return refuse(err.Error())
 	}
 	return nil
 }
 
-// quarantinedBy returns a quarantined container of another pod on one of cpus.
-func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podKey string) *Container {
+// quarantinedBy returns a quarantined container of another pod (by
+// identity) on one of cpus.
+func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podID string) *Container {
 	for _, q := range l.quarantined() {
-		if q.podKey != podKey && !q.CPUs.Intersection(cpus).IsEmpty() {
+		if q.podID != podID && !q.CPUs.Intersection(cpus).IsEmpty() {
 			return q
 		}
 	}
@@ -284,10 +310,7 @@ func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podKey string) *Container {
 // admitted: it keeps running on its CPUs, so they leave the shared pool and
 // are refused to anyone else until the container goes (Forget).
 func (l *Ledger) Quarantine(id string, c *Container) {
-	c.ID = id
-	if c.podKey == "" {
-		c.podKey = c.Pod.Key()
-	}
+	c.keyed(id)
 	l.quarantine[id] = c
 	l.pool = nil
 }
@@ -343,19 +366,20 @@ func (l *Ledger) Forget(id string) (*Container, bool) {
 		return nil, false
 	}
 	delete(l.containers, id)
-	_ = l.replacePod(c.podKey, false)
+	_ = l.replacePod(c.podID, false)
 	return c, true
 }
 
-// replacePod rebuilds one pod's placement from its live containers: the
-// union of their exclusive CPUs and the sum of their shared amounts. With
-// checkCapacity, a pod whose exclusive CPUs grew must fit the formula.
+// replacePod rebuilds one pod's placement (by identity) from its live
+// containers: the union of their exclusive CPUs and the sum of their
+// shared amounts. With checkCapacity, a pod whose exclusive CPUs grew must
+// fit the formula.
 func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	var cpus []int
 	var milli int64
 	var pod *Pod
 	for _, c := range l.containers {
-		if c.podKey != key {
+		if c.podID != key {
 			continue
 		}
 		pod = &c.Pod
@@ -369,6 +393,7 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	old, had := l.node.Pod(key)
 	l.node.Remove(key)
 	if pod == nil {
+		delete(l.names, key)
 		return nil
 	}
 	restore := func(err error) error {
@@ -379,9 +404,15 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	}
 	intent, _ := api.ParsePodIntent(pod.Annotations, pod.Labels)
 	p := &policy.Placement{Key: key, App: intent.App, Policy: intent.Spec.CPU, CPUs: cpuset.New(cpus...), SharedMilli: milli, MaxPerNode: intent.MaxPerNode}
+	// The engine checks these too, but names pods by their placement key
+	// (the identity); the ledger's message names them by namespace/name.
+	if err := l.checkFree(pod.Key(), key, p.CPUs); err != nil {
+		return restore(err)
+	}
 	if err := l.node.Add(p); err != nil { // online, not reserved, not held by another pod
 		return restore(err)
 	}
+	l.names[key] = pod.Key()
 	// Only growth is checked against the formula: a pod that keeps or
 	// shrinks its CPUs is never refused what it already holds.
 	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); checkCapacity && grew && p.Exclusive() {
@@ -395,6 +426,41 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 		}
 	}
 	return nil
+}
+
+// checkFree checks that every one of cpus may be given to the pod named
+// name with identity id: online, not reserved, not held by another pod.
+func (l *Ledger) checkFree(name, id string, cpus cpuset.CPUSet) error {
+	refuse := func(cpu int, why string) error {
+		return fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d %s", cpus, name, l.cfg.NodeName, cpu, why)
+	}
+	online, reserved := l.topo.Online(), l.topo.Reserved()
+	for _, cpu := range cpus.List() {
+		switch holder, held := l.node.Holder(cpu); {
+		case !online.Contains(cpu):
+			return refuse(cpu, "is not online on this node")
+		case reserved.Contains(cpu):
+			return refuse(cpu, "is reserved")
+		case held && holder.Key != id:
+			other := l.names[holder.Key]
+			if other == name {
+				// A pod re-created under the same name while the old
+				// one's containers still run.
+				return refuse(cpu, fmt.Sprintf("is held by pod %s (another pod of the same name, %s, whose containers still run)", other, holder.Key))
+			}
+			return refuse(cpu, "is held by pod "+other)
+		}
+	}
+	return nil
+}
+
+// Holder names (namespace/name) the pod holding a CPU exclusively, if any.
+func (l *Ledger) Holder(cpu int) (string, bool) {
+	h, ok := l.node.Holder(cpu)
+	if !ok {
+		return "", false
+	}
+	return l.names[h.Key], true
 }
 
 // SharedPool is online minus reserved minus the CPUs of exclusive

@@ -421,7 +421,7 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 				t.Errorf("E = %d, want %d", e, tc.e)
 			}
 			for cpu, pod := range tc.kept {
-				if h, ok := p.Ledger().node.Holder(cpu); !ok || h.Key != pod {
+				if h, ok := p.Ledger().Holder(cpu); !ok || h != pod {
 					t.Errorf("CPU %d held by %v, want %s", cpu, h, pod)
 				}
 			}

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
@@ -105,4 +106,85 @@ func equalMaps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// withUID sets a sandbox's pod UID.
+func withUID(sb *api.PodSandbox, uid string) *api.PodSandbox {
+	sb.Uid = uid
+	return sb
+}
+
+// TestRecreatedPodIsNotMergedWithTheOldOne: a pod deleted and re-created
+// under the same namespace/name (new UID, new sandbox) while the old
+// sandbox's exclusive container still runs is a different pod: its CPUs
+// are checked against the old one's, at creation and at synchronize.
+func TestRecreatedPodIsNotMergedWithTheOldOne(t *testing.T) {
+	ctx := context.Background()
+	old := func() *api.PodSandbox { return withUID(exclusivePod("s-old", "db", "2-3"), "uid-old") }
+	for _, tc := range []struct {
+		name     string
+		newCPUs  string
+		refused  string // empty: admitted
+		e        int    // E with both sandboxes
+		eWithout int    // E once the old sandbox is removed
+	}{
+		{name: "overlapping CPUs are refused", newCPUs: "3-4",
+			refused: `corepin: pod default/db container engine cpus "3-4": CPUs 3-4 for pod default/db on node node-a: CPU 3 is held by pod default/db (another pod of the same name, uid-old, whose containers still run)`,
+			e:       2, eWithout: 0},
+		{name: "the same CPUs are refused", newCPUs: "2-3", refused: "CPU 2 is held by pod default/db (another pod of the same name", e: 2, eWithout: 0},
+		{name: "disjoint CPUs are admitted and kept when the old pod goes", newCPUs: "4-5", e: 4, eWithout: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, old(), ctr("c-old", "s-old", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-new", "db", tc.newCPUs), "uid-new"), ctr("c-new", "s-new", "engine", 2000, ""))
+			switch {
+			case tc.refused == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), tc.refused)):
+				t.Fatalf("error %v, want %q", err, tc.refused)
+			}
+			if e := p.Capacity().E; e != tc.e {
+				t.Fatalf("E = %d with both sandboxes, want %d", e, tc.e)
+			}
+			_ = p.RemovePodSandbox(ctx, old())
+			if e := p.Capacity().E; e != tc.eWithout {
+				t.Fatalf("E = %d after the old sandbox went, want %d", e, tc.eWithout)
+			}
+		})
+	}
+
+	// At synchronize the two are two pods: the one created later is a
+	// conflict, quarantined, not merged into the first.
+	for _, tc := range []struct {
+		name        string
+		oldUID      string
+		newUID      string
+		quarantined string
+		e           int
+	}{
+		{name: "by UID", oldUID: "uid-old", newUID: "uid-new", quarantined: "3-4", e: 2},
+		{name: "by sandbox ID when the runtime reports no UID", quarantined: "3-4", e: 2},
+	} {
+		t.Run("synchronize "+tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			pods := []*api.PodSandbox{withUID(exclusivePod("s-old", "db", "2-3"), tc.oldUID), withUID(exclusivePod("s-new", "db", "3-4"), tc.newUID)}
+			_, err := p.Synchronize(ctx, pods, []*api.Container{
+				createdAt(ctr("c-old", "s-old", "engine", 2000, "2-3"), 1), createdAt(ctr("c-new", "s-new", "engine", 2000, "3-4"), 2)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if q := p.Ledger().Quarantined().String(); q != tc.quarantined {
+				t.Fatalf("quarantined %q, want %q", q, tc.quarantined)
+			}
+			if e := p.Capacity().E; e != tc.e {
+				t.Fatalf("E = %d, want %d", e, tc.e)
+			}
+			if pool := p.SharedPool().String(); pool != "1,5-7" {
+				t.Fatalf("shared pool %s, want 1,5-7 (neither pod's CPUs)", pool)
+			}
+		})
+	}
 }
