@@ -179,6 +179,20 @@ func (l *Ledger) Lifted(c *Container) bool {
 	return c.Class == Exclusive && l.releaseOf(c).Isolate
 }
 
+// FoundLifted reports whether an exclusive container found at synchronize
+// with CFS quota quota (<= 0: none) has its quota lifted by the plugin, so
+// that the quota is restored when its pod is not released: its pod is
+// released now, or the pod spec gives it a CPU limit (which the kubelet
+// turns into a quota > 0: only a release lifts it). The second case is a
+// release unset while the plugin was away. Without the API server's pod
+// spec it cannot be told from a container without a limit.
+func (l *Ledger) FoundLifted(c *Container, quota int64) bool {
+	if c.Class != Exclusive || quota > 0 {
+		return false
+	}
+	return l.Lifted(c) || l.release[c.podKey].LimitMilli[c.Name] > 0
+}
+
 // wide is every online CPU, minus the reserved ones when excludeReserve.
 func (l *Ledger) wide(excludeReserve bool) cpuset.CPUSet {
 	if excludeReserve {

@@ -363,13 +363,18 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 				classified.CPUs.String()+" are kept out of the shared pool): "+err.Error())
 			continue
 		}
+		// A quota found lifted was lifted by us (the pod is released, or
+		// was until its release was unset while the plugin was away): it
+		// is restored from the pod spec's limit unless the pod is released.
+		quota, _ := cfs(c)
+		lifted := p.ledger.FoundLifted(classified, quota)
+		if lifted {
+			classified.Quota = 0 // the original is the pod spec's limit
+		}
 		if cur, ok := currentCPUs(c); ok {
-			// A quota found lifted on a released container was lifted by us.
-			quota, _ := cfs(c)
-			p.ledger.Applied(c.GetId(), cur, p.ledger.Lifted(classified) && quota <= 0)
-			if p.ledger.Lifted(classified) {
-				classified.Quota = 0 // the original is the pod spec's limit
-			}
+			p.ledger.Applied(c.GetId(), cur, lifted)
+		} else {
+			classified.applied.lifted = lifted // the cpuset is repaired; the quota restored if due
 		}
 	}
 	if c := p.ledger.Capacity(); c.E > c.ExclusiveLimit {

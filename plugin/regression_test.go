@@ -188,3 +188,71 @@ func TestRecreatedPodIsNotMergedWithTheOldOne(t *testing.T) {
 		})
 	}
 }
+
+// TestLiftedQuotaFoundAtSynchronize: a container found at synchronize with
+// its CFS quota lifted gets it back from the pod spec's limit when its pod
+// is not released, whether the release was unset while the plugin was
+// away or never known to it.
+func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
+	ctx := context.Background()
+	limit := map[string]int64{"engine": 2000}
+	for _, tc := range []struct {
+		name     string
+		release  *Release // the API server's view; nil: none (no API access)
+		sandbox  map[string]string
+		shared   bool
+		quota    int64 // found on the container (-1: lifted)
+		cpus     string
+		want     string // cpus of the update; "": no update
+		restored int64  // quota restored; 0: not touched
+	}{
+		{name: "release unset while away: quota restored from the limit", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: -1, cpus: "1-7", want: "2-3", restored: 200000},
+		{name: "release unset while away, cpuset already pinned: quota restored", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: -1, cpus: "2-3", want: "2-3", restored: 200000},
+		{name: "still released: left lifted", release: &Release{Isolate: true, ExcludeReserve: true, LimitMilli: limit},
+			quota: -1, cpus: "1-7"},
+		{name: "released in the sandbox annotations: left lifted", sandbox: map[string]string{"corepin.io/release-isolate-mode": "true"},
+			quota: -1, cpus: "1-7"},
+		{name: "no limit in the spec: nothing to restore", release: &Release{ExcludeReserve: true, LimitMilli: map[string]int64{}},
+			quota: -1, cpus: "2-3"},
+		{name: "without the API server it cannot be told: cpuset repaired only", quota: -1, cpus: "1-7", want: "2-3"},
+		{name: "quota in place: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit}, quota: 200000, cpus: "2-3"},
+		{name: "a shared container is never restored", release: &Release{ExcludeReserve: true, LimitMilli: limit}, shared: true,
+			quota: -1, cpus: "1-7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if tc.release != nil {
+				p.SetRelease("default", "db", *tc.release)
+			}
+			sb := exclusivePod("s-db", "db", "2-3")
+			if tc.shared {
+				sb = sandbox("s-db", "default", "db", nil)
+			}
+			for k, v := range tc.sandbox {
+				sb.Annotations[k] = v
+			}
+			running := ctr("c-db", "s-db", "engine", 0, tc.cpus)
+			running.Linux.Resources.Cpu.Quota = api.Int64(tc.quota)
+			running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == "" {
+				if len(upd) != 0 {
+					t.Fatalf("updates %v, want none", upd)
+				}
+				return
+			}
+			if len(upd) != 1 || cpusOf(upd[0]) != tc.want {
+				t.Fatalf("updates %v, want c-db on %s", upd, tc.want)
+			}
+			q, set := quotaOf(upd[0])
+			if tc.restored == 0 && set || tc.restored != 0 && q != tc.restored {
+				t.Fatalf("quota %d (set %v), want %d", q, set, tc.restored)
+			}
+		})
+	}
+}
