@@ -110,7 +110,11 @@ type Release struct {
 type Config struct {
 	NodeName         string
 	SystemNamespaces []string
-	Limits           api.Limits
+	// BindAllNamespaces are the namespaces whose pods may use BindAllCPUs
+	// (the extender's bindAllNamespaces); elsewhere such a container is
+	// refused.
+	BindAllNamespaces []string
+	Limits            api.Limits
 	// UnplacedToShared sends exclusive pods without alloc-status to the
 	// shared pool instead of refusing them.
 	UnplacedToShared bool
@@ -227,6 +231,13 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	c.sandboxRelease = Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}
 	switch {
 	case intent.BindAll():
+		// Refused rather than sent to the shared pool: the contract rejects
+		// it, as the extender does, and a pod that asks for every CPU and
+		// silently gets the pool would hide the misconfiguration.
+		if !slices.Contains(l.cfg.BindAllNamespaces, pod.Namespace) {
+			return nil, refuse("bindall-namespace", "", fmt.Sprintf("%s BindAllCPUs is not allowed in namespace %q (the plugin's --bind-all-namespaces: [%s]; set it as the extender's bindAllNamespaces)",
+				api.AnnotationAllocSpec, pod.Namespace, strings.Join(l.cfg.BindAllNamespaces, ", ")))
+		}
 		c.Class = BindAll
 		return c, nil
 	case !intent.Exclusive():

@@ -70,7 +70,8 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
+	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), BindAllNamespaces: namespaces(o.BindAllNamespaces),
+		Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
 	metrics := plugin.NewMetrics()
 	p := plugin.New(plugin.NewLedger(cfg, topo), log, metrics)
 	p.SetConfigCheck(func(config string) error {
