@@ -302,6 +302,14 @@ func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 	refuse := func(reason string) error {
 		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Kind: "conflict"}
 	}
+	// mems are checked on requests only: a container that exists runs with
+	// whatever mems the kernel accepted, and its CPUs must stay held.
+	if checkCapacity && c.Class == Exclusive {
+		if numa := l.numaNodes(); !c.Mems.IsSubsetOf(numa) {
+			return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Kind: "bad-annotation",
+				Reason: fmt.Sprintf("%s mems %q: this node has no NUMA node %s (its NUMA nodes: %s)", api.AnnotationAllocStatus, c.Mems, c.Mems.Difference(numa), numa)}
+		}
+	}
 	if c.Class == Exclusive && len(l.quarantine) > 0 {
 		if q := l.quarantinedBy(c.CPUs, c.podID); q != nil {
 			return refuse(fmt.Sprintf("CPUs %s: CPU %s is held by container %s of pod %s, left running at synchronize after a conflict",
@@ -318,6 +326,15 @@ func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 		return refuse(err.Error())
 	}
 	return nil
+}
+
+// numaNodes are the NUMA nodes of the node's online CPUs.
+func (l *Ledger) numaNodes() cpuset.CPUSet {
+	ids := make([]int, 0, len(l.topo.Source.CPUs))
+	for _, cpu := range l.topo.Source.CPUs {
+		ids = append(ids, cpu.NUMA)
+	}
+	return cpuset.New(ids...)
 }
 
 // quarantinedBy returns a quarantined container of another pod (by

@@ -7,6 +7,9 @@ import (
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	corepin "github.com/corepin/corepin/api"
 )
 
 // drain empties the plugin's pending signal and reports whether it was set.
@@ -252,6 +255,49 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 			q, set := quotaOf(upd[0])
 			if tc.restored == 0 && set || tc.restored != 0 && q != tc.restored {
 				t.Fatalf("quota %d (set %v), want %d", q, set, tc.restored)
+			}
+		})
+	}
+}
+
+// TestAllocStatusMemsMustBeNUMANodesOfTheNode: an exclusive container's
+// alloc-status mems must name NUMA nodes the node has (the test node has
+// NUMA node 0 only); otherwise it is refused and nothing is held.
+func TestAllocStatusMemsMustBeNUMANodesOfTheNode(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, mems string
+		refused    string // empty: admitted
+	}{
+		{name: "the node's NUMA node", mems: `"0"`},
+		{name: "no mems (numa None)", mems: `""`},
+		{name: "mems absent", mems: ""},
+		{name: "NUMA nodes the node does not have", mems: `"5-7"`,
+			refused: `corepin: pod default/m container engine cpus "2-3": corepin.io/alloc-status mems "5-7": this node has no NUMA node 5-7 (its NUMA nodes: 0)`},
+		{name: "one of them missing", mems: `"0-1"`, refused: `mems "0-1": this node has no NUMA node 1 (its NUMA nodes: 0)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			status := `{"node":"node-a","cpus":"2-3","containers":{"engine":"2-3"}`
+			if tc.mems != "" {
+				status += `,"mems":` + tc.mems
+			}
+			sb := sandbox("s-m", "default", "m", map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocStatus: status + "}"})
+			_, _, err := p.CreateContainer(ctx, sb, ctr("c-m", "s-m", "engine", 2000, ""))
+			if tc.refused == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.refused) {
+				t.Fatalf("error %v, want %q", err, tc.refused)
+			}
+			if e := p.Capacity().E; e != 0 {
+				t.Fatalf("E = %d after a refusal, want 0", e)
+			}
+			if got := testutil.ToFloat64(p.metrics.refusals.WithLabelValues("bad-annotation")); got != 1 {
+				t.Fatalf("refusals{bad-annotation} = %v, want 1", got)
 			}
 		})
 	}
