@@ -241,18 +241,13 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 		c.Class = BindAll
 		return c, nil
 	case !intent.Exclusive():
-		c.Class = Shared
-		for _, ns := range l.cfg.SystemNamespaces {
-			if ns == pod.Namespace {
-				c.Class = System
-			}
-		}
+		c.Class = l.sharedClass(pod)
 		return c, nil
 	}
 	value, ok := pod.Annotations[api.AnnotationAllocStatus]
 	if !ok {
 		if l.cfg.UnplacedToShared {
-			c.Class = Shared
+			c.Class = l.sharedClass(pod)
 			return c, nil
 		}
 		return nil, refuse("not-placed", "", "exclusive pod not placed by the corepin scheduler extender (no "+api.AnnotationAllocStatus+")")
@@ -263,7 +258,7 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	}
 	cpus, mine := status.Containers[name]
 	if !mine {
-		c.Class = Shared // a sidecar of an exclusive pod
+		c.Class = l.sharedClass(pod) // a sidecar of an exclusive pod
 		return c, nil
 	}
 	if status.Node != l.cfg.NodeName {
@@ -271,6 +266,17 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	}
 	c.Class, c.CPUs, c.Mems = Exclusive, cpus.Set(), status.Mems.Set()
 	return c, nil
+}
+
+// sharedClass is the class of a pod's containers that run in the shared
+// pool, whatever made them shared (a shared pod, a sidecar of an exclusive
+// pod, an unplaced exclusive pod sent to the pool): pods of the system
+// namespaces also get the reserved CPUs (contract section 5).
+func (l *Ledger) sharedClass(pod Pod) Class {
+	if slices.Contains(l.cfg.SystemNamespaces, pod.Namespace) {
+		return System
+	}
+	return Shared
 }
 
 // Admit records a classified container. An exclusive container's CPUs must

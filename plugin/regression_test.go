@@ -302,3 +302,53 @@ func TestAllocStatusMemsMustBeNUMANodesOfTheNode(t *testing.T) {
 		})
 	}
 }
+
+// TestSystemNamespaceGetsTheReservedCPUsWheneverShared: a container of a
+// system-namespace pod that runs in the shared pool gets the reserved CPUs
+// too, whatever made it shared (pool 1,4-7 while default/db holds 2-3).
+func TestSystemNamespaceGetsTheReservedCPUsWheneverShared(t *testing.T) {
+	ctx := context.Background()
+	exclusiveSys := func(ns string) *api.PodSandbox {
+		return sandbox("s-x", ns, "agent", map[string]string{corepin.AnnotationCPUMode: "exclusive",
+			corepin.AnnotationAllocStatus: `{"node":"node-a","cpus":"4-5","containers":{"engine":"4-5"},"mems":"0"}`})
+	}
+	for _, tc := range []struct {
+		name     string
+		unplaced bool
+		sb       *api.PodSandbox
+		cname    string
+		cpus     string
+		class    Class
+	}{
+		{name: "shared pod", sb: sandbox("s-x", "kube-system", "dns", nil), cname: "dns", cpus: "0-1,4-7", class: System},
+		{name: "sidecar of an exclusive pod", sb: exclusiveSys("kube-system"), cname: "sidecar", cpus: "0-1,6-7", class: System},
+		{name: "sidecar of an exclusive pod elsewhere", sb: exclusiveSys("default"), cname: "sidecar", cpus: "1,6-7", class: Shared},
+		{name: "unplaced exclusive pod sent to the pool", unplaced: true,
+			sb: sandbox("s-x", "kube-system", "u", map[string]string{corepin.AnnotationCPUMode: "exclusive"}), cname: "engine", cpus: "0-1,4-7", class: System},
+		{name: "unplaced exclusive pod elsewhere", unplaced: true,
+			sb: sandbox("s-x", "default", "u", map[string]string{corepin.AnnotationCPUMode: "exclusive"}), cname: "engine", cpus: "1,4-7", class: Shared},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.ledger.cfg.UnplacedToShared = tc.unplaced
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.cname == "sidecar" {
+				if _, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-eng", "s-x", "engine", 2000, "")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			adj, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", tc.cname, 100, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := adj.GetLinux().GetResources().GetCpu().GetCpus(); got != tc.cpus {
+				t.Fatalf("cpuset %q, want %q", got, tc.cpus)
+			}
+			if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+				t.Fatalf("class %v, want %v", c.Class, tc.class)
+			}
+		})
+	}
+}
