@@ -150,15 +150,24 @@ func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 }
 
 // SetRelease records a pod's live release switch and reports whether any of
-// its containers must change.
+// its containers must change: its exclusive containers follow both
+// switches, its BindAllCPUs containers follow exclude-reserve-cpuset. The
+// pinning is compared before and after, so a first switch from the API
+// server that says what the sandbox's annotations said changes nothing.
 func (l *Ledger) SetRelease(key string, r Release) bool {
-	old, had := l.release[key]
-	l.release[key] = r
-	if had && old.Isolate == r.Isolate && old.ExcludeReserve == r.ExcludeReserve {
-		return false
+	type pinning struct {
+		cpus   string
+		lifted bool
 	}
+	before := map[*Container]pinning{}
 	for _, c := range l.containers {
-		if c.podKey == key && c.Class == Exclusive {
+		if c.podKey == key && (c.Class == Exclusive || c.Class == BindAll) {
+			before[c] = pinning{l.CPUsFor(c).String(), l.Lifted(c)}
+		}
+	}
+	l.release[key] = r
+	for c, was := range before {
+		if (pinning{l.CPUsFor(c).String(), l.Lifted(c)}) != was {
 			return true
 		}
 	}

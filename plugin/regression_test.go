@@ -352,3 +352,39 @@ func TestSystemNamespaceGetsTheReservedCPUsWheneverShared(t *testing.T) {
 		})
 	}
 }
+
+// TestLiveSwitchReachesEveryPinnedContainer: flipping a pod's switches on
+// the API server asks the plugin's goroutine for the updates of every
+// container they affect: exclusive ones (both switches) and BindAllCPUs
+// ones (exclude-reserve-cpuset).
+func TestLiveSwitchReachesEveryPinnedContainer(t *testing.T) {
+	ctx := context.Background()
+	bindAll := sandbox("s-x", "perf", "x", map[string]string{corepin.AnnotationAllocSpec: `{"cpu":"BindAllCPUs"}`})
+	for _, tc := range []struct {
+		name    string
+		sb      *api.PodSandbox
+		release Release
+		want    map[string]string // the pending batch; empty: none signalled
+	}{
+		{name: "BindAllCPUs: reserved CPUs let in", sb: bindAll, release: Release{ExcludeReserve: false}, want: map[string]string{"c-x": "0-7"}},
+		{name: "BindAllCPUs: same switch, nothing", sb: bindAll, release: Release{ExcludeReserve: true}, want: map[string]string{}},
+		{name: "exclusive: released", sb: exclusivePod("s-x", "x", "2-3"), release: Release{Isolate: true, ExcludeReserve: true}, want: map[string]string{"c-x": "1-7"}},
+		{name: "shared: nothing to change", sb: sandbox("s-x", "perf", "x", nil), release: Release{Isolate: true, ExcludeReserve: false}, want: map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.ledger.cfg.BindAllNamespaces = []string{"perf"}
+			if _, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			drain(p)
+			p.SetRelease(tc.sb.Namespace, tc.sb.Name, tc.release)
+			if signalled := drain(p); signalled != (len(tc.want) > 0) {
+				t.Fatalf("pending signalled %v, want %v", signalled, len(tc.want) > 0)
+			}
+			if got := updateMap(p.PendingUpdates()); !equalMaps(got, tc.want) {
+				t.Fatalf("pending batch %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
