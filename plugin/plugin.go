@@ -337,7 +337,10 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			strings.Compare(a.GetId(), b.GetId()))
 	})
 	for _, c := range ordered {
-		if s := c.GetState(); s != api.ContainerState_CONTAINER_CREATED && s != api.ContainerState_CONTAINER_RUNNING {
+		// Only a stopped container is gone: a paused one still holds its
+		// CPUs (it resumes where it was), and one in an unknown state may
+		// be running.
+		if c.GetState() == api.ContainerState_CONTAINER_STOPPED {
 			continue
 		}
 		pod := p.pods[c.GetPodSandboxId()]

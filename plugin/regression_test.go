@@ -388,3 +388,38 @@ func TestLiveSwitchReachesEveryPinnedContainer(t *testing.T) {
 		})
 	}
 }
+
+// TestContainersThatExistAtSynchronize: every container that is not
+// stopped exists for the ledger; a paused or unknown-state exclusive
+// container keeps its CPUs out of the pool and away from other pods.
+func TestContainersThatExistAtSynchronize(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		state   api.ContainerState
+		e       int
+		pool    string
+		refused bool // another pod asking for the same CPUs
+	}{
+		{api.ContainerState_CONTAINER_RUNNING, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_CREATED, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_PAUSED, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_UNKNOWN, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_STOPPED, 0, "1-7", false},
+	} {
+		t.Run(tc.state.String(), func(t *testing.T) {
+			p := newTestPlugin(t)
+			c := ctr("c-db", "s-db", "engine", 2000, "2-3")
+			c.State = tc.state
+			if _, err := p.Synchronize(ctx, []*api.PodSandbox{exclusivePod("s-db", "db", "2-3")}, []*api.Container{c}); err != nil {
+				t.Fatal(err)
+			}
+			if e, pool := p.Capacity().E, p.SharedPool().String(); e != tc.e || pool != tc.pool {
+				t.Fatalf("E = %d, pool %s; want %d, %s", e, pool, tc.e, tc.pool)
+			}
+			_, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "2-3"), ctr("c-x", "s-x", "engine", 2000, ""))
+			if (err != nil) != tc.refused {
+				t.Fatalf("another pod on 2-3: %v, want refused %v", err, tc.refused)
+			}
+		})
+	}
+}
