@@ -446,6 +446,7 @@ func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Cont
 	defer p.mu.Unlock()
 	gone, ok := p.ledger.Forget(c.GetId())
 	if !ok || gone.Class != Exclusive {
+		p.changed() // the container gauges and the shared sum moved
 		return nil, nil
 	}
 	updates, _ := p.updates("", "grow")

@@ -423,3 +423,35 @@ func TestContainersThatExistAtSynchronize(t *testing.T) {
 		})
 	}
 }
+
+// TestGaugesFollowEveryStop: stopping any container, not only an
+// exclusive one, refreshes the gauges.
+func TestGaugesFollowEveryStop(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		sb    *api.PodSandbox
+		class Class
+	}{
+		{"shared", sandbox("s-x", "default", "x", nil), Shared},
+		{"system", sandbox("s-x", "kube-system", "x", nil), System},
+		{"exclusive", exclusivePod("s-x", "x", "2-3"), Exclusive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			gauge := p.metrics.containers.WithLabelValues(tc.class.String())
+			if _, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(gauge); got != 1 {
+				t.Fatalf("corepin_nri_containers{class=%q} = %v after the create, want 1", tc.class, got)
+			}
+			if _, err := p.StopContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(gauge); got != 0 {
+				t.Fatalf("corepin_nri_containers{class=%q} = %v after the stop, want 0", tc.class, got)
+			}
+		})
+	}
+}
