@@ -7,6 +7,7 @@ package plugin
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -104,6 +105,12 @@ type Release struct {
 	// LimitMilli is each container's CPU limit from the pod spec, to
 	// restore a quota the plugin lifted before it restarted.
 	LimitMilli map[string]int64
+	// Init names the pod's init containers that run to completion (the
+	// spec's initContainers but native sidecars, restartPolicy Always).
+	// NRI does not tell init containers from the others; they run before
+	// the pod's containers and are not counted in the capacity formula's
+	// shared sum, while native sidecars run for the pod's life and are.
+	Init map[string]bool
 }
 
 // Config is the node's policy.
@@ -155,6 +162,9 @@ func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 // pinning is compared before and after, so a first switch from the API
 // server that says what the sandbox's annotations said changes nothing.
 func (l *Ledger) SetRelease(key string, r Release) bool {
+	if old := l.release[key]; !maps.Equal(old.Init, r.Init) {
+		defer l.recount(key)
+	}
 	type pinning struct {
 		cpus   string
 		lifted bool
@@ -172,6 +182,27 @@ func (l *Ledger) SetRelease(key string, r Release) bool {
 		}
 	}
 	return false
+}
+
+// recount rebuilds the placements of the pods named key (namespace/name),
+// whose init containers became known: they leave the shared sum.
+func (l *Ledger) recount(key string) {
+	ids := map[string]bool{}
+	for _, c := range l.containers {
+		if c.podKey == key {
+			ids[c.podID] = true
+		}
+	}
+	for id := range ids {
+		_ = l.replacePod(id, false)
+	}
+}
+
+// runsToCompletion reports whether a container is an init container that
+// runs to completion (not counted in the shared sum), as far as the API
+// server told the plugin.
+func (l *Ledger) runsToCompletion(c *Container) bool {
+	return l.release[c.podKey].Init[c.Name]
 }
 
 // ForgetRelease drops a deleted pod's live switch.
@@ -440,9 +471,13 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 			continue
 		}
 		pod = &c.Pod
-		if c.Class == Exclusive {
+		switch {
+		case c.Class == Exclusive:
 			cpus = append(cpus, c.CPUs.List()...)
-		} else {
+		case l.runsToCompletion(c):
+			// An init container runs before the others and ends: as the
+			// extender, the formula does not count it.
+		default:
 			milli += c.Milli
 		}
 	}

@@ -152,9 +152,9 @@ func (p *Plugin) SharedPool() cpuset.CPUSet {
 	return p.ledger.SharedPool()
 }
 
-// SetRelease applies a pod's live release switch (from the API server):
-// its exclusive containers are widened, or restored, by the plugin's own
-// goroutine.
+// SetRelease applies what the API server says of a pod (its release
+// switches, its containers' limits, its init containers): its exclusive
+// containers are widened, or restored, by the plugin's own goroutine.
 func (p *Plugin) SetRelease(namespace, name string, r Release) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -163,6 +163,7 @@ func (p *Plugin) SetRelease(namespace, name string, r Release) {
 		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
 		notify(p.pending)
 	}
+	p.changed() // init containers may have left the shared sum
 }
 
 // SetNodePolicy applies the node's corepin.io/node-policy value over the

@@ -455,3 +455,51 @@ func TestGaugesFollowEveryStop(t *testing.T) {
 		})
 	}
 }
+
+// TestInitContainersAreNotCountedInTheSharedSum: an init container that
+// runs to completion counts 0 in S and M (docs/annotations.md), once the
+// API server has told the plugin which containers of the pod are init
+// containers; a native sidecar (restartPolicy Always) counts like any
+// shared container. On the test node (P = 7, h = 2) a 3-CPU shared pod
+// leaves room for 1 exclusive CPU (P - h*M = 1); counted 0, for 4.
+func TestInitContainersAreNotCountedInTheSharedSum(t *testing.T) {
+	ctx := context.Background()
+	initOnly := Release{ExcludeReserve: true, Init: map[string]bool{"migrate": true}}
+	for _, tc := range []struct {
+		name string
+		api  *Release // what the API server says of default/w; nil: nothing (no API access)
+		// late: the API server's word arrives after the container was created.
+		late     bool
+		s, m     int64
+		admitted bool // a 2-CPU exclusive pod afterwards
+	}{
+		{name: "init container: not counted", api: &initOnly, s: 0, m: 0, admitted: true},
+		{name: "init container known after it started: not counted", api: &initOnly, late: true, s: 0, m: 0, admitted: true},
+		{name: "native sidecar: counted", api: &Release{ExcludeReserve: true}, s: 3000, m: 3000},
+		{name: "without the API server: counted", s: 3000, m: 3000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if tc.api != nil && !tc.late {
+				p.SetRelease("default", "w", *tc.api)
+			}
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-w", "default", "w", nil), ctr("c-init", "s-w", "migrate", 3000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.api != nil && tc.late {
+				p.SetRelease("default", "w", *tc.api)
+			}
+			if c := p.Capacity(); c.S != tc.s || c.M != tc.m {
+				t.Fatalf("S = %d, M = %d; want %d, %d", c.S, c.M, tc.s, tc.m)
+			}
+			_, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, ""))
+			if (err == nil) != tc.admitted {
+				t.Fatalf("exclusive 2 CPUs: %v, want admitted %v", err, tc.admitted)
+			}
+			// The init container still runs in the shared pool.
+			if c, ok := p.Ledger().Container("c-init"); !ok || c.Class != Shared {
+				t.Fatalf("init container not tracked as shared: %v", c)
+			}
+		})
+	}
+}
