@@ -18,8 +18,9 @@ import (
 )
 
 // WatchPods follows the pods of this node on the API server (a field
-// selector on spec.nodeName; a transform keeps the release annotations and
-// CPU limits only) and hands each pod's release switch to the plugin. It
+// selector on spec.nodeName; a transform keeps the release annotations,
+// the CPU limits and the init containers only) and hands each pod's
+// release switch and init containers to the plugin. It
 // returns once the informer has synced or ctx is done; the watch goes on
 // until ctx is done, and reconnects by itself when the API server is away.
 func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, log *slog.Logger) cache.SharedIndexInformer {
@@ -108,8 +109,9 @@ func (p *Plugin) NodePolicyHandler(log *slog.Logger) func(*v1.Node) {
 	}
 }
 
-// slimPod keeps what the release switch needs: the two annotations and
-// each container's CPU limit.
+// slimPod keeps what the plugin reads of a pod: the two release
+// annotations, each container's CPU limit, and the init containers' names
+// and restart policies.
 func slimPod(obj any) (any, error) {
 	pod, ok := obj.(*v1.Pod)
 	if !ok {
@@ -129,11 +131,16 @@ func slimPod(obj any) (any, error) {
 		}
 		slim.Spec.Containers = append(slim.Spec.Containers, kept)
 	}
+	// Init containers: their names, and which are native sidecars.
+	for _, c := range pod.Spec.InitContainers {
+		slim.Spec.InitContainers = append(slim.Spec.InitContainers, v1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy})
+	}
 	return slim, nil
 }
 
-// releaseOf reads a pod's release switch. A malformed value leaves the pod
-// pinned: releasing is the exception that must be asked for clearly.
+// releaseOf reads a pod's release switch, its containers' CPU limits and
+// its init containers that run to completion. A malformed value leaves the
+// pod pinned: releasing is the exception that must be asked for clearly.
 func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
 	r := Release{ExcludeReserve: true, LimitMilli: map[string]int64{}}
 	intent, err := corepin.ParsePodIntent(pod.Annotations, nil)
@@ -145,6 +152,16 @@ func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
 	for _, c := range pod.Spec.Containers {
 		if q, ok := c.Resources.Limits[v1.ResourceCPU]; ok {
 			r.LimitMilli[c.Name] = q.MilliValue()
+		}
+	}
+	for _, c := range pod.Spec.InitContainers {
+		// A native sidecar (restartPolicy Always) runs for the pod's life
+		// and is counted like any other shared container.
+		if c.RestartPolicy == nil || *c.RestartPolicy != v1.ContainerRestartPolicyAlways {
+			if r.Init == nil {
+				r.Init = map[string]bool{}
+			}
+			r.Init[c.Name] = true
 		}
 	}
 	return r

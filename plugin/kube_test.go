@@ -258,6 +258,9 @@ func TestSlimObjects(t *testing.T) {
 				Limits:   v1.ResourceList{v1.ResourceCPU: resource.MustParse("2"), v1.ResourceMemory: resource.MustParse("1Gi")},
 				Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}},
 			{Name: "sidecar"},
+		}, InitContainers: []v1.Container{
+			{Name: "migrate", Image: "db:1", Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("2")}}},
+			{Name: "proxy", Image: "proxy:1", RestartPolicy: ptr(v1.ContainerRestartPolicyAlways)},
 		}},
 		Status: v1.PodStatus{Phase: v1.PodRunning},
 	}
@@ -276,6 +279,9 @@ func TestSlimObjects(t *testing.T) {
 			Spec: v1.PodSpec{Containers: []v1.Container{
 				{Name: "engine", Resources: v1.ResourceRequirements{Limits: cpu("2")}},
 				{Name: "sidecar"}, // no limit: none invented
+			}, InitContainers: []v1.Container{
+				{Name: "migrate"}, // runs to completion: its name only
+				{Name: "proxy", RestartPolicy: ptr(v1.ContainerRestartPolicyAlways)}, // a native sidecar
 			}}}},
 		{"node", slimNode, node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9",
 			Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}"}}}},
@@ -296,5 +302,10 @@ func TestSlimObjects(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if r := releaseOf(slim.(*v1.Pod), log); !r.Isolate || r.ExcludeReserve || r.LimitMilli["engine"] != 2000 || len(r.LimitMilli) != 1 {
 		t.Fatalf("release from the slim pod %+v", r)
+	}
+	// Init containers that run to completion are known; a native sidecar
+	// is not one of them (it is counted like the pod's containers).
+	if r := releaseOf(slim.(*v1.Pod), log); !r.Init["migrate"] || r.Init["proxy"] || len(r.Init) != 1 {
+		t.Fatalf("init containers from the slim pod %v, want migrate only", r.Init)
 	}
 }

@@ -7,6 +7,7 @@ package plugin
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -38,8 +39,21 @@ type Pod struct {
 	Labels               map[string]string
 }
 
-// Key is namespace/name.
+// Key is namespace/name: how the pod is named in messages and events,
+// and how the API server's release switch finds it.
 func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// identity is what the ledger keys a pod's placement by: its UID, else (a
+// runtime that does not report it) the sandbox's ID. namespace/name is not
+// enough: a pod deleted and re-created under the same name (a bare pod, a
+// force delete) gets a new sandbox while the old one's containers may
+// still run, and the two must not be merged into one placement.
+func identity(uid, sandboxID string) string {
+	if uid != "" {
+		return uid
+	}
+	return "sandbox:" + sandboxID
+}
 
 // Container is a container the ledger tracks.
 type Container struct {
@@ -62,8 +76,9 @@ type Container struct {
 	Quota  int64
 	Period uint64
 
-	// cpus caches CPUs.String(); podKey caches Pod.Key().
-	cpus, podKey string
+	// cpus caches CPUs.String(); podKey caches Pod.Key(); podID is the
+	// pod's identity (UID, else sandbox ID) that placements are keyed by.
+	cpus, podKey, podID string
 	// sandboxRelease is the release switch in the sandbox's annotations,
 	// in force until the API server says otherwise.
 	sandboxRelease Release
@@ -90,13 +105,23 @@ type Release struct {
 	// LimitMilli is each container's CPU limit from the pod spec, to
 	// restore a quota the plugin lifted before it restarted.
 	LimitMilli map[string]int64
+	// Init names the pod's init containers that run to completion (the
+	// spec's initContainers but native sidecars, restartPolicy Always).
+	// NRI does not tell init containers from the others; they run before
+	// the pod's containers and are not counted in the capacity formula's
+	// shared sum, while native sidecars run for the pod's life and are.
+	Init map[string]bool
 }
 
 // Config is the node's policy.
 type Config struct {
 	NodeName         string
 	SystemNamespaces []string
-	Limits           api.Limits
+	// BindAllNamespaces are the namespaces whose pods may use BindAllCPUs
+	// (the extender's bindAllNamespaces); elsewhere such a container is
+	// refused.
+	BindAllNamespaces []string
+	Limits            api.Limits
 	// UnplacedToShared sends exclusive pods without alloc-status to the
 	// shared pool instead of refusing them.
 	UnplacedToShared bool
@@ -120,28 +145,64 @@ type Ledger struct {
 	quarantine map[string]*Container
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
+	// names maps the identity of each placed pod to its namespace/name,
+	// for messages.
+	names map[string]string
 }
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{},
-		quarantine: map[string]*Container{}}
+		quarantine: map[string]*Container{}, names: map[string]string{}}
 }
 
 // SetRelease records a pod's live release switch and reports whether any of
-// its containers must change.
+// its containers must change: its exclusive containers follow both
+// switches, its BindAllCPUs containers follow exclude-reserve-cpuset. The
+// pinning is compared before and after, so a first switch from the API
+// server that says what the sandbox's annotations said changes nothing.
 func (l *Ledger) SetRelease(key string, r Release) bool {
-	old, had := l.release[key]
-	l.release[key] = r
-	if had && old.Isolate == r.Isolate && old.ExcludeReserve == r.ExcludeReserve {
-		return false
+	if old := l.release[key]; !maps.Equal(old.Init, r.Init) {
+		defer l.recount(key)
 	}
+	type pinning struct {
+		cpus   string
+		lifted bool
+	}
+	before := map[*Container]pinning{}
 	for _, c := range l.containers {
-		if c.podKey == key && c.Class == Exclusive {
+		if c.podKey == key && (c.Class == Exclusive || c.Class == BindAll) {
+			before[c] = pinning{l.CPUsFor(c).String(), l.Lifted(c)}
+		}
+	}
+	l.release[key] = r
+	for c, was := range before {
+		if (pinning{l.CPUsFor(c).String(), l.Lifted(c)}) != was {
 			return true
 		}
 	}
 	return false
+}
+
+// recount rebuilds the placements of the pods named key (namespace/name),
+// whose init containers became known: they leave the shared sum.
+func (l *Ledger) recount(key string) {
+	ids := map[string]bool{}
+	for _, c := range l.containers {
+		if c.podKey == key {
+			ids[c.podID] = true
+		}
+	}
+	for id := range ids {
+		_ = l.replacePod(id, false)
+	}
+}
+
+// runsToCompletion reports whether a container is an init container that
+// runs to completion (not counted in the shared sum), as far as the API
+// server told the plugin.
+func (l *Ledger) runsToCompletion(c *Container) bool {
+	return l.release[c.podKey].Init[c.Name]
 }
 
 // ForgetRelease drops a deleted pod's live switch.
@@ -160,6 +221,20 @@ func (l *Ledger) releaseOf(c *Container) Release {
 // CFS quota lifted, while its own CPUs stay held for it.
 func (l *Ledger) Lifted(c *Container) bool {
 	return c.Class == Exclusive && l.releaseOf(c).Isolate
+}
+
+// FoundLifted reports whether an exclusive container found at synchronize
+// with CFS quota quota (<= 0: none) has its quota lifted by the plugin, so
+// that the quota is restored when its pod is not released: its pod is
+// released now, or the pod spec gives it a CPU limit (which the kubelet
+// turns into a quota > 0: only a release lifts it). The second case is a
+// release unset while the plugin was away. Without the API server's pod
+// spec it cannot be told from a container without a limit.
+func (l *Ledger) FoundLifted(c *Container, quota int64) bool {
+	if c.Class != Exclusive || quota > 0 {
+		return false
+	}
+	return l.Lifted(c) || l.release[c.podKey].LimitMilli[c.Name] > 0
 }
 
 // wide is every online CPU, minus the reserved ones when excludeReserve.
@@ -196,21 +271,23 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	c.sandboxRelease = Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}
 	switch {
 	case intent.BindAll():
+		// Refused rather than sent to the shared pool: the contract rejects
+		// it, as the extender does, and a pod that asks for every CPU and
+		// silently gets the pool would hide the misconfiguration.
+		if !slices.Contains(l.cfg.BindAllNamespaces, pod.Namespace) {
+			return nil, refuse("bindall-namespace", "", fmt.Sprintf("%s BindAllCPUs is not allowed in namespace %q (the plugin's --bind-all-namespaces: [%s]; set it as the extender's bindAllNamespaces)",
+				api.AnnotationAllocSpec, pod.Namespace, strings.Join(l.cfg.BindAllNamespaces, ", ")))
+		}
 		c.Class = BindAll
 		return c, nil
 	case !intent.Exclusive():
-		c.Class = Shared
-		for _, ns := range l.cfg.SystemNamespaces {
-			if ns == pod.Namespace {
-				c.Class = System
-			}
-		}
+		c.Class = l.sharedClass(pod)
 		return c, nil
 	}
 	value, ok := pod.Annotations[api.AnnotationAllocStatus]
 	if !ok {
 		if l.cfg.UnplacedToShared {
-			c.Class = Shared
+			c.Class = l.sharedClass(pod)
 			return c, nil
 		}
 		return nil, refuse("not-placed", "", "exclusive pod not placed by the corepin scheduler extender (no "+api.AnnotationAllocStatus+")")
@@ -221,7 +298,7 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	}
 	cpus, mine := status.Containers[name]
 	if !mine {
-		c.Class = Shared // a sidecar of an exclusive pod
+		c.Class = l.sharedClass(pod) // a sidecar of an exclusive pod
 		return c, nil
 	}
 	if status.Node != l.cfg.NodeName {
@@ -229,6 +306,17 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	}
 	c.Class, c.CPUs, c.Mems = Exclusive, cpus.Set(), status.Mems.Set()
 	return c, nil
+}
+
+// sharedClass is the class of a pod's containers that run in the shared
+// pool, whatever made them shared (a shared pod, a sidecar of an exclusive
+// pod, an unplaced exclusive pod sent to the pool): pods of the system
+// namespaces also get the reserved CPUs (contract section 5).
+func (l *Ledger) sharedClass(pod Pod) Class {
+	if slices.Contains(l.cfg.SystemNamespaces, pod.Namespace) {
+		return System
+	}
+	return Shared
 }
 
 // Admit records a classified container. An exclusive container's CPUs must
@@ -244,36 +332,62 @@ func (l *Ledger) Admit(id string, c *Container) error { return l.admit(id, c, tr
 // for CPUs it cannot hold (offline, reserved, held by another pod).
 func (l *Ledger) AdmitExisting(id string, c *Container) error { return l.admit(id, c, false) }
 
-func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
+// keyed fills in the keys a container is found by.
+func (c *Container) keyed(id string) {
 	c.ID = id
 	if c.podKey == "" {
 		c.podKey = c.Pod.Key()
 	}
+	if c.podID == "" {
+		c.podID = identity(c.Pod.UID, c.SandboxID)
+	}
+}
+
+func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
+	c.keyed(id)
 	refuse := func(reason string) error {
 		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Kind: "conflict"}
 	}
+	// mems are checked on requests only: a container that exists runs with
+	// whatever mems the kernel accepted, and its CPUs must stay held.
+	if checkCapacity && c.Class == Exclusive {
+		if numa := l.numaNodes(); !c.Mems.IsSubsetOf(numa) {
+			return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Kind: "bad-annotation",
+				Reason: fmt.Sprintf("%s mems %q: this node has no NUMA node %s (its NUMA nodes: %s)", api.AnnotationAllocStatus, c.Mems, c.Mems.Difference(numa), numa)}
+		}
+	}
 	if c.Class == Exclusive && len(l.quarantine) > 0 {
-		if q := l.quarantinedBy(c.CPUs, c.podKey); q != nil {
+		if q := l.quarantinedBy(c.CPUs, c.podID); q != nil {
 			return refuse(fmt.Sprintf("CPUs %s: CPU %s is held by container %s of pod %s, left running at synchronize after a conflict",
 				c.CPUs, q.CPUs.Intersection(c.CPUs), q.Name, q.podKey))
 		}
 	}
-	if old, ok := l.containers[id]; ok && old.podKey == c.podKey {
+	if old, ok := l.containers[id]; ok && old.podID == c.podID {
 		l.Forget(id)
 	}
 	l.containers[id] = c
-	if err := l.replacePod(c.podKey, checkCapacity); err != nil {
+	if err := l.replacePod(c.podID, checkCapacity); err != nil {
 		delete(l.containers, id)
-		_ = l.replacePod(c.podKey, false) // restore the pod as it was
+		_ = l.replacePod(c.podID, false) // restore the pod as it was
 		return refuse(err.Error())
 	}
 	return nil
 }
 
-// quarantinedBy returns a quarantined container of another pod on one of cpus.
-func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podKey string) *Container {
+// numaNodes are the NUMA nodes of the node's online CPUs.
+func (l *Ledger) numaNodes() cpuset.CPUSet {
+	ids := make([]int, 0, len(l.topo.Source.CPUs))
+	for _, cpu := range l.topo.Source.CPUs {
+		ids = append(ids, cpu.NUMA)
+	}
+	return cpuset.New(ids...)
+}
+
+// quarantinedBy returns a quarantined container of another pod (by
+// identity) on one of cpus.
+func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podID string) *Container {
 	for _, q := range l.quarantined() {
-		if q.podKey != podKey && !q.CPUs.Intersection(cpus).IsEmpty() {
+		if q.podID != podID && !q.CPUs.Intersection(cpus).IsEmpty() {
 			return q
 		}
 	}
@@ -284,10 +398,7 @@ func (l *Ledger) quarantinedBy(cpus cpuset.CPUSet, podKey string) *Container {
 // admitted: it keeps running on its CPUs, so they leave the shared pool and
 // are refused to anyone else until the container goes (Forget).
 func (l *Ledger) Quarantine(id string, c *Container) {
-	c.ID = id
-	if c.podKey == "" {
-		c.podKey = c.Pod.Key()
-	}
+	c.keyed(id)
 	l.quarantine[id] = c
 	l.pool = nil
 }
@@ -343,25 +454,30 @@ func (l *Ledger) Forget(id string) (*Container, bool) {
 		return nil, false
 	}
 	delete(l.containers, id)
-	_ = l.replacePod(c.podKey, false)
+	_ = l.replacePod(c.podID, false)
 	return c, true
 }
 
-// replacePod rebuilds one pod's placement from its live containers: the
-// union of their exclusive CPUs and the sum of their shared amounts. With
-// checkCapacity, a pod whose exclusive CPUs grew must fit the formula.
+// replacePod rebuilds one pod's placement (by identity) from its live
+// containers: the union of their exclusive CPUs and the sum of their
+// shared amounts. With checkCapacity, a pod whose exclusive CPUs grew must
+// fit the formula.
 func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	var cpus []int
 	var milli int64
 	var pod *Pod
 	for _, c := range l.containers {
-		if c.podKey != key {
+		if c.podID != key {
 			continue
 		}
 		pod = &c.Pod
-		if c.Class == Exclusive {
+		switch {
+		case c.Class == Exclusive:
 			cpus = append(cpus, c.CPUs.List()...)
-		} else {
+		case l.runsToCompletion(c):
+			// An init container runs before the others and ends: as the
+			// extender, the formula does not count it.
+		default:
 			milli += c.Milli
 		}
 	}
@@ -369,6 +485,7 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	old, had := l.node.Pod(key)
 	l.node.Remove(key)
 	if pod == nil {
+		delete(l.names, key)
 		return nil
 	}
 	restore := func(err error) error {
@@ -379,9 +496,15 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	}
 	intent, _ := api.ParsePodIntent(pod.Annotations, pod.Labels)
 	p := &policy.Placement{Key: key, App: intent.App, Policy: intent.Spec.CPU, CPUs: cpuset.New(cpus...), SharedMilli: milli, MaxPerNode: intent.MaxPerNode}
+	// The engine checks these too, but names pods by their placement key
+	// (the identity); the ledger's message names them by namespace/name.
+	if err := l.checkFree(pod.Key(), key, p.CPUs); err != nil {
+		return restore(err)
+	}
 	if err := l.node.Add(p); err != nil { // online, not reserved, not held by another pod
 		return restore(err)
 	}
+	l.names[key] = pod.Key()
 	// Only growth is checked against the formula: a pod that keeps or
 	// shrinks its CPUs is never refused what it already holds.
 	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); checkCapacity && grew && p.Exclusive() {
@@ -395,6 +518,41 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 		}
 	}
 	return nil
+}
+
+// checkFree checks that every one of cpus may be given to the pod named
+// name with identity id: online, not reserved, not held by another pod.
+func (l *Ledger) checkFree(name, id string, cpus cpuset.CPUSet) error {
+	refuse := func(cpu int, why string) error {
+		return fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d %s", cpus, name, l.cfg.NodeName, cpu, why)
+	}
+	online, reserved := l.topo.Online(), l.topo.Reserved()
+	for _, cpu := range cpus.List() {
+		switch holder, held := l.node.Holder(cpu); {
+		case !online.Contains(cpu):
+			return refuse(cpu, "is not online on this node")
+		case reserved.Contains(cpu):
+			return refuse(cpu, "is reserved")
+		case held && holder.Key != id:
+			other := l.names[holder.Key]
+			if other == name {
+				// A pod re-created under the same name while the old
+				// one's containers still run.
+				return refuse(cpu, fmt.Sprintf("is held by pod %s (another pod of the same name, %s, whose containers still run)", other, holder.Key))
+			}
+			return refuse(cpu, "is held by pod "+other)
+		}
+	}
+	return nil
+}
+
+// Holder names (namespace/name) the pod holding a CPU exclusively, if any.
+func (l *Ledger) Holder(cpu int) (string, bool) {
+	h, ok := l.node.Holder(cpu)
+	if !ok {
+		return "", false
+	}
+	return l.names[h.Key], true
 }
 
 // SharedPool is online minus reserved minus the CPUs of exclusive
@@ -524,6 +682,51 @@ func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 		return milli * int64(period) / 1000, period
 	}
 	return 0, period
+}
+
+// Sent is what a batch of unsolicited updates gave each container, as the
+// ledger recorded it when the batch was computed (Changes), by container ID.
+type Sent map[string]applied
+
+// sentOf records what changes gave their containers.
+func sentOf(changes []Change) Sent {
+	out := make(Sent, len(changes))
+	for _, ch := range changes {
+		out[ch.Container.ID] = ch.Container.applied
+	}
+	return out
+}
+
+// Delivered reconciles the ledger with a batch of unsolicited updates once
+// the runtime has applied it, and returns the IDs of the containers whose
+// pinning is no longer known (sorted). Such a batch is computed under the
+// plugin's lock but sent after the lock is released, so a handler may run
+// in between and return its own updates (a CreateContainer's shrink),
+// which the runtime applies first: the batch's older cpuset then
+// overwrites them. A container whose recorded pinning is no longer what
+// the batch gave it is recorded as having the batch's pinning (what the
+// runtime applied last), and one whose update failed (failed, by ID) as
+// unknown, so that the next Changes sends either its current target
+// again. Containers the ledger no longer tracks are left alone.
+func (l *Ledger) Delivered(sent Sent, failed map[string]bool) []string {
+	var stale []string
+	for id, gave := range sent {
+		c, ok := l.containers[id]
+		if !ok {
+			continue
+		}
+		switch {
+		case failed[id]:
+			c.applied.known = false
+		case c.applied != gave:
+			c.applied = gave
+		default:
+			continue
+		}
+		stale = append(stale, id)
+	}
+	slices.Sort(stale)
+	return stale
 }
 
 // Applied records the pinning a container was given or was found with.

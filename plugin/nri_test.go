@@ -165,7 +165,7 @@ func TestResyncAfterRestart(t *testing.T) {
 				case <-ctx.Done():
 					return
 				case <-p.Pending():
-					_, _ = s.UpdateContainers(p.PendingUpdates())
+					_, _, _ = p.PushPending(s.UpdateContainers)
 				}
 			}
 		}()

@@ -93,11 +93,56 @@ func (p *Plugin) changed() {
 
 // PendingUpdates returns the updates that bring every container to what
 // the ledger says: the pool grown back after a pod went (reason grow), a
-// release switched (release, restore) or drift corrected (repair).
+// release switched (release, restore) or drift corrected (repair). The
+// ledger records them as applied: a caller that sends them to the runtime
+// should use PushPending, which also repairs what a handler running in
+// between changed.
 func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.updates("", "grow")
+	updates, _ := p.updates("", "grow")
+	return updates
+}
+
+// UpdateFunc sends unsolicited updates to the runtime and returns the ones
+// that failed (stub.Stub's UpdateContainers).
+type UpdateFunc func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
+
+// PushPending computes the pending updates (PendingUpdates), sends them
+// with send outside the plugin's lock (send must not run inside a handler:
+// it would deadlock with the runtime's lock), then reconciles the ledger
+// with what was sent. A handler may run while the batch is in flight and
+// return its own updates, which the runtime applies before the batch: a
+// container the handler moved is then overwritten by the batch's older
+// cpuset. Every such container, and every container whose update failed
+// (all of the batch when send fails as a whole), is sent its current
+// target by the next batch, which is signalled on Pending. It returns how
+// many updates were sent and how many of them failed.
+func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
+	p.mu.Lock()
+	updates, batch := p.updates("", "grow")
+	p.mu.Unlock()
+	if len(updates) == 0 {
+		return 0, 0, nil
+	}
+	failedUpdates, err := send(updates)
+	failed := map[string]bool{}
+	for _, u := range failedUpdates {
+		failed[u.GetContainerId()] = true
+	}
+	if err != nil {
+		for id := range batch {
+			failed[id] = true
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	stale := p.ledger.Delivered(batch, failed)
+	if len(stale) > 0 {
+		p.log.Info("Updates to send again: moved by a handler while a batch was in flight, or failed", "containers", stale)
+		notify(p.pending)
+	}
+	return len(updates), len(failed), err
 }
 
 // SharedPool is the current shared pool.
@@ -107,9 +152,9 @@ func (p *Plugin) SharedPool() cpuset.CPUSet {
 	return p.ledger.SharedPool()
 }
 
-// SetRelease applies a pod's live release switch (from the API server):
-// its exclusive containers are widened, or restored, by the plugin's own
-// goroutine.
+// SetRelease applies what the API server says of a pod (its release
+// switches, its containers' limits, its init containers): its exclusive
+// containers are widened, or restored, by the plugin's own goroutine.
 func (p *Plugin) SetRelease(namespace, name string, r Release) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -118,6 +163,7 @@ func (p *Plugin) SetRelease(namespace, name string, r Release) {
 		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
 		notify(p.pending)
 	}
+	p.changed() // init containers may have left the shared sum
 }
 
 // SetNodePolicy applies the node's corepin.io/node-policy value over the
@@ -292,7 +338,10 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			strings.Compare(a.GetId(), b.GetId()))
 	})
 	for _, c := range ordered {
-		if s := c.GetState(); s != api.ContainerState_CONTAINER_CREATED && s != api.ContainerState_CONTAINER_RUNNING {
+		// Only a stopped container is gone: a paused one still holds its
+		// CPUs (it resumes where it was), and one in an unknown state may
+		// be running.
+		if c.GetState() == api.ContainerState_CONTAINER_STOPPED {
 			continue
 		}
 		pod := p.pods[c.GetPodSandboxId()]
@@ -318,13 +367,18 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 				classified.CPUs.String()+" are kept out of the shared pool): "+err.Error())
 			continue
 		}
+		// A quota found lifted was lifted by us (the pod is released, or
+		// was until its release was unset while the plugin was away): it
+		// is restored from the pod spec's limit unless the pod is released.
+		quota, _ := cfs(c)
+		lifted := p.ledger.FoundLifted(classified, quota)
+		if lifted {
+			classified.Quota = 0 // the original is the pod spec's limit
+		}
 		if cur, ok := currentCPUs(c); ok {
-			// A quota found lifted on a released container was lifted by us.
-			quota, _ := cfs(c)
-			p.ledger.Applied(c.GetId(), cur, p.ledger.Lifted(classified) && quota <= 0)
-			if p.ledger.Lifted(classified) {
-				classified.Quota = 0 // the original is the pod spec's limit
-			}
+			p.ledger.Applied(c.GetId(), cur, lifted)
+		} else {
+			classified.applied.lifted = lifted // the cpuset is repaired; the quota restored if due
 		}
 	}
 	if c := p.ledger.Capacity(); c.E > c.ExclusiveLimit {
@@ -333,7 +387,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		p.log.Warn("Over the exclusive limit at synchronize; running containers kept", "exclusive", c.E, "limit", c.ExclusiveLimit)
 		p.nodeEvent("CorepinOverExclusiveLimit", msg)
 	}
-	updates := p.updates("", "repair")
+	updates, _ := p.updates("", "repair")
 	p.changed()
 	p.health.synchronized()
 	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
@@ -379,7 +433,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	}
 	p.ledger.Applied(c.GetId(), cpus, lifted)
 	// Everyone else's cpuset is assumed to be what the ledger last gave it.
-	updates := p.updates(c.GetId(), "shrink")
+	updates, _ := p.updates(c.GetId(), "shrink")
 	p.changed()
 	p.log.Info("Pinned container", "pod", pod.Key(), "container", c.GetName(), "class", classified.Class,
 		"cpus", cpus.String(), "released", lifted, "updates", len(updates))
@@ -393,9 +447,10 @@ func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Cont
 	defer p.mu.Unlock()
 	gone, ok := p.ledger.Forget(c.GetId())
 	if !ok || gone.Class != Exclusive {
+		p.changed() // the container gauges and the shared sum moved
 		return nil, nil
 	}
-	updates := p.updates("", "grow")
+	updates, _ := p.updates("", "grow")
 	p.changed()
 	p.log.Info("Freed exclusive CPUs", "pod", gone.Pod.Key(), "container", gone.Name, "cpus", gone.CPUs.String(), "updates", len(updates))
 	return updates, nil
@@ -445,10 +500,10 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 // container updates, counted under reason unless they repair a container
 // whose cpuset was not known to be right (drift, synchronize) or lift or
 // restore a release.
-func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
+func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, Sent) {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
-		return nil
+		return nil, nil
 	}
 	// One allocation per message type for the whole reply: an exclusive
 	// container's creation can move hundreds of shared containers.
@@ -489,7 +544,7 @@ func (p *Plugin) updates(skip, reason string) []*api.ContainerUpdate {
 	for why, n := range counts {
 		p.metrics.updates.WithLabelValues(why).Add(float64(n))
 	}
-	return out
+	return out, sentOf(changes)
 }
 
 // SetTopology adopts a re-discovered host topology when it is a compatible

@@ -421,7 +421,7 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 				t.Errorf("E = %d, want %d", e, tc.e)
 			}
 			for cpu, pod := range tc.kept {
-				if h, ok := p.Ledger().node.Holder(cpu); !ok || h.Key != pod {
+				if h, ok := p.Ledger().Holder(cpu); !ok || h != pod {
 					t.Errorf("CPU %d held by %v, want %s", cpu, h, pod)
 				}
 			}
@@ -572,6 +572,7 @@ func TestClassesAtCreation(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		unplaced  bool
+		bindAllNS []string // the plugin's --bind-all-namespaces
 		sb        *api.PodSandbox
 		cpus      string
 		class     Class
@@ -586,16 +587,23 @@ func TestClassesAtCreation(t *testing.T) {
 			cpus: "1,4-7", class: Shared, exclusive: 2},
 		{name: "UnplacedToShared leaves placed pods exclusive", unplaced: true, sb: exclusivePod("s-x", "x", "4-5"),
 			cpus: "4-5", class: Exclusive, exclusive: 4},
-		{name: "BindAllCPUs: online minus reserved", sb: sandbox("s-x", "default", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
-		{name: "BindAllCPUs with the reserved CPUs", sb: sandbox("s-x", "default", "x", bindAll(map[string]string{corepin.AnnotationExcludeReserveCPUSet: "false"})),
+		{name: "BindAllCPUs: online minus reserved", bindAllNS: []string{"perf"}, sb: sandbox("s-x", "perf", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs with the reserved CPUs", bindAllNS: []string{"perf"}, sb: sandbox("s-x", "perf", "x", bindAll(map[string]string{corepin.AnnotationExcludeReserveCPUSet: "false"})),
 			cpus: "0-7", class: BindAll, exclusive: 2},
-		{name: "BindAllCPUs in a system namespace", sb: sandbox("s-x", "kube-system", "x", bindAll(nil)), cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs in a system namespace listed", bindAllNS: []string{"perf", "kube-system"}, sb: sandbox("s-x", "kube-system", "x", bindAll(nil)),
+			cpus: "1-7", class: BindAll, exclusive: 2},
+		{name: "BindAllCPUs outside bindAllNamespaces refused", bindAllNS: []string{"perf"}, sb: sandbox("s-x", "default", "x", bindAll(nil)),
+			refused:   `corepin: pod default/x container engine cpus "": corepin.io/alloc-spec BindAllCPUs is not allowed in namespace "default" (the plugin's --bind-all-namespaces: [perf]`,
+			exclusive: 2},
+		{name: "BindAllCPUs refused by default, system namespace too", sb: sandbox("s-x", "kube-system", "x", bindAll(nil)),
+			refused: `BindAllCPUs is not allowed in namespace "kube-system" (the plugin's --bind-all-namespaces: []`, exclusive: 2},
 		{name: "system namespace", sb: sandbox("s-x", "kube-system", "x", nil), cpus: "0-1,4-7", class: System, exclusive: 2},
 		{name: "shared", sb: sandbox("s-x", "default", "x", nil), cpus: "1,4-7", class: Shared, exclusive: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
 			p.ledger.cfg.UnplacedToShared = tc.unplaced
+			p.ledger.cfg.BindAllNamespaces = tc.bindAllNS
 			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
 				t.Fatal(err)
 			}

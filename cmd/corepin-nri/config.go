@@ -4,8 +4,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/corepin/corepin/api"
@@ -15,11 +17,15 @@ import (
 // the YAML file containerd also hands it (/etc/nri/conf.d/10-corepin.conf).
 // A flag given on the command line wins over the file.
 type options struct {
-	NRISocket           string        `json:"nriSocket"`
-	PluginIndex         string        `json:"pluginIndex"`
-	NodeName            string        `json:"nodeName"`
-	ReservedCPUs        string        `json:"reservedCPUs"`
-	SystemNamespaces    string        `json:"systemNamespaces"`
+	NRISocket        string `json:"nriSocket"`
+	PluginIndex      string `json:"pluginIndex"`
+	NodeName         string `json:"nodeName"`
+	ReservedCPUs     string `json:"reservedCPUs"`
+	SystemNamespaces string `json:"systemNamespaces"`
+	// BindAllNamespaces lists the namespaces whose pods may use
+	// BindAllCPUs, as the extender's bindAllNamespaces does (its default,
+	// none, is this default too).
+	BindAllNamespaces   string        `json:"bindAllNamespaces"`
 	Kubeconfig          string        `json:"kubeconfig"`
 	SysfsRoot           string        `json:"sysfsRoot"`
 	ProcRoot            string        `json:"procRoot"`
@@ -45,7 +51,26 @@ func (o options) limits() api.Limits {
 
 func (o options) validate() error {
 	np := api.NodePolicy{MaxExclusiveRatio: &o.MaxExclusiveRatio, SharedOvercommit: &o.SharedOvercommit, SharedHeadroom: &o.SharedHeadroom}
-	return np.Validate("corepin-nri")
+	if err := np.Validate("corepin-nri"); err != nil {
+		return err
+	}
+	for _, ns := range namespaces(o.BindAllNamespaces) {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return fmt.Errorf("bindAllNamespaces %q: %q is not a namespace name: %s", o.BindAllNamespaces, ns, strings.Join(errs, "; "))
+		}
+	}
+	return nil
+}
+
+// namespaces splits a comma-separated list of namespaces, ignoring blanks.
+func namespaces(list string) []string {
+	var out []string
+	for _, ns := range strings.Split(list, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			out = append(out, ns)
+		}
+	}
+	return out
 }
 
 // preinstalledConfig is where containerd keeps a pre-installed plugin's
@@ -70,6 +95,8 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name (default $NODE_NAME, then the hostname)")
 	fs.StringVar(&o.ReservedCPUs, "reserved-cpus", o.ReservedCPUs, "CPUs reserved for the system, a Linux CPU list")
 	fs.StringVar(&o.SystemNamespaces, "system-namespaces", o.SystemNamespaces, "comma-separated namespaces whose pods also get the reserved CPUs")
+	fs.StringVar(&o.BindAllNamespaces, "bind-all-namespaces", o.BindAllNamespaces,
+		"comma-separated namespaces whose pods may use BindAllCPUs (set it as the extender's bindAllNamespaces; empty: none)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for the API server; in-cluster config when running in a pod; none: standalone (enforce only)")
 	fs.StringVar(&o.SysfsRoot, "sysfs-root", o.SysfsRoot, "root holding sys/ for topology discovery and cgroups")
 	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "proc root for IO queues (default SYSFS-ROOT/proc)")

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,11 +40,23 @@ func TestConfigFile(t *testing.T) {
 		{"topologyInterval: -1s\n", `topologyInterval "-1s"`},
 		{"nodeName: [a\n", "10-corepin.conf"},
 		{"maxExclusiveRatio: 1.5\n", "maxExclusiveRatio"},
+		{"bindAllNamespaces: perf,Perf_Lab\n", `bindAllNamespaces "perf,Perf_Lab": "Perf_Lab" is not a namespace name`},
+		{"bindAllNamespaces: [perf]\n", "10-corepin.conf"},
 	} {
 		write(tc.body)
 		if _, err := load([]string{"--config", file}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("config %q: error %v, want %q", tc.body, err, tc.want)
 		}
+	}
+	write("bindAllNamespaces: perf, perf-lab\n")
+	if o, err := load([]string{"--config", file}); err != nil || !slices.Equal(namespaces(o.BindAllNamespaces), []string{"perf", "perf-lab"}) {
+		t.Errorf("bindAllNamespaces from the file: %q %v", o.BindAllNamespaces, err)
+	}
+	if o, err := load([]string{"--config", file, "--bind-all-namespaces", "lab"}); err != nil || o.BindAllNamespaces != "lab" {
+		t.Errorf("--bind-all-namespaces must win over the file: %q %v", o.BindAllNamespaces, err)
+	}
+	if o, _ := load(nil); len(namespaces(o.BindAllNamespaces)) != 0 {
+		t.Errorf("default bindAllNamespaces %q, want none (the extender's default)", o.BindAllNamespaces)
 	}
 	write("topologyInterval: 5m\n")
 	if o, err := load([]string{"--config", file}); err != nil || o.TopologyInterval != 5*time.Minute {

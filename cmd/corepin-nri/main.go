@@ -70,7 +70,8 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
+	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), BindAllNamespaces: namespaces(o.BindAllNamespaces),
+		Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
 	metrics := plugin.NewMetrics()
 	p := plugin.New(plugin.NewLedger(cfg, topo), log, metrics)
 	p.SetConfigCheck(func(config string) error {
@@ -199,19 +200,27 @@ func run(log *slog.Logger, o options) error {
 }
 
 // pushUpdates sends the updates no handler could return, from the
-// plugin's own goroutine.
+// plugin's own goroutine. Containers a batch could not bring to their
+// target (failed, or moved by a handler while it was in flight) are sent
+// again by the next batch; after a failure it waits a moment, so a
+// container that keeps failing is not retried in a tight loop.
 func pushUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub.Stub) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.Pending():
-			updates := p.PendingUpdates()
-			if len(updates) == 0 {
+			sent, failed, err := p.PushPending(s.UpdateContainers)
+			if sent == 0 {
 				continue
 			}
-			failed, err := s.UpdateContainers(updates)
-			log.Info("Updated containers", "updates", len(updates), "failed", len(failed), "err", err)
+			log.Info("Updated containers", "updates", sent, "failed", failed, "err", err)
+			if failed > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
 		}
 	}
 }

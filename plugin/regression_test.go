@@ -1,0 +1,505 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containerd/nri/pkg/api"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	corepin "github.com/corepin/corepin/api"
+)
+
+// drain empties the plugin's pending signal and reports whether it was set.
+func drain(p *Plugin) bool {
+	select {
+	case <-p.Pending():
+		return true
+	default:
+		return false
+	}
+}
+
+// updateMap is a batch of updates as container ID -> cpus.
+func updateMap(upd []*api.ContainerUpdate) map[string]string {
+	out := map[string]string{}
+	for _, u := range upd {
+		out[u.GetContainerId()] = cpusOf(u)
+	}
+	return out
+}
+
+// TestUnsolicitedBatchNeverOverwritesAHandlersReply: the plugin's own
+// goroutine computes a batch under the lock and sends it after releasing
+// it. Whatever happens while the batch is in flight (a CreateContainer
+// shrinks the pool in its reply, which the runtime applies first; the
+// runtime fails an update; the whole call fails), the containers the batch
+// did not leave on their current target are sent it by the next batch.
+func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		// send plays the runtime: it may run a handler before "applying"
+		// the batch, and answer with failures or an error.
+		send func(p *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
+		// again: the next batch (container -> cpus); nil: no next batch.
+		again map[string]string
+	}{
+		{name: "no handler in between: nothing to send again",
+			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil }},
+		{name: "an exclusive create shrinks the pool while a grow is in flight",
+			send: func(p *Plugin, _ []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				_, reply, err := p.CreateContainer(ctx, exclusivePod("s-b", "b", "2-3"), ctr("c-b", "s-b", "engine", 2000, ""))
+				if err != nil || updateMap(reply)["c-web"] != "1,4-7" {
+					t.Fatalf("handler in between: %v %v", reply, err)
+				}
+				return nil, nil // the runtime applied the reply, then the stale batch
+			},
+			again: map[string]string{"c-web": "1,4-7"}},
+		{name: "a failed update is sent again",
+			send:  func(_ *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return batch, nil },
+			again: map[string]string{"c-web": "1-7"}},
+		{name: "a failed call sends the whole batch again",
+			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				return nil, errors.New("connection closed")
+			},
+			again: map[string]string{"c-web": "1-7"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-a", "a", "4-5")) // grow c-web back, from the goroutine
+			drain(p)
+			var inFlight map[string]string
+			sent, _, _ := p.PushPending(func(batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				inFlight = updateMap(batch)
+				return tc.send(p, batch)
+			})
+			if sent != 1 || inFlight["c-web"] != "1-7" {
+				t.Fatalf("batch in flight %v, want c-web grown to 1-7", inFlight)
+			}
+			if signalled := drain(p); signalled != (tc.again != nil) {
+				t.Fatalf("next batch signalled %v, want %v", signalled, tc.again != nil)
+			}
+			next := updateMap(p.PendingUpdates())
+			if tc.again == nil {
+				tc.again = map[string]string{}
+			}
+			if len(next) != len(tc.again) || !equalMaps(next, tc.again) {
+				t.Fatalf("next batch %v, want %v", next, tc.again)
+			}
+		})
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// withUID sets a sandbox's pod UID.
+func withUID(sb *api.PodSandbox, uid string) *api.PodSandbox {
+	sb.Uid = uid
+	return sb
+}
+
+// TestRecreatedPodIsNotMergedWithTheOldOne: a pod deleted and re-created
+// under the same namespace/name (new UID, new sandbox) while the old
+// sandbox's exclusive container still runs is a different pod: its CPUs
+// are checked against the old one's, at creation and at synchronize.
+func TestRecreatedPodIsNotMergedWithTheOldOne(t *testing.T) {
+	ctx := context.Background()
+	old := func() *api.PodSandbox { return withUID(exclusivePod("s-old", "db", "2-3"), "uid-old") }
+	for _, tc := range []struct {
+		name     string
+		newCPUs  string
+		refused  string // empty: admitted
+		e        int    // E with both sandboxes
+		eWithout int    // E once the old sandbox is removed
+	}{
+		{name: "overlapping CPUs are refused", newCPUs: "3-4",
+			refused: `corepin: pod default/db container engine cpus "3-4": CPUs 3-4 for pod default/db on node node-a: CPU 3 is held by pod default/db (another pod of the same name, uid-old, whose containers still run)`,
+			e:       2, eWithout: 0},
+		{name: "the same CPUs are refused", newCPUs: "2-3", refused: "CPU 2 is held by pod default/db (another pod of the same name", e: 2, eWithout: 0},
+		{name: "disjoint CPUs are admitted and kept when the old pod goes", newCPUs: "4-5", e: 4, eWithout: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, old(), ctr("c-old", "s-old", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-new", "db", tc.newCPUs), "uid-new"), ctr("c-new", "s-new", "engine", 2000, ""))
+			switch {
+			case tc.refused == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), tc.refused)):
+				t.Fatalf("error %v, want %q", err, tc.refused)
+			}
+			if e := p.Capacity().E; e != tc.e {
+				t.Fatalf("E = %d with both sandboxes, want %d", e, tc.e)
+			}
+			_ = p.RemovePodSandbox(ctx, old())
+			if e := p.Capacity().E; e != tc.eWithout {
+				t.Fatalf("E = %d after the old sandbox went, want %d", e, tc.eWithout)
+			}
+		})
+	}
+
+	// At synchronize the two are two pods: the one created later is a
+	// conflict, quarantined, not merged into the first.
+	for _, tc := range []struct {
+		name        string
+		oldUID      string
+		newUID      string
+		quarantined string
+		e           int
+	}{
+		{name: "by UID", oldUID: "uid-old", newUID: "uid-new", quarantined: "3-4", e: 2},
+		{name: "by sandbox ID when the runtime reports no UID", quarantined: "3-4", e: 2},
+	} {
+		t.Run("synchronize "+tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			pods := []*api.PodSandbox{withUID(exclusivePod("s-old", "db", "2-3"), tc.oldUID), withUID(exclusivePod("s-new", "db", "3-4"), tc.newUID)}
+			_, err := p.Synchronize(ctx, pods, []*api.Container{
+				createdAt(ctr("c-old", "s-old", "engine", 2000, "2-3"), 1), createdAt(ctr("c-new", "s-new", "engine", 2000, "3-4"), 2)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if q := p.Ledger().Quarantined().String(); q != tc.quarantined {
+				t.Fatalf("quarantined %q, want %q", q, tc.quarantined)
+			}
+			if e := p.Capacity().E; e != tc.e {
+				t.Fatalf("E = %d, want %d", e, tc.e)
+			}
+			if pool := p.SharedPool().String(); pool != "1,5-7" {
+				t.Fatalf("shared pool %s, want 1,5-7 (neither pod's CPUs)", pool)
+			}
+		})
+	}
+}
+
+// TestLiftedQuotaFoundAtSynchronize: a container found at synchronize with
+// its CFS quota lifted gets it back from the pod spec's limit when its pod
+// is not released, whether the release was unset while the plugin was
+// away or never known to it.
+func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
+	ctx := context.Background()
+	limit := map[string]int64{"engine": 2000}
+	for _, tc := range []struct {
+		name     string
+		release  *Release // the API server's view; nil: none (no API access)
+		sandbox  map[string]string
+		shared   bool
+		quota    int64 // found on the container (-1: lifted)
+		cpus     string
+		want     string // cpus of the update; "": no update
+		restored int64  // quota restored; 0: not touched
+	}{
+		{name: "release unset while away: quota restored from the limit", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: -1, cpus: "1-7", want: "2-3", restored: 200000},
+		{name: "release unset while away, cpuset already pinned: quota restored", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: -1, cpus: "2-3", want: "2-3", restored: 200000},
+		{name: "still released: left lifted", release: &Release{Isolate: true, ExcludeReserve: true, LimitMilli: limit},
+			quota: -1, cpus: "1-7"},
+		{name: "released in the sandbox annotations: left lifted", sandbox: map[string]string{"corepin.io/release-isolate-mode": "true"},
+			quota: -1, cpus: "1-7"},
+		{name: "no limit in the spec: nothing to restore", release: &Release{ExcludeReserve: true, LimitMilli: map[string]int64{}},
+			quota: -1, cpus: "2-3"},
+		{name: "without the API server it cannot be told: cpuset repaired only", quota: -1, cpus: "1-7", want: "2-3"},
+		{name: "quota in place: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit}, quota: 200000, cpus: "2-3"},
+		{name: "a shared container is never restored", release: &Release{ExcludeReserve: true, LimitMilli: limit}, shared: true,
+			quota: -1, cpus: "1-7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if tc.release != nil {
+				p.SetRelease("default", "db", *tc.release)
+			}
+			sb := exclusivePod("s-db", "db", "2-3")
+			if tc.shared {
+				sb = sandbox("s-db", "default", "db", nil)
+			}
+			for k, v := range tc.sandbox {
+				sb.Annotations[k] = v
+			}
+			running := ctr("c-db", "s-db", "engine", 0, tc.cpus)
+			running.Linux.Resources.Cpu.Quota = api.Int64(tc.quota)
+			running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == "" {
+				if len(upd) != 0 {
+					t.Fatalf("updates %v, want none", upd)
+				}
+				return
+			}
+			if len(upd) != 1 || cpusOf(upd[0]) != tc.want {
+				t.Fatalf("updates %v, want c-db on %s", upd, tc.want)
+			}
+			q, set := quotaOf(upd[0])
+			if tc.restored == 0 && set || tc.restored != 0 && q != tc.restored {
+				t.Fatalf("quota %d (set %v), want %d", q, set, tc.restored)
+			}
+		})
+	}
+}
+
+// TestAllocStatusMemsMustBeNUMANodesOfTheNode: an exclusive container's
+// alloc-status mems must name NUMA nodes the node has (the test node has
+// NUMA node 0 only); otherwise it is refused and nothing is held.
+func TestAllocStatusMemsMustBeNUMANodesOfTheNode(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, mems string
+		refused    string // empty: admitted
+	}{
+		{name: "the node's NUMA node", mems: `"0"`},
+		{name: "no mems (numa None)", mems: `""`},
+		{name: "mems absent", mems: ""},
+		{name: "NUMA nodes the node does not have", mems: `"5-7"`,
+			refused: `corepin: pod default/m container engine cpus "2-3": corepin.io/alloc-status mems "5-7": this node has no NUMA node 5-7 (its NUMA nodes: 0)`},
+		{name: "one of them missing", mems: `"0-1"`, refused: `mems "0-1": this node has no NUMA node 1 (its NUMA nodes: 0)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			status := `{"node":"node-a","cpus":"2-3","containers":{"engine":"2-3"}`
+			if tc.mems != "" {
+				status += `,"mems":` + tc.mems
+			}
+			sb := sandbox("s-m", "default", "m", map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocStatus: status + "}"})
+			_, _, err := p.CreateContainer(ctx, sb, ctr("c-m", "s-m", "engine", 2000, ""))
+			if tc.refused == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.refused) {
+				t.Fatalf("error %v, want %q", err, tc.refused)
+			}
+			if e := p.Capacity().E; e != 0 {
+				t.Fatalf("E = %d after a refusal, want 0", e)
+			}
+			if got := testutil.ToFloat64(p.metrics.refusals.WithLabelValues("bad-annotation")); got != 1 {
+				t.Fatalf("refusals{bad-annotation} = %v, want 1", got)
+			}
+		})
+	}
+}
+
+// TestSystemNamespaceGetsTheReservedCPUsWheneverShared: a container of a
+// system-namespace pod that runs in the shared pool gets the reserved CPUs
+// too, whatever made it shared (pool 1,4-7 while default/db holds 2-3).
+func TestSystemNamespaceGetsTheReservedCPUsWheneverShared(t *testing.T) {
+	ctx := context.Background()
+	exclusiveSys := func(ns string) *api.PodSandbox {
+		return sandbox("s-x", ns, "agent", map[string]string{corepin.AnnotationCPUMode: "exclusive",
+			corepin.AnnotationAllocStatus: `{"node":"node-a","cpus":"4-5","containers":{"engine":"4-5"},"mems":"0"}`})
+	}
+	for _, tc := range []struct {
+		name     string
+		unplaced bool
+		sb       *api.PodSandbox
+		cname    string
+		cpus     string
+		class    Class
+	}{
+		{name: "shared pod", sb: sandbox("s-x", "kube-system", "dns", nil), cname: "dns", cpus: "0-1,4-7", class: System},
+		{name: "sidecar of an exclusive pod", sb: exclusiveSys("kube-system"), cname: "sidecar", cpus: "0-1,6-7", class: System},
+		{name: "sidecar of an exclusive pod elsewhere", sb: exclusiveSys("default"), cname: "sidecar", cpus: "1,6-7", class: Shared},
+		{name: "unplaced exclusive pod sent to the pool", unplaced: true,
+			sb: sandbox("s-x", "kube-system", "u", map[string]string{corepin.AnnotationCPUMode: "exclusive"}), cname: "engine", cpus: "0-1,4-7", class: System},
+		{name: "unplaced exclusive pod elsewhere", unplaced: true,
+			sb: sandbox("s-x", "default", "u", map[string]string{corepin.AnnotationCPUMode: "exclusive"}), cname: "engine", cpus: "1,4-7", class: Shared},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.ledger.cfg.UnplacedToShared = tc.unplaced
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.cname == "sidecar" {
+				if _, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-eng", "s-x", "engine", 2000, "")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			adj, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", tc.cname, 100, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := adj.GetLinux().GetResources().GetCpu().GetCpus(); got != tc.cpus {
+				t.Fatalf("cpuset %q, want %q", got, tc.cpus)
+			}
+			if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+				t.Fatalf("class %v, want %v", c.Class, tc.class)
+			}
+		})
+	}
+}
+
+// TestLiveSwitchReachesEveryPinnedContainer: flipping a pod's switches on
+// the API server asks the plugin's goroutine for the updates of every
+// container they affect: exclusive ones (both switches) and BindAllCPUs
+// ones (exclude-reserve-cpuset).
+func TestLiveSwitchReachesEveryPinnedContainer(t *testing.T) {
+	ctx := context.Background()
+	bindAll := sandbox("s-x", "perf", "x", map[string]string{corepin.AnnotationAllocSpec: `{"cpu":"BindAllCPUs"}`})
+	for _, tc := range []struct {
+		name    string
+		sb      *api.PodSandbox
+		release Release
+		want    map[string]string // the pending batch; empty: none signalled
+	}{
+		{name: "BindAllCPUs: reserved CPUs let in", sb: bindAll, release: Release{ExcludeReserve: false}, want: map[string]string{"c-x": "0-7"}},
+		{name: "BindAllCPUs: same switch, nothing", sb: bindAll, release: Release{ExcludeReserve: true}, want: map[string]string{}},
+		{name: "exclusive: released", sb: exclusivePod("s-x", "x", "2-3"), release: Release{Isolate: true, ExcludeReserve: true}, want: map[string]string{"c-x": "1-7"}},
+		{name: "shared: nothing to change", sb: sandbox("s-x", "perf", "x", nil), release: Release{Isolate: true, ExcludeReserve: false}, want: map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.ledger.cfg.BindAllNamespaces = []string{"perf"}
+			if _, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			drain(p)
+			p.SetRelease(tc.sb.Namespace, tc.sb.Name, tc.release)
+			if signalled := drain(p); signalled != (len(tc.want) > 0) {
+				t.Fatalf("pending signalled %v, want %v", signalled, len(tc.want) > 0)
+			}
+			if got := updateMap(p.PendingUpdates()); !equalMaps(got, tc.want) {
+				t.Fatalf("pending batch %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestContainersThatExistAtSynchronize: every container that is not
+// stopped exists for the ledger; a paused or unknown-state exclusive
+// container keeps its CPUs out of the pool and away from other pods.
+func TestContainersThatExistAtSynchronize(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		state   api.ContainerState
+		e       int
+		pool    string
+		refused bool // another pod asking for the same CPUs
+	}{
+		{api.ContainerState_CONTAINER_RUNNING, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_CREATED, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_PAUSED, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_UNKNOWN, 2, "1,4-7", true},
+		{api.ContainerState_CONTAINER_STOPPED, 0, "1-7", false},
+	} {
+		t.Run(tc.state.String(), func(t *testing.T) {
+			p := newTestPlugin(t)
+			c := ctr("c-db", "s-db", "engine", 2000, "2-3")
+			c.State = tc.state
+			if _, err := p.Synchronize(ctx, []*api.PodSandbox{exclusivePod("s-db", "db", "2-3")}, []*api.Container{c}); err != nil {
+				t.Fatal(err)
+			}
+			if e, pool := p.Capacity().E, p.SharedPool().String(); e != tc.e || pool != tc.pool {
+				t.Fatalf("E = %d, pool %s; want %d, %s", e, pool, tc.e, tc.pool)
+			}
+			_, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "2-3"), ctr("c-x", "s-x", "engine", 2000, ""))
+			if (err != nil) != tc.refused {
+				t.Fatalf("another pod on 2-3: %v, want refused %v", err, tc.refused)
+			}
+		})
+	}
+}
+
+// TestGaugesFollowEveryStop: stopping any container, not only an
+// exclusive one, refreshes the gauges.
+func TestGaugesFollowEveryStop(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		sb    *api.PodSandbox
+		class Class
+	}{
+		{"shared", sandbox("s-x", "default", "x", nil), Shared},
+		{"system", sandbox("s-x", "kube-system", "x", nil), System},
+		{"exclusive", exclusivePod("s-x", "x", "2-3"), Exclusive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			gauge := p.metrics.containers.WithLabelValues(tc.class.String())
+			if _, _, err := p.CreateContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(gauge); got != 1 {
+				t.Fatalf("corepin_nri_containers{class=%q} = %v after the create, want 1", tc.class, got)
+			}
+			if _, err := p.StopContainer(ctx, tc.sb, ctr("c-x", "s-x", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(gauge); got != 0 {
+				t.Fatalf("corepin_nri_containers{class=%q} = %v after the stop, want 0", tc.class, got)
+			}
+		})
+	}
+}
+
+// TestInitContainersAreNotCountedInTheSharedSum: an init container that
+// runs to completion counts 0 in S and M (docs/annotations.md), once the
+// API server has told the plugin which containers of the pod are init
+// containers; a native sidecar (restartPolicy Always) counts like any
+// shared container. On the test node (P = 7, h = 2) a 3-CPU shared pod
+// leaves room for 1 exclusive CPU (P - h*M = 1); counted 0, for 4.
+func TestInitContainersAreNotCountedInTheSharedSum(t *testing.T) {
+	ctx := context.Background()
+	initOnly := Release{ExcludeReserve: true, Init: map[string]bool{"migrate": true}}
+	for _, tc := range []struct {
+		name string
+		api  *Release // what the API server says of default/w; nil: nothing (no API access)
+		// late: the API server's word arrives after the container was created.
+		late     bool
+		s, m     int64
+		admitted bool // a 2-CPU exclusive pod afterwards
+	}{
+		{name: "init container: not counted", api: &initOnly, s: 0, m: 0, admitted: true},
+		{name: "init container known after it started: not counted", api: &initOnly, late: true, s: 0, m: 0, admitted: true},
+		{name: "native sidecar: counted", api: &Release{ExcludeReserve: true}, s: 3000, m: 3000},
+		{name: "without the API server: counted", s: 3000, m: 3000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if tc.api != nil && !tc.late {
+				p.SetRelease("default", "w", *tc.api)
+			}
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-w", "default", "w", nil), ctr("c-init", "s-w", "migrate", 3000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if tc.api != nil && tc.late {
+				p.SetRelease("default", "w", *tc.api)
+			}
+			if c := p.Capacity(); c.S != tc.s || c.M != tc.m {
+				t.Fatalf("S = %d, M = %d; want %d, %d", c.S, c.M, tc.s, tc.m)
+			}
+			_, _, err := p.CreateContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, ""))
+			if (err == nil) != tc.admitted {
+				t.Fatalf("exclusive 2 CPUs: %v, want admitted %v", err, tc.admitted)
+			}
+			// The init container still runs in the shared pool.
+			if c, ok := p.Ledger().Container("c-init"); !ok || c.Class != Shared {
+				t.Fatalf("init container not tracked as shared: %v", c)
+			}
+		})
+	}
+}
