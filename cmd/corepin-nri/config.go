@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
-	"sigs.k8s.io/yaml"
 
 	"github.com/corepin/corepin/api"
 )
@@ -114,7 +113,7 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 // parseOptions reads the YAML configuration strictly: an unknown key is
 // an error naming it.
 func parseOptions(data []byte, into *options) error {
-	if err := yaml.UnmarshalStrict(data, into); err != nil {
+	if err := api.UnmarshalYAMLStrict(data, into); err != nil {
 		return err
 	}
 	if into.DriftIntervalStr != "" {

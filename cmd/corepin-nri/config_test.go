@@ -36,6 +36,7 @@ func TestConfigFile(t *testing.T) {
 
 	for _, tc := range []struct{ body, want string }{
 		{"nodeName: a\nreserved: 0\n", `unknown field "reserved"`},
+		{"NodeName: a\n", `unknown field "NodeName"`},
 		{"driftInterval: often\n", `driftInterval "often"`},
 		{"topologyInterval: -1s\n", `topologyInterval "-1s"`},
 		{"nodeName: [a\n", "10-corepin.conf"},
