@@ -120,7 +120,8 @@ type UpdateFunc func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
 // many updates were sent and how many of them failed.
 func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	p.mu.Lock()
-	updates, batch := p.updates("", "grow")
+	updates, changes := p.updates("", "grow")
+	batch := sentOf(changes)
 	p.mu.Unlock()
 	if len(updates) == 0 {
 		return 0, 0, nil
@@ -499,8 +500,10 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 // updates turns the ledger's pending changes (other than skip's) into NRI
 // container updates, counted under reason unless they repair a container
 // whose cpuset was not known to be right (drift, synchronize) or lift or
-// restore a release.
-func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, Sent) {
+// restore a release. It also returns the changes behind them; only
+// PushPending keeps them (a handler's reply needs no delivery check, and
+// building that record on every CreateContainer cost 16 KB).
+func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, []Change) {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
 		return nil, nil
@@ -544,7 +547,7 @@ func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, Sent) {
 	for why, n := range counts {
 		p.metrics.updates.WithLabelValues(why).Add(float64(n))
 	}
-	return out, sentOf(changes)
+	return out, changes
 }
 
 // SetTopology adopts a re-discovered host topology when it is a compatible
