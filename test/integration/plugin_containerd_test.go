@@ -150,7 +150,7 @@ func makeRange(lo, hi int) []int {
 //
 //	go test -tags integration -run '^$' -bench ContainerCreateStart -benchtime 1x ./test/integration/
 func BenchmarkContainerCreateStart(b *testing.B) {
-	const rounds, perRound = 4, 6
+	const rounds, perRound = 8, 6
 	ctrd := framework.StartContainerd(b)
 	webID, webCfg := ctrd.RunPod(b, "default", "web", nil)
 	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
