@@ -312,16 +312,12 @@ func (s *Scheduler) removeLocked(key string) bool {
 }
 
 // PlacementFromPod builds a pod's placement from its annotations and
-// containers. A pod whose annotations do not parse is counted as shared
-// with all its containers' amounts, and the error says why.
+// containers. A pod whose annotations do not parse is still counted (see
+// unparsedPlacement), and the error says why.
 func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
 	req, err := policy.NewRequest(pod)
 	if err != nil {
-		var total int64
-		for i := range pod.Spec.Containers {
-			total += policy.ContainerAmount(&pod.Spec.Containers[i])
-		}
-		return &policy.Placement{Key: PodKey(pod), App: api.AppOf(pod.Annotations, pod.Labels), SharedMilli: total}, err
+		return unparsedPlacement(pod), err
 	}
 	placement := policy.PlacementFor(req, policy.NoCPUs())
 	if !req.Exclusive() {
@@ -341,6 +337,36 @@ func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
 	}
 	placement.CPUs = status.CPUs.Set()
 	return placement, nil
+}
+
+// unparsedPlacement counts a pod whose corepin annotations do not parse
+// (edited after it was bound, or written under rules since made stricter).
+// The node plugin keeps enforcing a valid alloc-status whatever the other
+// annotations say, so its CPUs stay held here too: another pod must never
+// be given them. The containers it names are exclusive; every other
+// container, native sidecars included, counts in the shared amount.
+func unparsedPlacement(pod *v1.Pod) *policy.Placement {
+	p := &policy.Placement{Key: PodKey(pod), App: api.AppOf(pod.Annotations, pod.Labels), CPUs: policy.NoCPUs()}
+	exclusive := map[string]bool{}
+	if value, ok := pod.Annotations[api.AnnotationAllocStatus]; ok {
+		if status, err := api.ParseAllocStatus(value); err == nil && (pod.Spec.NodeName == "" || status.Node == pod.Spec.NodeName) {
+			p.CPUs = status.CPUs.Set()
+			for name := range status.Containers {
+				exclusive[name] = true
+			}
+		}
+	}
+	for i := range pod.Spec.Containers {
+		if c := &pod.Spec.Containers[i]; !exclusive[c.Name] {
+			p.SharedMilli += policy.ContainerAmount(c)
+		}
+	}
+	for i := range pod.Spec.InitContainers {
+		if c := &pod.Spec.InitContainers[i]; policy.IsNativeSidecar(c) {
+			p.SharedMilli += policy.ContainerAmount(c)
+		}
+	}
+	return p
 }
 
 // pipeline returns the filters for a pod: those of the first pipeline whose

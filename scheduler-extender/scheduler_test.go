@@ -204,6 +204,48 @@ func TestConflictingPodDisturbsNobody(t *testing.T) {
 	}
 }
 
+// TestUnparsedPodKeepsItsCPUs: a bound pod whose other corepin
+// annotations no longer parse (edited after binding, or a value a newer
+// extender refuses, such as max-per-node "02") keeps the CPUs of its valid
+// alloc-status, which the node plugin goes on enforcing; its other
+// containers and native sidecars count as shared. The next exclusive pod
+// gets other CPUs.
+func TestUnparsedPodKeepsItsCPUs(t *testing.T) {
+	for name, bad := range map[string]map[string]string{
+		"max-per-node 02":  {api.AnnotationMaxPerNode: "02"},
+		"cpu-mode garbled": {api.AnnotationCPUMode: "dedicated"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+			always := v1.ContainerRestartPolicyAlways
+			old := testPod("old", 2, true)
+			old.Spec.NodeName = "n1"
+			old.Spec.Containers = append(old.Spec.Containers, v1.Container{Name: "log", Resources: v1.ResourceRequirements{
+				Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("500m")}}})
+			old.Spec.InitContainers = []v1.Container{{Name: "proxy", RestartPolicy: &always, Resources: v1.ResourceRequirements{
+				Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}}}
+			old.Annotations[api.AnnotationAllocStatus] = `{"node":"n1","cpus":"1-2","containers":{"main":"1-2"},"mems":"0"}`
+			for k, v := range bad {
+				old.Annotations[k] = v
+			}
+			if err := s.UpsertPod(old); err == nil {
+				t.Fatal("no error for the unparsable pod")
+			}
+			n, _ := s.NodeSnapshot("n1")
+			if got := n.Exclusive().String(); got != "1-2" {
+				t.Fatalf("exclusive CPUs %q after the unparsable pod, want its alloc-status 1-2", got)
+			}
+			if c := n.Capacity(); c.S != 1500 {
+				t.Fatalf("shared amount %dm, want 1500m (log 500m + native sidecar 1)", c.S)
+			}
+			status, err := s.Bind(context.Background(), testPod("new", 2, true), "n1", newRecordingBinder())
+			if err != nil || status.CPUs.Set().Contains(1) || status.CPUs.Set().Contains(2) {
+				t.Fatalf("next pod got %v (%v), overlapping the unparsable pod's 1-2", status, err)
+			}
+		})
+	}
+}
+
 func TestIncompatibleTopologyChange(t *testing.T) {
 	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
 	if upd := s.UpsertNode(testNode("n1", topologyJSON(12, ""))); upd.Attention != "" {
