@@ -20,6 +20,7 @@ func TestParseAllocSpec(t *testing.T) {
 		{name: "field name in another case", in: `{"CPU":"Spread"}`, err: `unknown field "CPU"`},
 		{name: "field name in another case, camel", in: `{"ioqueuespread":true}`, err: `unknown field "ioqueuespread"`},
 		{name: "repeated field", in: `{"cpu":"Spread","cpu":"SameCoreFirst"}`, err: `duplicate field "cpu"`},
+		{name: "several problems on one line", in: `{"CPU":"Spread","NUMA":"None"}`, err: `unknown field "CPU"; unknown field "NUMA"`},
 		{name: "bad cpu", in: `{"cpu":"Packed"}`, err: `field "cpu": must be SameCoreFirst, Spread or BindAllCPUs (got "Packed")`},
 		{name: "bad numa", in: `{"numa":"Strict"}`, err: `"Strict"`},
 		{name: "wrong type", in: `{"ioQueueSpread":"yes"}`, err: `field "ioQueueSpread"`},

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
+	"strconv"
+	"strings"
 
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -37,7 +40,12 @@ func decodeStrict(key, value string, v any) error {
 		return err
 	}
 	if err == nil {
-		err = errors.Join(strictErrs...)
+		// One line: the text ends up in FailedNodes and events.
+		msgs := make([]string, len(strictErrs))
+		for i, e := range strictErrs {
+			msgs[i] = e.Error()
+		}
+		err = errors.New(strings.Join(msgs, "; "))
 	}
 	return fmt.Errorf("%s=%s: %s", key, quoteShort(value), describeJSONError(err))
 }
@@ -92,17 +100,107 @@ func UnmarshalYAMLStrict(data []byte, v any) error {
 	if err := yaml.UnmarshalStrict(data, v); err != nil {
 		return err
 	}
+	// The document decoded; now look for keys that only matched a field
+	// case-insensitively, walking the document against v's type (a typed
+	// exact-case decode would stop at the first number written for a
+	// string, which the YAML reader above converts).
 	j, err := yaml.YAMLToJSON(data)
 	if err != nil {
 		return err
 	}
-	// A second, exact-case read into a scratch value only to find such
-	// keys; a type error there is one the first read's YAML-aware
-	// conversions resolved, not the user's.
-	scratch := reflect.New(reflect.TypeOf(v).Elem()).Interface()
-	strictErrs, err := sigsjson.UnmarshalStrict(j, scratch, sigsjson.DisallowUnknownFields)
-	if err == nil && len(strictErrs) > 0 {
-		return errors.Join(strictErrs...)
+	var doc any
+	if err := json.Unmarshal(j, &doc); err != nil {
+		return err
+	}
+	var wrong []string
+	fieldCase(doc, reflect.TypeOf(v), "", &wrong)
+	if len(wrong) > 0 {
+		slices.Sort(wrong)
+		return fmt.Errorf("unknown field %s", strings.Join(wrong, ", unknown field "))
 	}
 	return nil
+}
+
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+
+// fieldCase appends to wrong the paths of the object keys in doc that name
+// a field of t only in another case.
+func fieldCase(doc any, t reflect.Type, path string, wrong *[]string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return // its own format (quantities, times, raw objects)
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		obj, ok := doc.(map[string]any)
+		if !ok {
+			return
+		}
+		fields := jsonFields(t)
+		for key, value := range obj {
+			if f, ok := fields[key]; ok {
+				fieldCase(value, f, join(path, key), wrong)
+				continue
+			}
+			for name := range fields {
+				if strings.EqualFold(name, key) {
+					*wrong = append(*wrong, strconv.Quote(join(path, key)))
+					break
+				}
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if list, ok := doc.([]any); ok {
+			for i, item := range list {
+				fieldCase(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), wrong)
+			}
+		}
+	case reflect.Map:
+		if obj, ok := doc.(map[string]any); ok {
+			for key, value := range obj {
+				fieldCase(value, t.Elem(), join(path, key), wrong)
+			}
+		}
+	}
+}
+
+// jsonFields maps a struct's JSON field names to their types, with the
+// fields of embedded structs without a name promoted, as encoding/json does.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || (!f.IsExported() && !f.Anonymous) {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				for k, v := range jsonFields(ft) {
+					if _, ok := out[k]; !ok {
+						out[k] = v
+					}
+				}
+				continue
+			}
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
 }
