@@ -100,6 +100,11 @@ type applied struct {
 // sandbox's annotations are fixed when the pod is created; these follow
 // `kubectl annotate`.
 type Release struct {
+	// UID is the pod's UID on the API server. The ledger finds a pod's
+	// Release by namespace/name; a container whose pod has another UID (a
+	// pod re-created under the same name before the informer caught up)
+	// ignores it. Empty (here or on the sandbox): not checked.
+	UID            string
 	Isolate        bool
 	ExcludeReserve bool
 	// LimitMilli is each container's CPU limit from the pod spec, to
@@ -158,30 +163,68 @@ func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 
 // SetRelease records a pod's live release switch and reports whether any of
 // its containers must change: its exclusive containers follow both
-// switches, its BindAllCPUs containers follow exclude-reserve-cpuset. The
-// pinning is compared before and after, so a first switch from the API
-// server that says what the sandbox's annotations said changes nothing.
+// switches, its BindAllCPUs containers follow exclude-reserve-cpuset. What
+// each container was last given (its applied pinning) is compared with its
+// target under the new switch, not the target before with the one after:
+// a pod deleted and re-created under the same name (the informer delivers
+// Delete(old) then Add(new)) can have a container still widened from the
+// old pod's switch while both switches the ledger computes say pinned. A
+// first switch from the API server that says what the sandbox's
+// annotations said changes nothing.
 func (l *Ledger) SetRelease(key string, r Release) bool {
-	if old := l.release[key]; !maps.Equal(old.Init, r.Init) {
-		defer l.recount(key)
-	}
-	type pinning struct {
-		cpus   string
-		lifted bool
-	}
-	before := map[*Container]pinning{}
-	for _, c := range l.containers {
-		if c.podKey == key && (c.Class == Exclusive || c.Class == BindAll) {
-			before[c] = pinning{l.CPUsFor(c).String(), l.Lifted(c)}
-		}
-	}
+	old := l.release[key]
 	l.release[key] = r
-	for c, was := range before {
-		if (pinning{l.CPUsFor(c).String(), l.Lifted(c)}) != was {
+	if !maps.Equal(old.Init, r.Init) || old.UID != r.UID {
+		l.recount(key)
+	}
+	return l.stale(key)
+}
+
+// ForgetRelease drops a deleted pod's live switch (uid: the deleted pod's;
+// a switch recorded for another pod of the same name is kept) and reports,
+// as SetRelease, whether any of its containers must change: they fall back
+// to their sandbox's annotations. Its init containers count in the shared
+// sum again.
+func (l *Ledger) ForgetRelease(key, uid string) bool {
+	old, ok := l.release[key]
+	if !ok || !sameUID(old.UID, uid) {
+		return false
+	}
+	delete(l.release, key)
+	if len(old.Init) > 0 {
+		l.recount(key)
+	}
+	return l.stale(key)
+}
+
+// stale reports whether a container of the pods named key (namespace/name)
+// has a known applied pinning that is not its target (or none known: it is
+// pending anyway).
+func (l *Ledger) stale(key string) bool {
+	want := lists{l: l}
+	for _, c := range l.containers {
+		if c.podKey != key {
+			continue
+		}
+		if !c.applied.known || c.applied.cpus != want.of(c) || c.applied.lifted != l.Lifted(c) {
 			return true
 		}
 	}
 	return false
+}
+
+// sameUID reports whether two pod UIDs name the same pod; an empty one (a
+// runtime or a caller that does not know it) matches any.
+func sameUID(a, b string) bool { return a == "" || b == "" || a == b }
+
+// apiRelease is the API server's switch for a container's pod, unless it
+// is another pod's of the same name (by UID).
+func (l *Ledger) apiRelease(c *Container) (Release, bool) {
+	r, ok := l.release[c.podKey]
+	if !ok || !sameUID(r.UID, c.Pod.UID) {
+		return Release{}, false
+	}
+	return r, true
 }
 
 // recount rebuilds the placements of the pods named key (namespace/name),
@@ -202,15 +245,13 @@ func (l *Ledger) recount(key string) {
 // runs to completion (not counted in the shared sum), as far as the API
 // server told the plugin.
 func (l *Ledger) runsToCompletion(c *Container) bool {
-	return l.release[c.podKey].Init[c.Name]
+	r, _ := l.apiRelease(c)
+	return r.Init[c.Name]
 }
-
-// ForgetRelease drops a deleted pod's live switch.
-func (l *Ledger) ForgetRelease(key string) { delete(l.release, key) }
 
 // releaseOf is the release switch in force for a container's pod.
 func (l *Ledger) releaseOf(c *Container) Release {
-	if r, ok := l.release[c.podKey]; ok {
+	if r, ok := l.apiRelease(c); ok {
 		return r
 	}
 	return c.sandboxRelease
@@ -234,7 +275,8 @@ func (l *Ledger) FoundLifted(c *Container, quota int64) bool {
 	if c.Class != Exclusive || quota > 0 {
 		return false
 	}
-	return l.Lifted(c) || l.release[c.podKey].LimitMilli[c.Name] > 0
+	r, _ := l.apiRelease(c)
+	return l.Lifted(c) || r.LimitMilli[c.Name] > 0
 }
 
 // wide is every online CPU, minus the reserved ones when excludeReserve.
@@ -678,7 +720,8 @@ func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	if c.Quota > 0 {
 		return c.Quota, period
 	}
-	if milli := l.release[c.podKey].LimitMilli[c.Name]; milli > 0 {
+	r, _ := l.apiRelease(c)
+	if milli := r.LimitMilli[c.Name]; milli > 0 {
 		return milli * int64(period) / 1000, period
 	}
 	return 0, period

@@ -188,11 +188,19 @@ func (p *Plugin) SetNodePolicy(value string) error {
 	return err
 }
 
-// ForgetRelease drops a deleted pod's live release switch.
-func (p *Plugin) ForgetRelease(namespace, name string) {
+// ForgetRelease drops a deleted pod's live release switch (uid: the
+// deleted pod's UID; "" drops whatever is recorded under the name). Its
+// containers fall back to their sandbox's annotations: any whose pinning
+// then differs is corrected by the plugin's own goroutine.
+func (p *Plugin) ForgetRelease(namespace, name, uid string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ledger.ForgetRelease(namespace + "/" + name)
+	key := namespace + "/" + name
+	if p.ledger.ForgetRelease(key, uid) {
+		p.log.Info("Release switch dropped with its pod; containers back to their sandbox's switch", "pod", key, "uid", uid)
+		notify(p.pending)
+	}
+	p.changed() // init containers may have come back into the shared sum
 }
 
 // CheckDrift reads every pinned container's actual cpuset and marks the

@@ -503,3 +503,191 @@ func TestInitContainersAreNotCountedInTheSharedSum(t *testing.T) {
 		})
 	}
 }
+
+// TestRecreatedPodDoesNotInheritTheOldPodsRelease: default/db is released
+// on the API server, deleted and re-created under the same name (a new
+// UID). The kubelet creates the new pod's container before the informer
+// delivers Delete(old) and Add(new, not released). With both UIDs known
+// the old pod's switch is not the new pod's: its container is created
+// pinned. Without one of them the plugin cannot tell the two apart and the
+// container starts released, but the informer's Delete(old) + Add(new)
+// then restores it (the switch it computes did not change, the container's
+// pinning did).
+func TestRecreatedPodDoesNotInheritTheOldPodsRelease(t *testing.T) {
+	ctx := context.Background()
+	limit := map[string]int64{"engine": 2000}
+	for _, tc := range []struct {
+		name                      string
+		apiOldUID, apiNewUID      string // the UIDs the informer reports
+		sandboxOldUID, sandboxUID string // the UIDs the runtime reports
+		createdCPUs               string // the new container's cpuset at creation
+		createdQuota              int64  // its quota at creation (-1: lifted; 0: not set)
+		restore                   bool   // Delete(old) + Add(new) must restore it
+	}{
+		{name: "UIDs known: created pinned", apiOldUID: "uid-old", apiNewUID: "uid-new", sandboxOldUID: "uid-old", sandboxUID: "uid-new",
+			createdCPUs: "2-3"},
+		{name: "the informer reports no UID: created released, restored by Delete+Add", sandboxOldUID: "uid-old", sandboxUID: "uid-new",
+			createdCPUs: "1-7", createdQuota: -1, restore: true},
+		{name: "the runtime reports no UID: created released, restored by Delete+Add", apiOldUID: "uid-old", apiNewUID: "uid-new",
+			createdCPUs: "1-7", createdQuota: -1, restore: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			oldSB := func() *api.PodSandbox { return withUID(exclusivePod("s-old", "db", "2-3"), tc.sandboxOldUID) }
+			if _, _, err := p.CreateContainer(ctx, oldSB(), ctr("c-old", "s-old", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			p.SetRelease("default", "db", Release{UID: tc.apiOldUID, Isolate: true, ExcludeReserve: true, LimitMilli: limit})
+			if _, _, err := p.PushPending(func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil }); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, oldSB())
+			drain(p)
+
+			adj, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-new", "db", "2-3"), tc.sandboxUID), ctr("c-new", "s-new", "engine", 2000, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cpu := adj.GetLinux().GetResources().GetCpu()
+			if cpu.GetCpus() != tc.createdCPUs || cpu.GetQuota().GetValue() != tc.createdQuota {
+				t.Fatalf("new pod's container created on %s quota %d, want %s quota %d", cpu.GetCpus(), cpu.GetQuota().GetValue(), tc.createdCPUs, tc.createdQuota)
+			}
+
+			p.ForgetRelease("default", "db", tc.apiOldUID)                                                     // Delete(old)
+			p.SetRelease("default", "db", Release{UID: tc.apiNewUID, ExcludeReserve: true, LimitMilli: limit}) // Add(new), not released
+			if signalled := drain(p); signalled != tc.restore {
+				t.Fatalf("Delete(old) + Add(new): pending signalled %v, want %v", signalled, tc.restore)
+			}
+			upd := p.PendingUpdates()
+			if !tc.restore {
+				if len(upd) != 0 {
+					t.Fatalf("pending batch %v, want none", updateMap(upd))
+				}
+				return
+			}
+			if len(upd) != 1 || upd[0].GetContainerId() != "c-new" || cpusOf(upd[0]) != "2-3" {
+				t.Fatalf("pending batch %v, want c-new back on 2-3", updateMap(upd))
+			}
+			if q, _ := quotaOf(upd[0]); q != 200000 {
+				t.Fatalf("c-new's quota restored to %d, want 200000", q)
+			}
+		})
+	}
+}
+
+// TestAnotherPodsSwitchIsIgnored: what the API server says of default/db
+// under another UID (the old pod's, still in the informer's cache; or the
+// new pod's, while the old pod's containers still run) neither releases a
+// container, nor restores its quota from that pod's limit, nor takes its
+// init containers out of the shared sum.
+func TestAnotherPodsSwitchIsIgnored(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		uid     string // the UID of the switch; the sandbox's is uid-a
+		lifted  bool
+		initS   int64 // S with a 3-CPU init container "migrate"
+		quota   int64 // quota restored when a lifted container is found at synchronize
+		updates int   // updates at that synchronize
+	}{
+		{name: "the pod's own UID", uid: "uid-a", lifted: true, initS: 0, quota: 0},
+		{name: "no UID on the switch: today's lookup by name", uid: "", lifted: true, initS: 0, quota: 0},
+		{name: "another pod's UID: ignored", uid: "uid-b", lifted: false, initS: 3000, quota: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			r := Release{UID: tc.uid, Isolate: true, ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}, Init: map[string]bool{"migrate": true}}
+			p.SetRelease("default", "db", r)
+			if _, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-db", "db", "2-3"), "uid-a"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-db", "db", "2-3"), "uid-a"), ctr("c-init", "s-db", "migrate", 3000, "")); err != nil {
+				t.Fatal(err)
+			}
+			c, _ := p.Ledger().Container("c-db")
+			if got := p.Ledger().Lifted(c); got != tc.lifted {
+				t.Fatalf("lifted %v, want %v", got, tc.lifted)
+			}
+			if s := p.Capacity().S; s != tc.initS {
+				t.Fatalf("S = %d, want %d", s, tc.initS)
+			}
+
+			// After a restart, the container is found lifted (-1) and the
+			// switch is unset: its quota comes from the limit only if the
+			// switch is its pod's.
+			p = newTestPlugin(t)
+			p.SetRelease("default", "db", Release{UID: tc.uid, ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}})
+			running := ctr("c-db", "s-db", "engine", 0, "2-3")
+			running.Linux.Resources.Cpu.Quota = api.Int64(-1)
+			running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			upd, err := p.Synchronize(ctx, []*api.PodSandbox{withUID(exclusivePod("s-db", "db", "2-3"), "uid-a")}, []*api.Container{running})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 1
+			if tc.quota == -1 {
+				want = 0 // not known to be lifted by the plugin: left as it is
+			}
+			if len(upd) != want {
+				t.Fatalf("updates at synchronize %v, want %d", updateMap(upd), want)
+			}
+			if want == 1 {
+				if q, _ := quotaOf(upd[0]); q != 200000 {
+					t.Fatalf("quota restored to %d, want 200000", q)
+				}
+			}
+		})
+	}
+}
+
+// TestForgetRelease: the informer's Delete drops the pod's switch; its
+// containers fall back to their sandbox's annotations (and are corrected
+// if that changes their pinning), its init containers count in the shared
+// sum again. A Delete for another pod of the same name keeps the switch.
+func TestForgetRelease(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name       string
+		release    Release
+		forgetUID  string
+		s          int64             // S after the Delete
+		signalled  bool              // a batch asked for
+		want       map[string]string // the pending batch
+		stillKnown bool              // the switch is still recorded
+	}{
+		{name: "init containers count again", release: Release{UID: "uid-a", ExcludeReserve: true, Init: map[string]bool{"migrate": true}},
+			forgetUID: "uid-a", s: 3000, want: map[string]string{}},
+		{name: "a released pod goes back to its sandbox's switch", release: Release{UID: "uid-a", Isolate: true, ExcludeReserve: true},
+			forgetUID: "uid-a", s: 3000, signalled: true, want: map[string]string{"c-db": "2-3"}},
+		{name: "a Delete without UID drops it", release: Release{UID: "uid-a", Isolate: true, ExcludeReserve: true},
+			s: 3000, signalled: true, want: map[string]string{"c-db": "2-3"}},
+		{name: "another pod's Delete keeps it", release: Release{UID: "uid-a", Isolate: true, ExcludeReserve: true, Init: map[string]bool{"migrate": true}},
+			forgetUID: "uid-old", s: 0, want: map[string]string{}, stillKnown: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.SetRelease("default", "db", tc.release)
+			sb := func() *api.PodSandbox { return withUID(exclusivePod("s-db", "db", "2-3"), "uid-a") }
+			if _, _, err := p.CreateContainer(ctx, sb(), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, sb(), ctr("c-init", "s-db", "migrate", 3000, "")); err != nil {
+				t.Fatal(err)
+			}
+			drain(p)
+			p.ForgetRelease("default", "db", tc.forgetUID)
+			if s := p.Capacity().S; s != tc.s {
+				t.Fatalf("S = %d after the Delete, want %d", s, tc.s)
+			}
+			if signalled := drain(p); signalled != tc.signalled {
+				t.Fatalf("pending signalled %v, want %v", signalled, tc.signalled)
+			}
+			if got := updateMap(p.PendingUpdates()); !equalMaps(got, tc.want) {
+				t.Fatalf("pending batch %v, want %v", got, tc.want)
+			}
+			if _, known := p.Ledger().release["default/db"]; known != tc.stillKnown {
+				t.Fatalf("switch still recorded %v, want %v", known, tc.stillKnown)
+			}
+		})
+	}
+}
