@@ -75,6 +75,10 @@ type Container struct {
 	// (Quota <= 0: none), restored when release-isolate-mode is unset.
 	Quota  int64
 	Period uint64
+	// quotaFromLimit: the container was found at synchronize with the
+	// quota the plugin writes (-1), so the one it was created with is
+	// unknown; the pod spec's CPU limit stands for it.
+	quotaFromLimit bool
 
 	// cpus caches CPUs.String(); podKey caches Pod.Key(); podID is the
 	// pod's identity (UID, else sandbox ID) that placements are keyed by.
@@ -265,18 +269,23 @@ func (l *Ledger) Lifted(c *Container) bool {
 }
 
 // FoundLifted reports whether an exclusive container found at synchronize
-// with CFS quota quota (<= 0: none) has its quota lifted by the plugin, so
-// that the quota is restored when its pod is not released: its pod is
-// released now, or the pod spec gives it a CPU limit (which the kubelet
-// turns into a quota > 0: only a release lifts it). The second case is a
-// release unset while the plugin was away. Without the API server's pod
-// spec it cannot be told from a container without a limit.
-func (l *Ledger) FoundLifted(c *Container, quota int64) bool {
-	if c.Class != Exclusive || quota > 0 {
+// with CFS quota quota (set: the runtime reports one) has its quota lifted
+// by the plugin, so that the quota is restored when its pod is not
+// released: its pod is released now (a quota of -1 or none), or its quota
+// is exactly -1, what the plugin writes, and the pod spec gives it a CPU
+// limit (a release unset while the plugin was away). No quota at all is not
+// a lifted one: a kubelet with cpuCFSQuota: false sets none for any limit.
+// Without the API server's pod spec a -1 cannot be told from a container
+// without a limit.
+func (l *Ledger) FoundLifted(c *Container, quota int64, set bool) bool {
+	if c.Class != Exclusive || set && quota > 0 {
 		return false
 	}
+	if l.Lifted(c) {
+		return true
+	}
 	r, _ := l.apiRelease(c)
-	return l.Lifted(c) || r.LimitMilli[c.Name] > 0
+	return set && quota == -1 && r.LimitMilli[c.Name] > 0
 }
 
 // wide is every online CPU, minus the reserved ones when excludeReserve.
@@ -710,8 +719,9 @@ func (l *Ledger) Changes(skip string) []Change {
 }
 
 // originalQuota is the CFS limit to restore: the one the container was
-// created with, else the pod spec's limit (a quota lifted before the
-// plugin restarted), else none.
+// created with, else the pod spec's limit for a container found lifted
+// (-1) at synchronize (a quota lifted before the plugin restarted), else
+// none (a container created without a quota gets none).
 func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	period := c.Period
 	if period == 0 {
@@ -719,6 +729,9 @@ func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	}
 	if c.Quota > 0 {
 		return c.Quota, period
+	}
+	if !c.quotaFromLimit {
+		return 0, period
 	}
 	r, _ := l.apiRelease(c)
 	if milli := r.LimitMilli[c.Name]; milli > 0 {

@@ -295,25 +295,24 @@ func currentCPUs(c *api.Container) (cpuset.CPUSet, bool) {
 	return set, err == nil
 }
 
-// cfs is a container's CFS quota and period (quota <= 0: none).
-func cfs(c *api.Container) (int64, uint64) {
+// cfs is a container's CFS quota and period; set reports whether the
+// runtime gave a quota at all (none: quota 0).
+func cfs(c *api.Container) (quota int64, period uint64, set bool) {
 	cpu := c.GetLinux().GetResources().GetCpu()
-	var quota int64
-	var period uint64
 	if q := cpu.GetQuota().Get(); q != nil {
-		quota = *q
+		quota, set = *q, true
 	}
 	if pp := cpu.GetPeriod().Get(); pp != nil {
 		period = *pp
 	}
-	return quota, period
+	return quota, period, set
 }
 
 // describe fills in what the plugin keeps of a container besides its class.
 func describe(classified *Container, c *api.Container) {
 	classified.SandboxID = c.GetPodSandboxId()
 	classified.CgroupsPath = c.GetLinux().GetCgroupsPath()
-	classified.Quota, classified.Period = cfs(c)
+	classified.Quota, classified.Period, _ = cfs(c)
 }
 
 // Synchronize rebuilds the ledger from the containers that exist and
@@ -376,13 +375,14 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 				classified.CPUs.String()+" are kept out of the shared pool): "+err.Error())
 			continue
 		}
-		// A quota found lifted was lifted by us (the pod is released, or
-		// was until its release was unset while the plugin was away): it
+		// A quota found lifted (-1) was lifted by us (the pod is released,
+		// or was until its release was unset while the plugin was away): it
 		// is restored from the pod spec's limit unless the pod is released.
-		quota, _ := cfs(c)
-		lifted := p.ledger.FoundLifted(classified, quota)
-		if lifted {
-			classified.Quota = 0 // the original is the pod spec's limit
+		// No quota at all is the kubelet's (cpuCFSQuota: false), not ours.
+		quota, _, set := cfs(c)
+		lifted := p.ledger.FoundLifted(classified, quota, set)
+		if lifted && set && quota == -1 {
+			classified.quotaFromLimit = true // the original is the pod spec's limit
 		}
 		if cur, ok := currentCPUs(c); ok {
 			p.ledger.Applied(c.GetId(), cur, lifted)

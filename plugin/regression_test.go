@@ -205,6 +205,7 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 		sandbox  map[string]string
 		shared   bool
 		quota    int64 // found on the container (-1: lifted)
+		noQuota  bool  // the runtime reports none (a kubelet with cpuCFSQuota: false)
 		cpus     string
 		want     string // cpus of the update; "": no update
 		restored int64  // quota restored; 0: not touched
@@ -223,6 +224,18 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 		{name: "quota in place: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit}, quota: 200000, cpus: "2-3"},
 		{name: "a shared container is never restored", release: &Release{ExcludeReserve: true, LimitMilli: limit}, shared: true,
 			quota: -1, cpus: "1-7"},
+		// A kubelet with cpuCFSQuota: false sets no quota for a limit: that
+		// is not a quota lifted by the plugin, and none is imposed.
+		{name: "no quota, a limit in the spec, pinned: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			noQuota: true, cpus: "2-3"},
+		{name: "no quota, a limit in the spec, cpuset wrong: cpuset repaired only", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			noQuota: true, cpus: "1-7", want: "2-3"},
+		{name: "quota 0, a limit in the spec: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: 0, cpus: "2-3"},
+		{name: "a quota below -1 is not the plugin's: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: -2, cpus: "2-3"},
+		{name: "no quota, released: left as it is", release: &Release{Isolate: true, ExcludeReserve: true, LimitMilli: limit},
+			noQuota: true, cpus: "1-7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
@@ -237,8 +250,10 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 				sb.Annotations[k] = v
 			}
 			running := ctr("c-db", "s-db", "engine", 0, tc.cpus)
-			running.Linux.Resources.Cpu.Quota = api.Int64(tc.quota)
-			running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			if !tc.noQuota {
+				running.Linux.Resources.Cpu.Quota = api.Int64(tc.quota)
+				running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			}
 			upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running})
 			if err != nil {
 				t.Fatal(err)
@@ -687,6 +702,72 @@ func TestForgetRelease(t *testing.T) {
 			}
 			if _, known := p.Ledger().release["default/db"]; known != tc.stillKnown {
 				t.Fatalf("switch still recorded %v, want %v", known, tc.stillKnown)
+			}
+		})
+	}
+}
+
+// TestNoQuotaImposedWhereTheKubeletSetsNone: on a node whose kubelet runs
+// with cpuCFSQuota: false a container with a CPU limit has no CFS quota.
+// Released and then unset, it gets no quota back (the pod spec's limit
+// stands only for a quota found lifted, -1, at synchronize).
+func TestNoQuotaImposedWhereTheKubeletSetsNone(t *testing.T) {
+	ctx := context.Background()
+	limit := map[string]int64{"engine": 2000}
+	released := Release{Isolate: true, ExcludeReserve: true, LimitMilli: limit}
+	unset := Release{ExcludeReserve: true, LimitMilli: limit}
+	for _, tc := range []struct {
+		name string
+		// found: the container exists at synchronize on cpus 1-7 while its
+		// pod is released, with quota foundQuota (0: none). Otherwise it is
+		// created without a quota, released (createdReleased) or released
+		// afterwards.
+		found           bool
+		foundQuota      int64
+		createdReleased bool
+		restored        int64 // the quota the unset restores (0: none set)
+	}{
+		{name: "created released without a quota", createdReleased: true},
+		{name: "created pinned without a quota, then released"},
+		{name: "found released without a quota", found: true},
+		{name: "found released with the plugin's -1: the limit stands for the original", found: true, foundQuota: -1, restored: 200000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			sb := exclusivePod("s-db", "db", "2-3")
+			switch {
+			case tc.found:
+				p.SetRelease("default", "db", released)
+				running := ctr("c-db", "s-db", "engine", 0, "1-7")
+				if tc.foundQuota != 0 {
+					running.Linux.Resources.Cpu.Quota = api.Int64(tc.foundQuota)
+					running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+				}
+				if upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running}); err != nil || len(upd) != 0 {
+					t.Fatalf("synchronize of a released container: %v %v", updateMap(upd), err)
+				}
+			case tc.createdReleased:
+				p.SetRelease("default", "db", released)
+				if _, _, err := p.CreateContainer(ctx, sb, ctr("c-db", "s-db", "engine", 0, "")); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				p.SetRelease("default", "db", unset)
+				if _, _, err := p.CreateContainer(ctx, sb, ctr("c-db", "s-db", "engine", 0, "")); err != nil {
+					t.Fatal(err)
+				}
+				p.SetRelease("default", "db", released)
+				if upd := p.PendingUpdates(); len(upd) != 1 || cpusOf(upd[0]) != "1-7" {
+					t.Fatalf("release: %v, want c-db on 1-7", updateMap(upd))
+				}
+			}
+			p.SetRelease("default", "db", unset)
+			upd := p.PendingUpdates()
+			if len(upd) != 1 || cpusOf(upd[0]) != "2-3" {
+				t.Fatalf("unset: %v, want c-db back on 2-3", updateMap(upd))
+			}
+			if q, set := quotaOf(upd[0]); q != tc.restored || set != (tc.restored != 0) {
+				t.Fatalf("quota restored %d (set %v), want %d", q, set, tc.restored)
 			}
 		})
 	}
