@@ -88,7 +88,16 @@ type Container struct {
 	sandboxRelease Release
 	// applied is what the plugin last set (or found) on the container.
 	applied applied
+	// failures counts the unsolicited updates of the container that failed
+	// in a row (reset by one that does not).
+	failures int
 }
+
+// MaxFailures is how many unsolicited updates of a container may fail in a
+// row before the plugin stops sending it again on its own: it is then left
+// to the drift check, which marks it for one more update whenever its
+// cpuset is found wrong, and to the next change of its target.
+const MaxFailures = 5
 
 // applied is the pinning a container was last given.
 type applied struct {
@@ -754,35 +763,57 @@ func sentOf(changes []Change) Sent {
 }
 
 // Delivered reconciles the ledger with a batch of unsolicited updates once
-// the runtime has applied it, and returns the IDs of the containers whose
-// pinning is no longer known (sorted). Such a batch is computed under the
-// plugin's lock but sent after the lock is released, so a handler may run
-// in between and return its own updates (a CreateContainer's shrink),
-// which the runtime applies first: the batch's older cpuset then
-// overwrites them. A container whose recorded pinning is no longer what
-// the batch gave it is recorded as having the batch's pinning (what the
-// runtime applied last), and one whose update failed (failed, by ID) as
-// unknown, so that the next Changes sends either its current target
-// again. Containers the ledger no longer tracks are left alone.
-func (l *Ledger) Delivered(sent Sent, failed map[string]bool) []string {
-	var stale []string
+// the runtime has applied it. Such a batch is computed under the plugin's
+// lock but sent after the lock is released, so a handler may run in
+// between and return its own updates (a CreateContainer's shrink), which
+// the runtime applies first: the batch's older cpuset then overwrites
+// them. A container whose recorded pinning is no longer what the batch
+// gave it is recorded as having the batch's pinning (what the runtime
+// applied last), and one whose update failed (failed, by ID) as unknown,
+// so that the next Changes sends either its current target again; their
+// IDs are returned in stale (sorted). A container whose update failed for
+// the MaxFailures-th time in a row is not sent again: it is recorded as
+// having what the batch gave it (the drift check compares its cpuset with
+// that, and marks it unknown again if it is wrong) and its ID returned in
+// gaveUp, once; a later failure of it gives up at once, without gaveUp. An
+// update that did not fail resets the container's count. A container the
+// drift check marked unknown while the batch was in flight stays so (the
+// next batch sends it its target, whether the drift was real or the batch
+// not applied yet when its cgroup was read) and is not in stale: the drift
+// check asked for that update. Containers the ledger no longer tracks are
+// left alone.
+func (l *Ledger) Delivered(sent Sent, failed map[string]bool) (stale, gaveUp []string) {
 	for id, gave := range sent {
 		c, ok := l.containers[id]
 		if !ok {
 			continue
 		}
-		switch {
-		case failed[id]:
-			c.applied.known = false
-		case c.applied != gave:
-			c.applied = gave
-		default:
+		if !failed[id] {
+			c.failures = 0
+			switch {
+			case c.applied == gave, !c.applied.known:
+			default:
+				c.applied = gave
+				stale = append(stale, id)
+			}
 			continue
 		}
-		stale = append(stale, id)
+		c.failures++
+		if c.failures < MaxFailures {
+			c.applied.known = false
+			stale = append(stale, id)
+			continue
+		}
+		if !c.applied.known {
+			c.applied = gave
+		}
+		if c.failures == MaxFailures {
+			gaveUp = append(gaveUp, id)
+		}
 	}
 	slices.Sort(stale)
-	return stale
+	slices.Sort(gaveUp)
+	return stale, gaveUp
 }
 
 // Applied records the pinning a container was given or was found with.

@@ -66,9 +66,8 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 func (p *Plugin) SetConfigCheck(check func(config string) error) { p.checkConfig = check }
 
 // Pending signals that updates are waiting that no handler could return;
-// the owner then calls PendingUpdates and sends them with
-// stub.UpdateContainers from its own goroutine (never from a handler: that
-// deadlocks with the runtime's lock).
+// the owner then calls PushPending(stub.UpdateContainers) from its own
+// goroutine (never from a handler: that deadlocks with the runtime's lock).
 func (p *Plugin) Pending() <-chan struct{} { return p.pending }
 
 // PoolChanged signals that the shared pool changed (for publishing).
@@ -100,7 +99,7 @@ func (p *Plugin) changed() {
 func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	updates, _ := p.updates("", "grow")
+	updates, _ := p.updates("", "grow", true)
 	return updates
 }
 
@@ -115,12 +114,18 @@ type UpdateFunc func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
 // return its own updates, which the runtime applies before the batch: a
 // container the handler moved is then overwritten by the batch's older
 // cpuset. Every such container, and every container whose update failed
-// (all of the batch when send fails as a whole), is sent its current
-// target by the next batch, which is signalled on Pending. It returns how
-// many updates were sent and how many of them failed.
+// (all of the batch when send returns an error without naming the failed
+// updates: a call that failed as a whole, or containerd's failures over
+// ttrpc, which drops the list with the error), is sent its current target
+// by the next batch, which is signalled on Pending. These updates do not
+// ignore failures (a handler's reply does: a container that exited
+// meanwhile must not fail a CreateContainer); containerd skips a container
+// it no longer has. A container whose update fails MaxFailures times in a
+// row is logged once and no longer sent again (Ledger.Delivered). It
+// returns how many updates were sent and how many of them failed.
 func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	p.mu.Lock()
-	updates, changes := p.updates("", "grow")
+	updates, changes := p.updates("", "grow", true)
 	batch := sentOf(changes)
 	p.mu.Unlock()
 	if len(updates) == 0 {
@@ -131,14 +136,22 @@ func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	for _, u := range failedUpdates {
 		failed[u.GetContainerId()] = true
 	}
-	if err != nil {
+	if err != nil && len(failed) == 0 {
+		// Not told which: the call failed as a whole, or containerd's
+		// list of failed updates was lost with its error (ttrpc drops the
+		// reply of a call that returns one).
 		for id := range batch {
 			failed[id] = true
 		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	stale := p.ledger.Delivered(batch, failed)
+	stale, gaveUp := p.ledger.Delivered(batch, failed)
+	for _, id := range gaveUp {
+		c, _ := p.ledger.Container(id)
+		p.log.Warn("Container update keeps failing; no longer sent again until its target changes or the drift check finds its cpuset wrong",
+			"pod", c.podKey, "container", c.Name, "cpus", c.applied.cpus, "failures", c.failures, "err", err)
+	}
 	if len(stale) > 0 {
 		p.log.Info("Updates to send again: moved by a handler while a batch was in flight, or failed", "containers", stale)
 		notify(p.pending)
@@ -396,7 +409,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		p.log.Warn("Over the exclusive limit at synchronize; running containers kept", "exclusive", c.E, "limit", c.ExclusiveLimit)
 		p.nodeEvent("CorepinOverExclusiveLimit", msg)
 	}
-	updates, _ := p.updates("", "repair")
+	updates, _ := p.updates("", "repair", false)
 	p.changed()
 	p.health.synchronized()
 	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
@@ -442,7 +455,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	}
 	p.ledger.Applied(c.GetId(), cpus, lifted)
 	// Everyone else's cpuset is assumed to be what the ledger last gave it.
-	updates, _ := p.updates(c.GetId(), "shrink")
+	updates, _ := p.updates(c.GetId(), "shrink", false)
 	p.changed()
 	p.log.Info("Pinned container", "pod", pod.Key(), "container", c.GetName(), "class", classified.Class,
 		"cpus", cpus.String(), "released", lifted, "updates", len(updates))
@@ -459,7 +472,7 @@ func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Cont
 		p.changed() // the container gauges and the shared sum moved
 		return nil, nil
 	}
-	updates, _ := p.updates("", "grow")
+	updates, _ := p.updates("", "grow", false)
 	p.changed()
 	p.log.Info("Freed exclusive CPUs", "pod", gone.Pod.Key(), "container", gone.Name, "cpus", gone.CPUs.String(), "updates", len(updates))
 	return updates, nil
@@ -508,10 +521,14 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 // updates turns the ledger's pending changes (other than skip's) into NRI
 // container updates, counted under reason unless they repair a container
 // whose cpuset was not known to be right (drift, synchronize) or lift or
-// restore a release. It also returns the changes behind them; only
-// PushPending keeps them (a handler's reply needs no delivery check, and
-// building that record on every CreateContainer cost 16 KB).
-func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, []Change) {
+// restore a release. unsolicited: for stub.UpdateContainers, whose failures
+// the runtime reports only for updates that do not ignore them; a handler's
+// reply ignores them (a container that exited meanwhile must not fail the
+// whole reply, a CreateContainer with it). It also returns the changes
+// behind them; only PushPending keeps them (a handler's reply needs no
+// delivery check, and building that record on every CreateContainer cost
+// 16 KB).
+func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.ContainerUpdate, []Change) {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
 		return nil, nil
@@ -532,8 +549,7 @@ func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, []Change)
 		linux[i].Resources = &resources[i]
 		u := &updates[i]
 		u.ContainerId, u.Linux = ch.Container.ID, &linux[i]
-		// A container that exited meanwhile must not fail the whole reply.
-		u.IgnoreFailure = true
+		u.IgnoreFailure = !unsolicited
 		why := reason
 		switch {
 		case ch.Lift:

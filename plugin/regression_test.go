@@ -1,13 +1,19 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
 )
@@ -46,6 +52,8 @@ func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
 		send func(p *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
 		// again: the next batch (container -> cpus); nil: no next batch.
 		again map[string]string
+		// listed: the containers logged as to send again.
+		listed string
 	}{
 		{name: "no handler in between: nothing to send again",
 			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil }},
@@ -57,19 +65,31 @@ func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
 				}
 				return nil, nil // the runtime applied the reply, then the stale batch
 			},
-			again: map[string]string{"c-web": "1,4-7"}},
+			again: map[string]string{"c-web": "1,4-7"}, listed: "[c-web]"},
 		{name: "a failed update is sent again",
 			send:  func(_ *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return batch, nil },
-			again: map[string]string{"c-web": "1-7"}},
+			again: map[string]string{"c-web": "1-7"}, listed: "[c-web]"},
 		{name: "a failed call sends the whole batch again",
 			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
 				return nil, errors.New("connection closed")
+			},
+			again: map[string]string{"c-web": "1-7"}, listed: "[c-web]"},
+		// The drift check reads c-web's cgroup before the runtime applied
+		// the batch: it is sent its target again for the drift check, which
+		// logged it; the batch does not list it.
+		{name: "the drift check marks a container while the batch is in flight",
+			send: func(p *Plugin, _ []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				p.CheckDrift(func(c *Container) (cpuset.CPUSet, error) { return cpuset.New(1, 4, 5, 6, 7), nil })
+				return nil, nil
 			},
 			again: map[string]string{"c-web": "1-7"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
-			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+			logs := captureLog(p)
+			web := ctr("c-web", "s-web", "app", 500, "")
+			web.Linux.CgroupsPath = "/kubepods/web" // read by the drift check
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
 				t.Fatal(err)
 			}
 			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
@@ -95,8 +115,23 @@ func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
 			if len(next) != len(tc.again) || !equalMaps(next, tc.again) {
 				t.Fatalf("next batch %v, want %v", next, tc.again)
 			}
+			listed := ""
+			if _, after, ok := strings.Cut(logs.String(), `msg="Updates to send again`); ok {
+				_, listed, _ = strings.Cut(after, "containers=")
+				listed, _, _ = strings.Cut(listed, "\n")
+			}
+			if listed != tc.listed {
+				t.Fatalf("listed as to send again %q, want %q", listed, tc.listed)
+			}
 		})
 	}
+}
+
+// captureLog makes the plugin log into the returned buffer (one goroutine).
+func captureLog(p *Plugin) *bytes.Buffer {
+	var buf bytes.Buffer
+	p.log = slog.New(slog.NewTextHandler(&buf, nil))
+	return &buf
 }
 
 func equalMaps(a, b map[string]string) bool {
@@ -770,5 +805,273 @@ func TestNoQuotaImposedWhereTheKubeletSetsNone(t *testing.T) {
 				t.Fatalf("quota restored %d (set %v), want %d", q, set, tc.restored)
 			}
 		})
+	}
+}
+
+// containerd plays containerd v2.4.2's handling of an unsolicited
+// UpdateContainers (internal/nri/domain.go updateContainers and
+// internal/cri/nri UpdateContainer): a container it no longer has is
+// skipped; a failed update is reported only when it does not ignore
+// failures, with an error for the whole call. overTTRPC: as the plugin gets
+// it through the NRI stub, where a call that returns an error loses its
+// reply (the failed list). applied records the cpus each container got.
+type containerd struct {
+	failing, gone map[string]bool
+	overTTRPC     bool
+	applied       map[string]string
+	calls         int
+}
+
+func (r *containerd) send(batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+	r.calls++
+	var failed []*api.ContainerUpdate
+	for _, u := range batch {
+		switch id := u.GetContainerId(); {
+		case r.gone[id]:
+		case r.failing[id]:
+			if !u.IgnoreFailure {
+				failed = append(failed, u)
+			}
+		default:
+			r.applied[id] = cpusOf(u)
+		}
+	}
+	if len(failed) == 0 {
+		return nil, nil
+	}
+	if r.overTTRPC {
+		return nil, errors.New("NRI update of some containers failed")
+	}
+	return failed, errors.New("NRI update of some containers failed")
+}
+
+// TestOnlyUnsolicitedUpdatesReportFailures: the updates the plugin's own
+// goroutine sends ask the runtime to report a failure (containerd reports
+// none for an update that ignores failures); a handler's reply ignores
+// them, so a container that exited meanwhile does not fail the
+// CreateContainer (or stop) that moves it.
+func TestOnlyUnsolicitedUpdatesReportFailures(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{sandbox("s-web", "default", "web", nil)}, []*api.Container{ctr("c-web", "s-web", "app", 500, "")}); err != nil {
+		t.Fatal(err)
+	}
+	_, created, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped, err := p.StopContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Synchronize's reply: a container found off its target.
+	synced, err := p.Synchronize(ctx, []*api.PodSandbox{sandbox("s-web", "default", "web", nil)}, []*api.Container{ctr("c-web", "s-web", "app", 500, "0-7")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-b", "b", "2-3"), ctr("c-b", "s-b", "engine", 2000, "")); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.RemovePodSandbox(ctx, exclusivePod("s-b", "b", "2-3"))
+	var pushed []*api.ContainerUpdate
+	if _, _, err := p.PushPending(func(b []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { pushed = b; return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		batch  []*api.ContainerUpdate
+		ignore bool
+	}{
+		{"CreateContainer reply", created, true},
+		{"StopContainer reply", stopped, true},
+		{"Synchronize reply", synced, true},
+		{"PushPending batch", pushed, false},
+	} {
+		if len(tc.batch) == 0 {
+			t.Fatalf("%s: no update", tc.name)
+		}
+		for _, u := range tc.batch {
+			if u.IgnoreFailure != tc.ignore {
+				t.Fatalf("%s: update of %s IgnoreFailure %v, want %v", tc.name, u.GetContainerId(), u.IgnoreFailure, tc.ignore)
+			}
+		}
+	}
+}
+
+// TestFailedUnsolicitedUpdateWithContainerd: against containerd's handling
+// of an unsolicited batch, a failed update is seen and sent again once the
+// runtime takes it, whether containerd's failed list reaches the plugin or
+// only the call's error does (then the whole batch is sent again); a
+// container containerd no longer has fails nothing.
+func TestFailedUnsolicitedUpdateWithContainerd(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		failing   string // fails the first batch
+		gone      string // removed from the runtime, not yet from the ledger
+		overTTRPC bool
+		failedN   int
+		again     map[string]string // the second batch
+	}{
+		{name: "the failed list: the failed container is sent again", failing: "c-web", failedN: 1, again: map[string]string{"c-web": "1-7"}},
+		{name: "over ttrpc, the call's error only: the whole batch is sent again", failing: "c-web", overTTRPC: true, failedN: 2,
+			again: map[string]string{"c-web": "1-7", "c-api": "1-7"}},
+		{name: "a container the runtime no longer has fails nothing", gone: "c-web", again: map[string]string{}},
+		{name: "no failure: nothing sent again", again: map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			for _, name := range []string{"web", "api"} {
+				if _, _, err := p.CreateContainer(ctx, sandbox("s-"+name, "default", name, nil), ctr("c-"+name, "s-"+name, "app", 500, "")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-a", "a", "4-5"))
+			drain(p)
+			rt := &containerd{failing: map[string]bool{tc.failing: true}, gone: map[string]bool{tc.gone: true}, overTTRPC: tc.overTTRPC, applied: map[string]string{}}
+			sent, failedN, _ := p.PushPending(rt.send)
+			if sent != 2 || failedN != tc.failedN {
+				t.Fatalf("sent %d, failed %d; want 2, %d", sent, failedN, tc.failedN)
+			}
+			if signalled := drain(p); signalled != (len(tc.again) > 0) {
+				t.Fatalf("next batch signalled %v, want %v", signalled, len(tc.again) > 0)
+			}
+			rt.failing = map[string]bool{}
+			rt.applied = map[string]string{}
+			if _, failedN, err := p.PushPending(rt.send); failedN != 0 || err != nil {
+				t.Fatalf("second batch: %d failed, %v", failedN, err)
+			}
+			if !equalMaps(rt.applied, tc.again) {
+				t.Fatalf("second batch applied %v, want %v", rt.applied, tc.again)
+			}
+		})
+	}
+}
+
+// TestUpdateThatKeepsFailingBacksOff: a container whose unsolicited update
+// fails every time is sent MaxFailures times, logged once at Warn, and then
+// left to the drift check: one more update each time the drift check finds
+// its cpuset wrong (none when it is right), no second warning. One update
+// that goes through resets its count.
+func TestUpdateThatKeepsFailingBacksOff(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		overTTRPC bool
+	}{{name: "failed list"}, {name: "over ttrpc, the call's error only", overTTRPC: true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			logs := captureLog(p)
+			web := ctr("c-web", "s-web", "app", 500, "")
+			web.Linux.CgroupsPath = "/kubepods/web"
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-a", "a", "4-5")) // c-web: grow to 1-7
+			rt := &containerd{failing: map[string]bool{"c-web": true}, overTTRPC: tc.overTTRPC, applied: map[string]string{}}
+			// What the plugin's goroutine does: push while signalled.
+			pushAll := func() int {
+				before := rt.calls
+				for i := 0; i < 3*MaxFailures && drain(p); i++ {
+					_, _, _ = p.PushPending(rt.send)
+				}
+				return rt.calls - before
+			}
+			warnings := func() int { return strings.Count(logs.String(), "Container update keeps failing") }
+			if n := pushAll(); n != MaxFailures {
+				t.Fatalf("batches sent for an always failing container: %d, want %d", n, MaxFailures)
+			}
+			if w := warnings(); w != 1 {
+				t.Fatalf("%d warnings, want 1:\n%s", w, logs)
+			}
+			if upd := p.PendingUpdates(); len(upd) != 0 {
+				t.Fatalf("still pending after giving up: %v", updateMap(upd))
+			}
+			wrong := func(*Container) (cpuset.CPUSet, error) { return cpuset.New(1, 6, 7), nil }
+			right := func(*Container) (cpuset.CPUSet, error) { return cpuset.New(1, 2, 3, 4, 5, 6, 7), nil }
+			if n := p.CheckDrift(right); n != 0 || pushAll() != 0 {
+				t.Fatalf("drift check with the cpuset right: %d drifted, or a batch sent", n)
+			}
+			for round := 0; round < 2; round++ {
+				if n := p.CheckDrift(wrong); n != 1 {
+					t.Fatalf("drift check with the cpuset wrong: %d drifted, want 1", n)
+				}
+				if n := pushAll(); n != 1 {
+					t.Fatalf("batches after the drift check found it wrong: %d, want 1", n)
+				}
+			}
+			if w := warnings(); w != 1 {
+				t.Fatalf("%d warnings after the drift check's retries, want 1", w)
+			}
+			// It goes through at last: its count starts again.
+			rt.failing = map[string]bool{}
+			p.CheckDrift(wrong)
+			if n := pushAll(); n != 1 || rt.applied["c-web"] != "1-7" {
+				t.Fatalf("after the runtime recovered: %d batches, applied %v", n, rt.applied)
+			}
+			if c, _ := p.Ledger().Container("c-web"); c.failures != 0 {
+				t.Fatalf("failures %d after a success, want 0", c.failures)
+			}
+		})
+	}
+}
+
+// TestConvergesWhileHandlersRaceFailingBatches: handlers, release
+// switches and drift checks run while the plugin's goroutine pushes
+// batches of which half fail; once they stop, a few batches leave nothing
+// pending (run with -race).
+func TestConvergesWhileHandlersRaceFailingBatches(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	for i := 0; i < 20; i++ {
+		sb := sandbox(fmt.Sprintf("s-w%d", i), "default", fmt.Sprintf("w%d", i), nil)
+		if _, _, err := p.CreateContainer(ctx, sb, ctr(fmt.Sprintf("c-w%d", i), sb.Id, "app", 100, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _, _ = p.PushPending(func(b []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				time.Sleep(time.Microsecond)
+				return b[:len(b)/2], nil
+			})
+		}
+	}()
+	for g := 0; g < 3; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 300; i++ {
+				sb := exclusivePod(fmt.Sprintf("s-x%d", g), fmt.Sprintf("x%d", g), fmt.Sprintf("%d", 2+2*g))
+				_, _, _ = p.CreateContainer(ctx, sb, ctr(fmt.Sprintf("c-x%d-%d", g, i), sb.Id, "engine", 1000, ""))
+				p.SetRelease("default", fmt.Sprintf("x%d", g), Release{Isolate: i%2 == 0, ExcludeReserve: true})
+				p.CheckDrift(func(*Container) (cpuset.CPUSet, error) { return cpuset.New(1), nil })
+				_ = p.RemovePodSandbox(ctx, sb)
+			}
+		}(g)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	for i := 0; i < 5; i++ {
+		_, _, _ = p.PushPending(func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil })
+	}
+	if upd := p.PendingUpdates(); len(upd) != 0 {
+		t.Fatalf("not converged: %d updates pending", len(upd))
 	}
 }
