@@ -43,7 +43,7 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 				obj = d.Obj
 			}
 			if pod, ok := obj.(*v1.Pod); ok {
-				p.ForgetRelease(pod.Namespace, pod.Name)
+				p.ForgetRelease(pod.Namespace, pod.Name, string(pod.UID))
 			}
 		},
 	})
@@ -142,7 +142,7 @@ func slimPod(obj any) (any, error) {
 // its init containers that run to completion. A malformed value leaves the
 // pod pinned: releasing is the exception that must be asked for clearly.
 func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
-	r := Release{ExcludeReserve: true, LimitMilli: map[string]int64{}}
+	r := Release{UID: string(pod.UID), ExcludeReserve: true, LimitMilli: map[string]int64{}}
 	intent, err := corepin.ParsePodIntent(pod.Annotations, nil)
 	if err != nil {
 		log.Warn("Ignoring a malformed release annotation; the pod stays pinned", "pod", pod.Namespace+"/"+pod.Name, "err", err)

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/cpuset"
@@ -307,5 +308,54 @@ func TestSlimObjects(t *testing.T) {
 	// is not one of them (it is counted like the pod's containers).
 	if r := releaseOf(slim.(*v1.Pod), log); !r.Init["migrate"] || r.Init["proxy"] || len(r.Init) != 1 {
 		t.Fatalf("init containers from the slim pod %v, want migrate only", r.Init)
+	}
+}
+
+// TestWatchPodsRecreatedPodUnderTheSameName: default/db is released on the
+// API server, then deleted and re-created under the same name. The new
+// pod's container is created while the informer still has the old pod: it
+// is pinned (the switch carries the old pod's UID); the informer's
+// Delete(old) and Add(new) then leave it so.
+func TestWatchPodsRecreatedPodUnderTheSameName(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := newTestPlugin(t)
+	pod := func(uid string, annotations map[string]string) *v1.Pod {
+		return &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", UID: types.UID(uid), Annotations: annotations},
+			Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{{Name: "engine",
+				Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("2")}}}}}}
+	}
+	client := fake.NewClientset(pod("uid-old", map[string]string{corepin.AnnotationReleaseIsolateMode: "true"}))
+	WatchPods(ctx, client, "node-a", p, log)
+	if r := p.Ledger().release["default/db"]; r.UID != "uid-old" || !r.Isolate {
+		t.Fatalf("switch from the informer %+v, want uid-old released", r)
+	}
+	adj, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-new", "db", "2-3"), "uid-new"), ctr("c-new", "s-new", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu := adj.GetLinux().GetResources().GetCpu(); cpu.GetCpus() != "2-3" || cpu.GetQuota() != nil {
+		t.Fatalf("the new pod's container created with %v, want pinned on 2-3, quota untouched", cpu)
+	}
+	if err := client.CoreV1().Pods("default").Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the old pod's switch dropped", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		_, ok := p.ledger.release["default/db"]
+		return !ok
+	})
+	if _, err := client.CoreV1().Pods("default").Create(ctx, pod("uid-new", map[string]string{}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new pod's switch", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.ledger.release["default/db"].UID == "uid-new"
+	})
+	if upd := p.PendingUpdates(); len(upd) != 0 {
+		t.Fatalf("pending batch %v, want none (the container was never released)", updateMap(upd))
 	}
 }

@@ -75,6 +75,10 @@ type Container struct {
 	// (Quota <= 0: none), restored when release-isolate-mode is unset.
 	Quota  int64
 	Period uint64
+	// quotaFromLimit: the container was found at synchronize with the
+	// quota the plugin writes (-1), so the one it was created with is
+	// unknown; the pod spec's CPU limit stands for it.
+	quotaFromLimit bool
 
 	// cpus caches CPUs.String(); podKey caches Pod.Key(); podID is the
 	// pod's identity (UID, else sandbox ID) that placements are keyed by.
@@ -84,7 +88,16 @@ type Container struct {
 	sandboxRelease Release
 	// applied is what the plugin last set (or found) on the container.
 	applied applied
+	// failures counts the unsolicited updates of the container that failed
+	// in a row (reset by one that does not).
+	failures int
 }
+
+// MaxFailures is how many unsolicited updates of a container may fail in a
+// row before the plugin stops sending it again on its own: it is then left
+// to the drift check, which marks it for one more update whenever its
+// cpuset is found wrong, and to the next change of its target.
+const MaxFailures = 5
 
 // applied is the pinning a container was last given.
 type applied struct {
@@ -100,6 +113,11 @@ type applied struct {
 // sandbox's annotations are fixed when the pod is created; these follow
 // `kubectl annotate`.
 type Release struct {
+	// UID is the pod's UID on the API server. The ledger finds a pod's
+	// Release by namespace/name; a container whose pod has another UID (a
+	// pod re-created under the same name before the informer caught up)
+	// ignores it. Empty (here or on the sandbox): not checked.
+	UID            string
 	Isolate        bool
 	ExcludeReserve bool
 	// LimitMilli is each container's CPU limit from the pod spec, to
@@ -158,30 +176,68 @@ func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 
 // SetRelease records a pod's live release switch and reports whether any of
 // its containers must change: its exclusive containers follow both
-// switches, its BindAllCPUs containers follow exclude-reserve-cpuset. The
-// pinning is compared before and after, so a first switch from the API
-// server that says what the sandbox's annotations said changes nothing.
+// switches, its BindAllCPUs containers follow exclude-reserve-cpuset. What
+// each container was last given (its applied pinning) is compared with its
+// target under the new switch, not the target before with the one after:
+// a pod deleted and re-created under the same name (the informer delivers
+// Delete(old) then Add(new)) can have a container still widened from the
+// old pod's switch while both switches the ledger computes say pinned. A
+// first switch from the API server that says what the sandbox's
+// annotations said changes nothing.
 func (l *Ledger) SetRelease(key string, r Release) bool {
-	if old := l.release[key]; !maps.Equal(old.Init, r.Init) {
-		defer l.recount(key)
-	}
-	type pinning struct {
-		cpus   string
-		lifted bool
-	}
-	before := map[*Container]pinning{}
-	for _, c := range l.containers {
-		if c.podKey == key && (c.Class == Exclusive || c.Class == BindAll) {
-			before[c] = pinning{l.CPUsFor(c).String(), l.Lifted(c)}
-		}
-	}
+	old := l.release[key]
 	l.release[key] = r
-	for c, was := range before {
-		if (pinning{l.CPUsFor(c).String(), l.Lifted(c)}) != was {
+	if !maps.Equal(old.Init, r.Init) || old.UID != r.UID {
+		l.recount(key)
+	}
+	return l.stale(key)
+}
+
+// ForgetRelease drops a deleted pod's live switch (uid: the deleted pod's;
+// a switch recorded for another pod of the same name is kept) and reports,
+// as SetRelease, whether any of its containers must change: they fall back
+// to their sandbox's annotations. Its init containers count in the shared
+// sum again.
+func (l *Ledger) ForgetRelease(key, uid string) bool {
+	old, ok := l.release[key]
+	if !ok || !sameUID(old.UID, uid) {
+		return false
+	}
+	delete(l.release, key)
+	if len(old.Init) > 0 {
+		l.recount(key)
+	}
+	return l.stale(key)
+}
+
+// stale reports whether a container of the pods named key (namespace/name)
+// has a known applied pinning that is not its target (or none known: it is
+// pending anyway).
+func (l *Ledger) stale(key string) bool {
+	want := lists{l: l}
+	for _, c := range l.containers {
+		if c.podKey != key {
+			continue
+		}
+		if !c.applied.known || c.applied.cpus != want.of(c) || c.applied.lifted != l.Lifted(c) {
 			return true
 		}
 	}
 	return false
+}
+
+// sameUID reports whether two pod UIDs name the same pod; an empty one (a
+// runtime or a caller that does not know it) matches any.
+func sameUID(a, b string) bool { return a == "" || b == "" || a == b }
+
+// apiRelease is the API server's switch for a container's pod, unless it
+// is another pod's of the same name (by UID).
+func (l *Ledger) apiRelease(c *Container) (Release, bool) {
+	r, ok := l.release[c.podKey]
+	if !ok || !sameUID(r.UID, c.Pod.UID) {
+		return Release{}, false
+	}
+	return r, true
 }
 
 // recount rebuilds the placements of the pods named key (namespace/name),
@@ -202,15 +258,13 @@ func (l *Ledger) recount(key string) {
 // runs to completion (not counted in the shared sum), as far as the API
 // server told the plugin.
 func (l *Ledger) runsToCompletion(c *Container) bool {
-	return l.release[c.podKey].Init[c.Name]
+	r, _ := l.apiRelease(c)
+	return r.Init[c.Name]
 }
-
-// ForgetRelease drops a deleted pod's live switch.
-func (l *Ledger) ForgetRelease(key string) { delete(l.release, key) }
 
 // releaseOf is the release switch in force for a container's pod.
 func (l *Ledger) releaseOf(c *Container) Release {
-	if r, ok := l.release[c.podKey]; ok {
+	if r, ok := l.apiRelease(c); ok {
 		return r
 	}
 	return c.sandboxRelease
@@ -224,17 +278,23 @@ func (l *Ledger) Lifted(c *Container) bool {
 }
 
 // FoundLifted reports whether an exclusive container found at synchronize
-// with CFS quota quota (<= 0: none) has its quota lifted by the plugin, so
-// that the quota is restored when its pod is not released: its pod is
-// released now, or the pod spec gives it a CPU limit (which the kubelet
-// turns into a quota > 0: only a release lifts it). The second case is a
-// release unset while the plugin was away. Without the API server's pod
-// spec it cannot be told from a container without a limit.
-func (l *Ledger) FoundLifted(c *Container, quota int64) bool {
-	if c.Class != Exclusive || quota > 0 {
+// with CFS quota quota (set: the runtime reports one) has its quota lifted
+// by the plugin, so that the quota is restored when its pod is not
+// released: its pod is released now (a quota of -1 or none), or its quota
+// is exactly -1, what the plugin writes, and the pod spec gives it a CPU
+// limit (a release unset while the plugin was away). No quota at all is not
+// a lifted one: a kubelet with cpuCFSQuota: false sets none for any limit.
+// Without the API server's pod spec a -1 cannot be told from a container
+// without a limit.
+func (l *Ledger) FoundLifted(c *Container, quota int64, set bool) bool {
+	if c.Class != Exclusive || set && quota > 0 {
 		return false
 	}
-	return l.Lifted(c) || l.release[c.podKey].LimitMilli[c.Name] > 0
+	if l.Lifted(c) {
+		return true
+	}
+	r, _ := l.apiRelease(c)
+	return set && quota == -1 && r.LimitMilli[c.Name] > 0
 }
 
 // wide is every online CPU, minus the reserved ones when excludeReserve.
@@ -668,8 +728,9 @@ func (l *Ledger) Changes(skip string) []Change {
 }
 
 // originalQuota is the CFS limit to restore: the one the container was
-// created with, else the pod spec's limit (a quota lifted before the
-// plugin restarted), else none.
+// created with, else the pod spec's limit for a container found lifted
+// (-1) at synchronize (a quota lifted before the plugin restarted), else
+// none (a container created without a quota gets none).
 func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	period := c.Period
 	if period == 0 {
@@ -678,7 +739,11 @@ func (l *Ledger) originalQuota(c *Container) (int64, uint64) {
 	if c.Quota > 0 {
 		return c.Quota, period
 	}
-	if milli := l.release[c.podKey].LimitMilli[c.Name]; milli > 0 {
+	if !c.quotaFromLimit {
+		return 0, period
+	}
+	r, _ := l.apiRelease(c)
+	if milli := r.LimitMilli[c.Name]; milli > 0 {
 		return milli * int64(period) / 1000, period
 	}
 	return 0, period
@@ -698,35 +763,57 @@ func sentOf(changes []Change) Sent {
 }
 
 // Delivered reconciles the ledger with a batch of unsolicited updates once
-// the runtime has applied it, and returns the IDs of the containers whose
-// pinning is no longer known (sorted). Such a batch is computed under the
-// plugin's lock but sent after the lock is released, so a handler may run
-// in between and return its own updates (a CreateContainer's shrink),
-// which the runtime applies first: the batch's older cpuset then
-// overwrites them. A container whose recorded pinning is no longer what
-// the batch gave it is recorded as having the batch's pinning (what the
-// runtime applied last), and one whose update failed (failed, by ID) as
-// unknown, so that the next Changes sends either its current target
-// again. Containers the ledger no longer tracks are left alone.
-func (l *Ledger) Delivered(sent Sent, failed map[string]bool) []string {
-	var stale []string
+// the runtime has applied it. Such a batch is computed under the plugin's
+// lock but sent after the lock is released, so a handler may run in
+// between and return its own updates (a CreateContainer's shrink), which
+// the runtime applies first: the batch's older cpuset then overwrites
+// them. A container whose recorded pinning is no longer what the batch
+// gave it is recorded as having the batch's pinning (what the runtime
+// applied last), and one whose update failed (failed, by ID) as unknown,
+// so that the next Changes sends either its current target again; their
+// IDs are returned in stale (sorted). A container whose update failed for
+// the MaxFailures-th time in a row is not sent again: it is recorded as
+// having what the batch gave it (the drift check compares its cpuset with
+// that, and marks it unknown again if it is wrong) and its ID returned in
+// gaveUp, once; a later failure of it gives up at once, without gaveUp. An
+// update that did not fail resets the container's count. A container the
+// drift check marked unknown while the batch was in flight stays so (the
+// next batch sends it its target, whether the drift was real or the batch
+// not applied yet when its cgroup was read) and is not in stale: the drift
+// check asked for that update. Containers the ledger no longer tracks are
+// left alone.
+func (l *Ledger) Delivered(sent Sent, failed map[string]bool) (stale, gaveUp []string) {
 	for id, gave := range sent {
 		c, ok := l.containers[id]
 		if !ok {
 			continue
 		}
-		switch {
-		case failed[id]:
-			c.applied.known = false
-		case c.applied != gave:
-			c.applied = gave
-		default:
+		if !failed[id] {
+			c.failures = 0
+			switch {
+			case c.applied == gave, !c.applied.known:
+			default:
+				c.applied = gave
+				stale = append(stale, id)
+			}
 			continue
 		}
-		stale = append(stale, id)
+		c.failures++
+		if c.failures < MaxFailures {
+			c.applied.known = false
+			stale = append(stale, id)
+			continue
+		}
+		if !c.applied.known {
+			c.applied = gave
+		}
+		if c.failures == MaxFailures {
+			gaveUp = append(gaveUp, id)
+		}
 	}
 	slices.Sort(stale)
-	return stale
+	slices.Sort(gaveUp)
+	return stale, gaveUp
 }
 
 // Applied records the pinning a container was given or was found with.

@@ -66,9 +66,8 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 func (p *Plugin) SetConfigCheck(check func(config string) error) { p.checkConfig = check }
 
 // Pending signals that updates are waiting that no handler could return;
-// the owner then calls PendingUpdates and sends them with
-// stub.UpdateContainers from its own goroutine (never from a handler: that
-// deadlocks with the runtime's lock).
+// the owner then calls PushPending(stub.UpdateContainers) from its own
+// goroutine (never from a handler: that deadlocks with the runtime's lock).
 func (p *Plugin) Pending() <-chan struct{} { return p.pending }
 
 // PoolChanged signals that the shared pool changed (for publishing).
@@ -100,7 +99,7 @@ func (p *Plugin) changed() {
 func (p *Plugin) PendingUpdates() []*api.ContainerUpdate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	updates, _ := p.updates("", "grow")
+	updates, _ := p.updates("", "grow", true)
 	return updates
 }
 
@@ -115,12 +114,18 @@ type UpdateFunc func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
 // return its own updates, which the runtime applies before the batch: a
 // container the handler moved is then overwritten by the batch's older
 // cpuset. Every such container, and every container whose update failed
-// (all of the batch when send fails as a whole), is sent its current
-// target by the next batch, which is signalled on Pending. It returns how
-// many updates were sent and how many of them failed.
+// (all of the batch when send returns an error without naming the failed
+// updates: a call that failed as a whole, or containerd's failures over
+// ttrpc, which drops the list with the error), is sent its current target
+// by the next batch, which is signalled on Pending. These updates do not
+// ignore failures (a handler's reply does: a container that exited
+// meanwhile must not fail a CreateContainer); containerd skips a container
+// it no longer has. A container whose update fails MaxFailures times in a
+// row is logged once and no longer sent again (Ledger.Delivered). It
+// returns how many updates were sent and how many of them failed.
 func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	p.mu.Lock()
-	updates, changes := p.updates("", "grow")
+	updates, changes := p.updates("", "grow", true)
 	batch := sentOf(changes)
 	p.mu.Unlock()
 	if len(updates) == 0 {
@@ -131,14 +136,22 @@ func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	for _, u := range failedUpdates {
 		failed[u.GetContainerId()] = true
 	}
-	if err != nil {
+	if err != nil && len(failed) == 0 {
+		// Not told which: the call failed as a whole, or containerd's
+		// list of failed updates was lost with its error (ttrpc drops the
+		// reply of a call that returns one).
 		for id := range batch {
 			failed[id] = true
 		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	stale := p.ledger.Delivered(batch, failed)
+	stale, gaveUp := p.ledger.Delivered(batch, failed)
+	for _, id := range gaveUp {
+		c, _ := p.ledger.Container(id)
+		p.log.Warn("Container update keeps failing; no longer sent again until its target changes or the drift check finds its cpuset wrong",
+			"pod", c.podKey, "container", c.Name, "cpus", c.applied.cpus, "failures", c.failures, "err", err)
+	}
 	if len(stale) > 0 {
 		p.log.Info("Updates to send again: moved by a handler while a batch was in flight, or failed", "containers", stale)
 		notify(p.pending)
@@ -188,11 +201,19 @@ func (p *Plugin) SetNodePolicy(value string) error {
 	return err
 }
 
-// ForgetRelease drops a deleted pod's live release switch.
-func (p *Plugin) ForgetRelease(namespace, name string) {
+// ForgetRelease drops a deleted pod's live release switch (uid: the
+// deleted pod's UID; "" drops whatever is recorded under the name). Its
+// containers fall back to their sandbox's annotations: any whose pinning
+// then differs is corrected by the plugin's own goroutine.
+func (p *Plugin) ForgetRelease(namespace, name, uid string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ledger.ForgetRelease(namespace + "/" + name)
+	key := namespace + "/" + name
+	if p.ledger.ForgetRelease(key, uid) {
+		p.log.Info("Release switch dropped with its pod; containers back to their sandbox's switch", "pod", key, "uid", uid)
+		notify(p.pending)
+	}
+	p.changed() // init containers may have come back into the shared sum
 }
 
 // CheckDrift reads every pinned container's actual cpuset and marks the
@@ -287,25 +308,24 @@ func currentCPUs(c *api.Container) (cpuset.CPUSet, bool) {
 	return set, err == nil
 }
 
-// cfs is a container's CFS quota and period (quota <= 0: none).
-func cfs(c *api.Container) (int64, uint64) {
+// cfs is a container's CFS quota and period; set reports whether the
+// runtime gave a quota at all (none: quota 0).
+func cfs(c *api.Container) (quota int64, period uint64, set bool) {
 	cpu := c.GetLinux().GetResources().GetCpu()
-	var quota int64
-	var period uint64
 	if q := cpu.GetQuota().Get(); q != nil {
-		quota = *q
+		quota, set = *q, true
 	}
 	if pp := cpu.GetPeriod().Get(); pp != nil {
 		period = *pp
 	}
-	return quota, period
+	return quota, period, set
 }
 
 // describe fills in what the plugin keeps of a container besides its class.
 func describe(classified *Container, c *api.Container) {
 	classified.SandboxID = c.GetPodSandboxId()
 	classified.CgroupsPath = c.GetLinux().GetCgroupsPath()
-	classified.Quota, classified.Period = cfs(c)
+	classified.Quota, classified.Period, _ = cfs(c)
 }
 
 // Synchronize rebuilds the ledger from the containers that exist and
@@ -368,13 +388,14 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 				classified.CPUs.String()+" are kept out of the shared pool): "+err.Error())
 			continue
 		}
-		// A quota found lifted was lifted by us (the pod is released, or
-		// was until its release was unset while the plugin was away): it
+		// A quota found lifted (-1) was lifted by us (the pod is released,
+		// or was until its release was unset while the plugin was away): it
 		// is restored from the pod spec's limit unless the pod is released.
-		quota, _ := cfs(c)
-		lifted := p.ledger.FoundLifted(classified, quota)
-		if lifted {
-			classified.Quota = 0 // the original is the pod spec's limit
+		// No quota at all is the kubelet's (cpuCFSQuota: false), not ours.
+		quota, _, set := cfs(c)
+		lifted := p.ledger.FoundLifted(classified, quota, set)
+		if lifted && set && quota == -1 {
+			classified.quotaFromLimit = true // the original is the pod spec's limit
 		}
 		if cur, ok := currentCPUs(c); ok {
 			p.ledger.Applied(c.GetId(), cur, lifted)
@@ -388,7 +409,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		p.log.Warn("Over the exclusive limit at synchronize; running containers kept", "exclusive", c.E, "limit", c.ExclusiveLimit)
 		p.nodeEvent("CorepinOverExclusiveLimit", msg)
 	}
-	updates, _ := p.updates("", "repair")
+	updates, _ := p.updates("", "repair", false)
 	p.changed()
 	p.health.synchronized()
 	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
@@ -434,7 +455,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	}
 	p.ledger.Applied(c.GetId(), cpus, lifted)
 	// Everyone else's cpuset is assumed to be what the ledger last gave it.
-	updates, _ := p.updates(c.GetId(), "shrink")
+	updates, _ := p.updates(c.GetId(), "shrink", false)
 	p.changed()
 	p.log.Info("Pinned container", "pod", pod.Key(), "container", c.GetName(), "class", classified.Class,
 		"cpus", cpus.String(), "released", lifted, "updates", len(updates))
@@ -451,7 +472,7 @@ func (p *Plugin) StopContainer(_ context.Context, _ *api.PodSandbox, c *api.Cont
 		p.changed() // the container gauges and the shared sum moved
 		return nil, nil
 	}
-	updates, _ := p.updates("", "grow")
+	updates, _ := p.updates("", "grow", false)
 	p.changed()
 	p.log.Info("Freed exclusive CPUs", "pod", gone.Pod.Key(), "container", gone.Name, "cpus", gone.CPUs.String(), "updates", len(updates))
 	return updates, nil
@@ -500,10 +521,14 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 // updates turns the ledger's pending changes (other than skip's) into NRI
 // container updates, counted under reason unless they repair a container
 // whose cpuset was not known to be right (drift, synchronize) or lift or
-// restore a release. It also returns the changes behind them; only
-// PushPending keeps them (a handler's reply needs no delivery check, and
-// building that record on every CreateContainer cost 16 KB).
-func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, []Change) {
+// restore a release. unsolicited: for stub.UpdateContainers, whose failures
+// the runtime reports only for updates that do not ignore them; a handler's
+// reply ignores them (a container that exited meanwhile must not fail the
+// whole reply, a CreateContainer with it). It also returns the changes
+// behind them; only PushPending keeps them (a handler's reply needs no
+// delivery check, and building that record on every CreateContainer cost
+// 16 KB).
+func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.ContainerUpdate, []Change) {
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
 		return nil, nil
@@ -524,8 +549,7 @@ func (p *Plugin) updates(skip, reason string) ([]*api.ContainerUpdate, []Change)
 		linux[i].Resources = &resources[i]
 		u := &updates[i]
 		u.ContainerId, u.Linux = ch.Container.ID, &linux[i]
-		// A container that exited meanwhile must not fail the whole reply.
-		u.IgnoreFailure = true
+		u.IgnoreFailure = !unsolicited
 		why := reason
 		switch {
 		case ch.Lift:

@@ -1,13 +1,19 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
 )
@@ -46,6 +52,8 @@ func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
 		send func(p *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error)
 		// again: the next batch (container -> cpus); nil: no next batch.
 		again map[string]string
+		// listed: the containers logged as to send again.
+		listed string
 	}{
 		{name: "no handler in between: nothing to send again",
 			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil }},
@@ -57,19 +65,31 @@ func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
 				}
 				return nil, nil // the runtime applied the reply, then the stale batch
 			},
-			again: map[string]string{"c-web": "1,4-7"}},
+			again: map[string]string{"c-web": "1,4-7"}, listed: "[c-web]"},
 		{name: "a failed update is sent again",
 			send:  func(_ *Plugin, batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return batch, nil },
-			again: map[string]string{"c-web": "1-7"}},
+			again: map[string]string{"c-web": "1-7"}, listed: "[c-web]"},
 		{name: "a failed call sends the whole batch again",
 			send: func(*Plugin, []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
 				return nil, errors.New("connection closed")
+			},
+			again: map[string]string{"c-web": "1-7"}, listed: "[c-web]"},
+		// The drift check reads c-web's cgroup before the runtime applied
+		// the batch: it is sent its target again for the drift check, which
+		// logged it; the batch does not list it.
+		{name: "the drift check marks a container while the batch is in flight",
+			send: func(p *Plugin, _ []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				p.CheckDrift(func(c *Container) (cpuset.CPUSet, error) { return cpuset.New(1, 4, 5, 6, 7), nil })
+				return nil, nil
 			},
 			again: map[string]string{"c-web": "1-7"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
-			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), ctr("c-web", "s-web", "app", 500, "")); err != nil {
+			logs := captureLog(p)
+			web := ctr("c-web", "s-web", "app", 500, "")
+			web.Linux.CgroupsPath = "/kubepods/web" // read by the drift check
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
 				t.Fatal(err)
 			}
 			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
@@ -95,8 +115,23 @@ func TestUnsolicitedBatchNeverOverwritesAHandlersReply(t *testing.T) {
 			if len(next) != len(tc.again) || !equalMaps(next, tc.again) {
 				t.Fatalf("next batch %v, want %v", next, tc.again)
 			}
+			listed := ""
+			if _, after, ok := strings.Cut(logs.String(), `msg="Updates to send again`); ok {
+				_, listed, _ = strings.Cut(after, "containers=")
+				listed, _, _ = strings.Cut(listed, "\n")
+			}
+			if listed != tc.listed {
+				t.Fatalf("listed as to send again %q, want %q", listed, tc.listed)
+			}
 		})
 	}
+}
+
+// captureLog makes the plugin log into the returned buffer (one goroutine).
+func captureLog(p *Plugin) *bytes.Buffer {
+	var buf bytes.Buffer
+	p.log = slog.New(slog.NewTextHandler(&buf, nil))
+	return &buf
 }
 
 func equalMaps(a, b map[string]string) bool {
@@ -205,6 +240,7 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 		sandbox  map[string]string
 		shared   bool
 		quota    int64 // found on the container (-1: lifted)
+		noQuota  bool  // the runtime reports none (a kubelet with cpuCFSQuota: false)
 		cpus     string
 		want     string // cpus of the update; "": no update
 		restored int64  // quota restored; 0: not touched
@@ -223,6 +259,18 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 		{name: "quota in place: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit}, quota: 200000, cpus: "2-3"},
 		{name: "a shared container is never restored", release: &Release{ExcludeReserve: true, LimitMilli: limit}, shared: true,
 			quota: -1, cpus: "1-7"},
+		// A kubelet with cpuCFSQuota: false sets no quota for a limit: that
+		// is not a quota lifted by the plugin, and none is imposed.
+		{name: "no quota, a limit in the spec, pinned: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			noQuota: true, cpus: "2-3"},
+		{name: "no quota, a limit in the spec, cpuset wrong: cpuset repaired only", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			noQuota: true, cpus: "1-7", want: "2-3"},
+		{name: "quota 0, a limit in the spec: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: 0, cpus: "2-3"},
+		{name: "a quota below -1 is not the plugin's: untouched", release: &Release{ExcludeReserve: true, LimitMilli: limit},
+			quota: -2, cpus: "2-3"},
+		{name: "no quota, released: left as it is", release: &Release{Isolate: true, ExcludeReserve: true, LimitMilli: limit},
+			noQuota: true, cpus: "1-7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
@@ -237,8 +285,10 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 				sb.Annotations[k] = v
 			}
 			running := ctr("c-db", "s-db", "engine", 0, tc.cpus)
-			running.Linux.Resources.Cpu.Quota = api.Int64(tc.quota)
-			running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			if !tc.noQuota {
+				running.Linux.Resources.Cpu.Quota = api.Int64(tc.quota)
+				running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			}
 			upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running})
 			if err != nil {
 				t.Fatal(err)
@@ -501,5 +551,527 @@ func TestInitContainersAreNotCountedInTheSharedSum(t *testing.T) {
 				t.Fatalf("init container not tracked as shared: %v", c)
 			}
 		})
+	}
+}
+
+// TestRecreatedPodDoesNotInheritTheOldPodsRelease: default/db is released
+// on the API server, deleted and re-created under the same name (a new
+// UID). The kubelet creates the new pod's container before the informer
+// delivers Delete(old) and Add(new, not released). With both UIDs known
+// the old pod's switch is not the new pod's: its container is created
+// pinned. Without one of them the plugin cannot tell the two apart and the
+// container starts released, but the informer's Delete(old) + Add(new)
+// then restores it (the switch it computes did not change, the container's
+// pinning did).
+func TestRecreatedPodDoesNotInheritTheOldPodsRelease(t *testing.T) {
+	ctx := context.Background()
+	limit := map[string]int64{"engine": 2000}
+	for _, tc := range []struct {
+		name                      string
+		apiOldUID, apiNewUID      string // the UIDs the informer reports
+		sandboxOldUID, sandboxUID string // the UIDs the runtime reports
+		createdCPUs               string // the new container's cpuset at creation
+		createdQuota              int64  // its quota at creation (-1: lifted; 0: not set)
+		restore                   bool   // Delete(old) + Add(new) must restore it
+	}{
+		{name: "UIDs known: created pinned", apiOldUID: "uid-old", apiNewUID: "uid-new", sandboxOldUID: "uid-old", sandboxUID: "uid-new",
+			createdCPUs: "2-3"},
+		{name: "the informer reports no UID: created released, restored by Delete+Add", sandboxOldUID: "uid-old", sandboxUID: "uid-new",
+			createdCPUs: "1-7", createdQuota: -1, restore: true},
+		{name: "the runtime reports no UID: created released, restored by Delete+Add", apiOldUID: "uid-old", apiNewUID: "uid-new",
+			createdCPUs: "1-7", createdQuota: -1, restore: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			oldSB := func() *api.PodSandbox { return withUID(exclusivePod("s-old", "db", "2-3"), tc.sandboxOldUID) }
+			if _, _, err := p.CreateContainer(ctx, oldSB(), ctr("c-old", "s-old", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			p.SetRelease("default", "db", Release{UID: tc.apiOldUID, Isolate: true, ExcludeReserve: true, LimitMilli: limit})
+			if _, _, err := p.PushPending(func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil }); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, oldSB())
+			drain(p)
+
+			adj, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-new", "db", "2-3"), tc.sandboxUID), ctr("c-new", "s-new", "engine", 2000, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cpu := adj.GetLinux().GetResources().GetCpu()
+			if cpu.GetCpus() != tc.createdCPUs || cpu.GetQuota().GetValue() != tc.createdQuota {
+				t.Fatalf("new pod's container created on %s quota %d, want %s quota %d", cpu.GetCpus(), cpu.GetQuota().GetValue(), tc.createdCPUs, tc.createdQuota)
+			}
+
+			p.ForgetRelease("default", "db", tc.apiOldUID)                                                     // Delete(old)
+			p.SetRelease("default", "db", Release{UID: tc.apiNewUID, ExcludeReserve: true, LimitMilli: limit}) // Add(new), not released
+			if signalled := drain(p); signalled != tc.restore {
+				t.Fatalf("Delete(old) + Add(new): pending signalled %v, want %v", signalled, tc.restore)
+			}
+			upd := p.PendingUpdates()
+			if !tc.restore {
+				if len(upd) != 0 {
+					t.Fatalf("pending batch %v, want none", updateMap(upd))
+				}
+				return
+			}
+			if len(upd) != 1 || upd[0].GetContainerId() != "c-new" || cpusOf(upd[0]) != "2-3" {
+				t.Fatalf("pending batch %v, want c-new back on 2-3", updateMap(upd))
+			}
+			if q, _ := quotaOf(upd[0]); q != 200000 {
+				t.Fatalf("c-new's quota restored to %d, want 200000", q)
+			}
+		})
+	}
+}
+
+// TestAnotherPodsSwitchIsIgnored: what the API server says of default/db
+// under another UID (the old pod's, still in the informer's cache; or the
+// new pod's, while the old pod's containers still run) neither releases a
+// container, nor restores its quota from that pod's limit, nor takes its
+// init containers out of the shared sum.
+func TestAnotherPodsSwitchIsIgnored(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		uid     string // the UID of the switch; the sandbox's is uid-a
+		lifted  bool
+		initS   int64 // S with a 3-CPU init container "migrate"
+		quota   int64 // quota restored when a lifted container is found at synchronize
+		updates int   // updates at that synchronize
+	}{
+		{name: "the pod's own UID", uid: "uid-a", lifted: true, initS: 0, quota: 0},
+		{name: "no UID on the switch: today's lookup by name", uid: "", lifted: true, initS: 0, quota: 0},
+		{name: "another pod's UID: ignored", uid: "uid-b", lifted: false, initS: 3000, quota: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			r := Release{UID: tc.uid, Isolate: true, ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}, Init: map[string]bool{"migrate": true}}
+			p.SetRelease("default", "db", r)
+			if _, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-db", "db", "2-3"), "uid-a"), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-db", "db", "2-3"), "uid-a"), ctr("c-init", "s-db", "migrate", 3000, "")); err != nil {
+				t.Fatal(err)
+			}
+			c, _ := p.Ledger().Container("c-db")
+			if got := p.Ledger().Lifted(c); got != tc.lifted {
+				t.Fatalf("lifted %v, want %v", got, tc.lifted)
+			}
+			if s := p.Capacity().S; s != tc.initS {
+				t.Fatalf("S = %d, want %d", s, tc.initS)
+			}
+
+			// After a restart, the container is found lifted (-1) and the
+			// switch is unset: its quota comes from the limit only if the
+			// switch is its pod's.
+			p = newTestPlugin(t)
+			p.SetRelease("default", "db", Release{UID: tc.uid, ExcludeReserve: true, LimitMilli: map[string]int64{"engine": 2000}})
+			running := ctr("c-db", "s-db", "engine", 0, "2-3")
+			running.Linux.Resources.Cpu.Quota = api.Int64(-1)
+			running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+			upd, err := p.Synchronize(ctx, []*api.PodSandbox{withUID(exclusivePod("s-db", "db", "2-3"), "uid-a")}, []*api.Container{running})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 1
+			if tc.quota == -1 {
+				want = 0 // not known to be lifted by the plugin: left as it is
+			}
+			if len(upd) != want {
+				t.Fatalf("updates at synchronize %v, want %d", updateMap(upd), want)
+			}
+			if want == 1 {
+				if q, _ := quotaOf(upd[0]); q != 200000 {
+					t.Fatalf("quota restored to %d, want 200000", q)
+				}
+			}
+		})
+	}
+}
+
+// TestForgetRelease: the informer's Delete drops the pod's switch; its
+// containers fall back to their sandbox's annotations (and are corrected
+// if that changes their pinning), its init containers count in the shared
+// sum again. A Delete for another pod of the same name keeps the switch.
+func TestForgetRelease(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name       string
+		release    Release
+		forgetUID  string
+		s          int64             // S after the Delete
+		signalled  bool              // a batch asked for
+		want       map[string]string // the pending batch
+		stillKnown bool              // the switch is still recorded
+	}{
+		{name: "init containers count again", release: Release{UID: "uid-a", ExcludeReserve: true, Init: map[string]bool{"migrate": true}},
+			forgetUID: "uid-a", s: 3000, want: map[string]string{}},
+		{name: "a released pod goes back to its sandbox's switch", release: Release{UID: "uid-a", Isolate: true, ExcludeReserve: true},
+			forgetUID: "uid-a", s: 3000, signalled: true, want: map[string]string{"c-db": "2-3"}},
+		{name: "a Delete without UID drops it", release: Release{UID: "uid-a", Isolate: true, ExcludeReserve: true},
+			s: 3000, signalled: true, want: map[string]string{"c-db": "2-3"}},
+		{name: "another pod's Delete keeps it", release: Release{UID: "uid-a", Isolate: true, ExcludeReserve: true, Init: map[string]bool{"migrate": true}},
+			forgetUID: "uid-old", s: 0, want: map[string]string{}, stillKnown: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.SetRelease("default", "db", tc.release)
+			sb := func() *api.PodSandbox { return withUID(exclusivePod("s-db", "db", "2-3"), "uid-a") }
+			if _, _, err := p.CreateContainer(ctx, sb(), ctr("c-db", "s-db", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, sb(), ctr("c-init", "s-db", "migrate", 3000, "")); err != nil {
+				t.Fatal(err)
+			}
+			drain(p)
+			p.ForgetRelease("default", "db", tc.forgetUID)
+			if s := p.Capacity().S; s != tc.s {
+				t.Fatalf("S = %d after the Delete, want %d", s, tc.s)
+			}
+			if signalled := drain(p); signalled != tc.signalled {
+				t.Fatalf("pending signalled %v, want %v", signalled, tc.signalled)
+			}
+			if got := updateMap(p.PendingUpdates()); !equalMaps(got, tc.want) {
+				t.Fatalf("pending batch %v, want %v", got, tc.want)
+			}
+			if _, known := p.Ledger().release["default/db"]; known != tc.stillKnown {
+				t.Fatalf("switch still recorded %v, want %v", known, tc.stillKnown)
+			}
+		})
+	}
+}
+
+// TestNoQuotaImposedWhereTheKubeletSetsNone: on a node whose kubelet runs
+// with cpuCFSQuota: false a container with a CPU limit has no CFS quota.
+// Released and then unset, it gets no quota back (the pod spec's limit
+// stands only for a quota found lifted, -1, at synchronize).
+func TestNoQuotaImposedWhereTheKubeletSetsNone(t *testing.T) {
+	ctx := context.Background()
+	limit := map[string]int64{"engine": 2000}
+	released := Release{Isolate: true, ExcludeReserve: true, LimitMilli: limit}
+	unset := Release{ExcludeReserve: true, LimitMilli: limit}
+	for _, tc := range []struct {
+		name string
+		// found: the container exists at synchronize on cpus 1-7 while its
+		// pod is released, with quota foundQuota (0: none). Otherwise it is
+		// created without a quota, released (createdReleased) or released
+		// afterwards.
+		found           bool
+		foundQuota      int64
+		createdReleased bool
+		restored        int64 // the quota the unset restores (0: none set)
+	}{
+		{name: "created released without a quota", createdReleased: true},
+		{name: "created pinned without a quota, then released"},
+		{name: "found released without a quota", found: true},
+		{name: "found released with the plugin's -1: the limit stands for the original", found: true, foundQuota: -1, restored: 200000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			sb := exclusivePod("s-db", "db", "2-3")
+			switch {
+			case tc.found:
+				p.SetRelease("default", "db", released)
+				running := ctr("c-db", "s-db", "engine", 0, "1-7")
+				if tc.foundQuota != 0 {
+					running.Linux.Resources.Cpu.Quota = api.Int64(tc.foundQuota)
+					running.Linux.Resources.Cpu.Period = api.UInt64(100000)
+				}
+				if upd, err := p.Synchronize(ctx, []*api.PodSandbox{sb}, []*api.Container{running}); err != nil || len(upd) != 0 {
+					t.Fatalf("synchronize of a released container: %v %v", updateMap(upd), err)
+				}
+			case tc.createdReleased:
+				p.SetRelease("default", "db", released)
+				if _, _, err := p.CreateContainer(ctx, sb, ctr("c-db", "s-db", "engine", 0, "")); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				p.SetRelease("default", "db", unset)
+				if _, _, err := p.CreateContainer(ctx, sb, ctr("c-db", "s-db", "engine", 0, "")); err != nil {
+					t.Fatal(err)
+				}
+				p.SetRelease("default", "db", released)
+				if upd := p.PendingUpdates(); len(upd) != 1 || cpusOf(upd[0]) != "1-7" {
+					t.Fatalf("release: %v, want c-db on 1-7", updateMap(upd))
+				}
+			}
+			p.SetRelease("default", "db", unset)
+			upd := p.PendingUpdates()
+			if len(upd) != 1 || cpusOf(upd[0]) != "2-3" {
+				t.Fatalf("unset: %v, want c-db back on 2-3", updateMap(upd))
+			}
+			if q, set := quotaOf(upd[0]); q != tc.restored || set != (tc.restored != 0) {
+				t.Fatalf("quota restored %d (set %v), want %d", q, set, tc.restored)
+			}
+		})
+	}
+}
+
+// containerd plays containerd v2.4.2's handling of an unsolicited
+// UpdateContainers (internal/nri/domain.go updateContainers and
+// internal/cri/nri UpdateContainer): a container it no longer has is
+// skipped; a failed update is reported only when it does not ignore
+// failures, with an error for the whole call. overTTRPC: as the plugin gets
+// it through the NRI stub, where a call that returns an error loses its
+// reply (the failed list). applied records the cpus each container got.
+type containerd struct {
+	failing, gone map[string]bool
+	overTTRPC     bool
+	applied       map[string]string
+	calls         int
+}
+
+func (r *containerd) send(batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+	r.calls++
+	var failed []*api.ContainerUpdate
+	for _, u := range batch {
+		switch id := u.GetContainerId(); {
+		case r.gone[id]:
+		case r.failing[id]:
+			if !u.IgnoreFailure {
+				failed = append(failed, u)
+			}
+		default:
+			r.applied[id] = cpusOf(u)
+		}
+	}
+	if len(failed) == 0 {
+		return nil, nil
+	}
+	if r.overTTRPC {
+		return nil, errors.New("NRI update of some containers failed")
+	}
+	return failed, errors.New("NRI update of some containers failed")
+}
+
+// TestOnlyUnsolicitedUpdatesReportFailures: the updates the plugin's own
+// goroutine sends ask the runtime to report a failure (containerd reports
+// none for an update that ignores failures); a handler's reply ignores
+// them, so a container that exited meanwhile does not fail the
+// CreateContainer (or stop) that moves it.
+func TestOnlyUnsolicitedUpdatesReportFailures(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{sandbox("s-web", "default", "web", nil)}, []*api.Container{ctr("c-web", "s-web", "app", 500, "")}); err != nil {
+		t.Fatal(err)
+	}
+	_, created, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped, err := p.StopContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Synchronize's reply: a container found off its target.
+	synced, err := p.Synchronize(ctx, []*api.PodSandbox{sandbox("s-web", "default", "web", nil)}, []*api.Container{ctr("c-web", "s-web", "app", 500, "0-7")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-b", "b", "2-3"), ctr("c-b", "s-b", "engine", 2000, "")); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.RemovePodSandbox(ctx, exclusivePod("s-b", "b", "2-3"))
+	var pushed []*api.ContainerUpdate
+	if _, _, err := p.PushPending(func(b []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { pushed = b; return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		batch  []*api.ContainerUpdate
+		ignore bool
+	}{
+		{"CreateContainer reply", created, true},
+		{"StopContainer reply", stopped, true},
+		{"Synchronize reply", synced, true},
+		{"PushPending batch", pushed, false},
+	} {
+		if len(tc.batch) == 0 {
+			t.Fatalf("%s: no update", tc.name)
+		}
+		for _, u := range tc.batch {
+			if u.IgnoreFailure != tc.ignore {
+				t.Fatalf("%s: update of %s IgnoreFailure %v, want %v", tc.name, u.GetContainerId(), u.IgnoreFailure, tc.ignore)
+			}
+		}
+	}
+}
+
+// TestFailedUnsolicitedUpdateWithContainerd: against containerd's handling
+// of an unsolicited batch, a failed update is seen and sent again once the
+// runtime takes it, whether containerd's failed list reaches the plugin or
+// only the call's error does (then the whole batch is sent again); a
+// container containerd no longer has fails nothing.
+func TestFailedUnsolicitedUpdateWithContainerd(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		failing   string // fails the first batch
+		gone      string // removed from the runtime, not yet from the ledger
+		overTTRPC bool
+		failedN   int
+		again     map[string]string // the second batch
+	}{
+		{name: "the failed list: the failed container is sent again", failing: "c-web", failedN: 1, again: map[string]string{"c-web": "1-7"}},
+		{name: "over ttrpc, the call's error only: the whole batch is sent again", failing: "c-web", overTTRPC: true, failedN: 2,
+			again: map[string]string{"c-web": "1-7", "c-api": "1-7"}},
+		{name: "a container the runtime no longer has fails nothing", gone: "c-web", again: map[string]string{}},
+		{name: "no failure: nothing sent again", again: map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			for _, name := range []string{"web", "api"} {
+				if _, _, err := p.CreateContainer(ctx, sandbox("s-"+name, "default", name, nil), ctr("c-"+name, "s-"+name, "app", 500, "")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-a", "a", "4-5"))
+			drain(p)
+			rt := &containerd{failing: map[string]bool{tc.failing: true}, gone: map[string]bool{tc.gone: true}, overTTRPC: tc.overTTRPC, applied: map[string]string{}}
+			sent, failedN, _ := p.PushPending(rt.send)
+			if sent != 2 || failedN != tc.failedN {
+				t.Fatalf("sent %d, failed %d; want 2, %d", sent, failedN, tc.failedN)
+			}
+			if signalled := drain(p); signalled != (len(tc.again) > 0) {
+				t.Fatalf("next batch signalled %v, want %v", signalled, len(tc.again) > 0)
+			}
+			rt.failing = map[string]bool{}
+			rt.applied = map[string]string{}
+			if _, failedN, err := p.PushPending(rt.send); failedN != 0 || err != nil {
+				t.Fatalf("second batch: %d failed, %v", failedN, err)
+			}
+			if !equalMaps(rt.applied, tc.again) {
+				t.Fatalf("second batch applied %v, want %v", rt.applied, tc.again)
+			}
+		})
+	}
+}
+
+// TestUpdateThatKeepsFailingBacksOff: a container whose unsolicited update
+// fails every time is sent MaxFailures times, logged once at Warn, and then
+// left to the drift check: one more update each time the drift check finds
+// its cpuset wrong (none when it is right), no second warning. One update
+// that goes through resets its count.
+func TestUpdateThatKeepsFailingBacksOff(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		overTTRPC bool
+	}{{name: "failed list"}, {name: "over ttrpc, the call's error only", overTTRPC: true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			logs := captureLog(p)
+			web := ctr("c-web", "s-web", "app", 500, "")
+			web.Linux.CgroupsPath = "/kubepods/web"
+			if _, _, err := p.CreateContainer(ctx, sandbox("s-web", "default", "web", nil), web); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-a", "a", "4-5"), ctr("c-a", "s-a", "engine", 2000, "")); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.RemovePodSandbox(ctx, exclusivePod("s-a", "a", "4-5")) // c-web: grow to 1-7
+			rt := &containerd{failing: map[string]bool{"c-web": true}, overTTRPC: tc.overTTRPC, applied: map[string]string{}}
+			// What the plugin's goroutine does: push while signalled.
+			pushAll := func() int {
+				before := rt.calls
+				for i := 0; i < 3*MaxFailures && drain(p); i++ {
+					_, _, _ = p.PushPending(rt.send)
+				}
+				return rt.calls - before
+			}
+			warnings := func() int { return strings.Count(logs.String(), "Container update keeps failing") }
+			if n := pushAll(); n != MaxFailures {
+				t.Fatalf("batches sent for an always failing container: %d, want %d", n, MaxFailures)
+			}
+			if w := warnings(); w != 1 {
+				t.Fatalf("%d warnings, want 1:\n%s", w, logs)
+			}
+			if upd := p.PendingUpdates(); len(upd) != 0 {
+				t.Fatalf("still pending after giving up: %v", updateMap(upd))
+			}
+			wrong := func(*Container) (cpuset.CPUSet, error) { return cpuset.New(1, 6, 7), nil }
+			right := func(*Container) (cpuset.CPUSet, error) { return cpuset.New(1, 2, 3, 4, 5, 6, 7), nil }
+			if n := p.CheckDrift(right); n != 0 || pushAll() != 0 {
+				t.Fatalf("drift check with the cpuset right: %d drifted, or a batch sent", n)
+			}
+			for round := 0; round < 2; round++ {
+				if n := p.CheckDrift(wrong); n != 1 {
+					t.Fatalf("drift check with the cpuset wrong: %d drifted, want 1", n)
+				}
+				if n := pushAll(); n != 1 {
+					t.Fatalf("batches after the drift check found it wrong: %d, want 1", n)
+				}
+			}
+			if w := warnings(); w != 1 {
+				t.Fatalf("%d warnings after the drift check's retries, want 1", w)
+			}
+			// It goes through at last: its count starts again.
+			rt.failing = map[string]bool{}
+			p.CheckDrift(wrong)
+			if n := pushAll(); n != 1 || rt.applied["c-web"] != "1-7" {
+				t.Fatalf("after the runtime recovered: %d batches, applied %v", n, rt.applied)
+			}
+			if c, _ := p.Ledger().Container("c-web"); c.failures != 0 {
+				t.Fatalf("failures %d after a success, want 0", c.failures)
+			}
+		})
+	}
+}
+
+// TestConvergesWhileHandlersRaceFailingBatches: handlers, release
+// switches and drift checks run while the plugin's goroutine pushes
+// batches of which half fail; once they stop, a few batches leave nothing
+// pending (run with -race).
+func TestConvergesWhileHandlersRaceFailingBatches(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t)
+	for i := 0; i < 20; i++ {
+		sb := sandbox(fmt.Sprintf("s-w%d", i), "default", fmt.Sprintf("w%d", i), nil)
+		if _, _, err := p.CreateContainer(ctx, sb, ctr(fmt.Sprintf("c-w%d", i), sb.Id, "app", 100, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _, _ = p.PushPending(func(b []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+				time.Sleep(time.Microsecond)
+				return b[:len(b)/2], nil
+			})
+		}
+	}()
+	for g := 0; g < 3; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 300; i++ {
+				sb := exclusivePod(fmt.Sprintf("s-x%d", g), fmt.Sprintf("x%d", g), fmt.Sprintf("%d", 2+2*g))
+				_, _, _ = p.CreateContainer(ctx, sb, ctr(fmt.Sprintf("c-x%d-%d", g, i), sb.Id, "engine", 1000, ""))
+				p.SetRelease("default", fmt.Sprintf("x%d", g), Release{Isolate: i%2 == 0, ExcludeReserve: true})
+				p.CheckDrift(func(*Container) (cpuset.CPUSet, error) { return cpuset.New(1), nil })
+				_ = p.RemovePodSandbox(ctx, sb)
+			}
+		}(g)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	for i := 0; i < 5; i++ {
+		_, _, _ = p.PushPending(func([]*api.ContainerUpdate) ([]*api.ContainerUpdate, error) { return nil, nil })
+	}
+	if upd := p.PendingUpdates(); len(upd) != 0 {
+		t.Fatalf("not converged: %d updates pending", len(upd))
 	}
 }

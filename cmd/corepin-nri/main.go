@@ -203,7 +203,9 @@ func run(log *slog.Logger, o options) error {
 // plugin's own goroutine. Containers a batch could not bring to their
 // target (failed, or moved by a handler while it was in flight) are sent
 // again by the next batch; after a failure it waits a moment, so a
-// container that keeps failing is not retried in a tight loop.
+// container that keeps failing is not retried in a tight loop, and after
+// plugin.MaxFailures failures in a row the plugin stops sending it again
+// (logged once) and leaves it to the drift check.
 func pushUpdates(ctx context.Context, log *slog.Logger, p *plugin.Plugin, s stub.Stub) {
 	for {
 		select {

@@ -73,12 +73,15 @@ func TestPluginWithAPIServer(t *testing.T) {
 	}
 
 	// The db pod exists on the API server (bound to node-a, no kubelet) and
-	// in containerd under the same name.
+	// in containerd under the same name and UID (the kubelet passes the API
+	// server's UID to the runtime; the plugin ignores a release switch
+	// whose UID is not its sandbox's).
 	annotations := allocStatusFor(exclusiveCPU)
 	apiPod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", Annotations: annotations},
 		Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{{Name: "engine", Image: framework.WorkloadImage,
 			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}}}}}
-	if _, err := cp.Client.CoreV1().Pods("default").Create(ctx, apiPod, metav1.CreateOptions{}); err != nil {
+	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, apiPod, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
@@ -87,7 +90,7 @@ func TestPluginWithAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctrd.StartContainer(t, web)
-	dbID, dbCfg := ctrd.RunPod(t, "default", "db", annotations)
+	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), annotations)
 	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
 	if err != nil {
 		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))

@@ -145,11 +145,19 @@ done`
 	_ = os.RemoveAll(c.Dir)
 }
 
-// RunPod starts a host-network pod sandbox with the given annotations.
+// RunPod starts a host-network pod sandbox with the given annotations
+// (pod UID name-uid).
 func (c *Containerd) RunPod(t testing.TB, namespace, name string, annotations map[string]string) (string, *cri.PodSandboxConfig) {
 	t.Helper()
+	return c.RunPodUID(t, namespace, name, name+"-uid", annotations)
+}
+
+// RunPodUID starts a host-network pod sandbox with the given pod UID (the
+// kubelet passes the API server's) and annotations.
+func (c *Containerd) RunPodUID(t testing.TB, namespace, name, uid string, annotations map[string]string) (string, *cri.PodSandboxConfig) {
+	t.Helper()
 	cfg := &cri.PodSandboxConfig{
-		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: name + "-uid"},
+		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: uid},
 		Annotations:  annotations,
 		LogDirectory: filepath.Join(c.Dir, "logs", namespace, name),
 		Linux: &cri.LinuxPodSandboxConfig{
