@@ -159,6 +159,40 @@ func TestNodePolicyFollowsTheNode(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// TestTopologyRediscoveredWithoutAPI: run without API access, the
+// publisher still re-discovers every interval and tells the plugin of a
+// changed host, so CPUs brought online are adopted standalone too.
+func TestTopologyRediscoveredWithoutAPI(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	n := 4
+	discover := func() (corepin.Topology, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+		for i := 0; i < n; i++ {
+			src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+		}
+		return src, nil
+	}
+	pub := NewTopologyPublisher(nil, "node-a", discover, 20*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	changes := make(chan int, 10)
+	pub.OnChange = func(tp corepin.Topology) error { changes <- len(tp.CPUs); return nil }
+	go pub.Run(ctx)
+	mu.Lock()
+	n = 6
+	mu.Unlock()
+	select {
+	case got := <-changes:
+		if got != 6 {
+			t.Fatalf("told of %d CPUs, want 6", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the grown host was never reported without API access")
+	}
+}
+
 // TestTopologyIsRepublished: the topology annotation is written at start,
 // written again when someone removes it from the node, and rewritten when
 // the host's topology changes (re-discovered every interval).

@@ -41,7 +41,9 @@ type TopologyPublisher struct {
 }
 
 // NewTopologyPublisher returns a publisher; interval <= 0 discovers only
-// at start.
+// at start. With a nil client (the plugin run without API access) it only
+// re-discovers and tells OnChange: the plugin still adopts CPUs brought
+// online.
 func NewTopologyPublisher(client kubernetes.Interface, node string, discover func() (corepin.Topology, error), interval time.Duration, log *slog.Logger) *TopologyPublisher {
 	return &TopologyPublisher{client: client, node: node, discover: discover, interval: interval, log: log, kick: make(chan struct{}, 1)}
 }
@@ -99,7 +101,7 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 	}
 	retry := time.Duration(0)
 	for ctx.Err() == nil {
-		if desired != "" && (desired != published || t.differs(desired)) {
+		if t.client != nil && desired != "" && (desired != published || t.differs(desired)) {
 			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationTopology: desired}}})
 			if _, err := t.client.CoreV1().Nodes().Patch(ctx, t.node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 				retry = min(max(2*retry, time.Second), time.Minute)

@@ -91,6 +91,13 @@ func run(log *slog.Logger, o options) error {
 	if o.MetricsAddr != "" {
 		go serveMetrics(ctx, log, o.MetricsAddr, metrics, p, drift)
 	}
+	if client == nil && o.TopologyInterval > 0 {
+		// Standalone: nothing to publish, but CPUs brought online are
+		// still adopted (a compatible grow), as with API access.
+		topo := plugin.NewTopologyPublisher(nil, o.NodeName, discover, o.TopologyInterval, log)
+		topo.OnChange = p.SetTopology
+		go topo.Run(ctx)
+	}
 	if client != nil {
 		broadcaster := record.NewBroadcaster()
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
