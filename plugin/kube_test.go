@@ -167,7 +167,10 @@ func TestTopologyRediscoveredWithoutAPI(t *testing.T) {
 	defer cancel()
 	var mu sync.Mutex
 	n := 4
+	started := make(chan struct{})
+	var once sync.Once
 	discover := func() (corepin.Topology, error) {
+		defer once.Do(func() { close(started) })
 		mu.Lock()
 		defer mu.Unlock()
 		src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
@@ -180,6 +183,7 @@ func TestTopologyRediscoveredWithoutAPI(t *testing.T) {
 	changes := make(chan int, 10)
 	pub.OnChange = func(tp corepin.Topology) error { changes <- len(tp.CPUs); return nil }
 	go pub.Run(ctx)
+	<-started // the 4-CPU host is what the plugin started with
 	mu.Lock()
 	n = 6
 	mu.Unlock()
