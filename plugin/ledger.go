@@ -163,15 +163,12 @@ type Ledger struct {
 	quarantine map[string]*Container
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
-	// names maps the identity of each placed pod to its namespace/name,
-	// for messages.
-	names map[string]string
 }
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{},
-		quarantine: map[string]*Container{}, names: map[string]string{}}
+		quarantine: map[string]*Container{}}
 }
 
 // SetRelease records a pod's live release switch and reports whether any of
@@ -545,7 +542,6 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	old, had := l.node.Pod(key)
 	l.node.Remove(key)
 	if pod == nil {
-		delete(l.names, key)
 		return nil
 	}
 	restore := func(err error) error {
@@ -555,16 +551,10 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 		return err
 	}
 	intent, _ := api.ParsePodIntent(pod.Annotations, pod.Labels)
-	p := &policy.Placement{Key: key, App: intent.App, Policy: intent.Spec.CPU, CPUs: cpuset.New(cpus...), SharedMilli: milli, MaxPerNode: intent.MaxPerNode}
-	// The engine checks these too, but names pods by their placement key
-	// (the identity); the ledger's message names them by namespace/name.
-	if err := l.checkFree(pod.Key(), key, p.CPUs); err != nil {
-		return restore(err)
-	}
+	p := &policy.Placement{Key: key, Name: pod.Key(), App: intent.App, Policy: intent.Spec.CPU, CPUs: cpuset.New(cpus...), SharedMilli: milli, MaxPerNode: intent.MaxPerNode}
 	if err := l.node.Add(p); err != nil { // online, not reserved, not held by another pod
 		return restore(err)
 	}
-	l.names[key] = pod.Key()
 	// Only growth is checked against the formula: a pod that keeps or
 	// shrinks its CPUs is never refused what it already holds.
 	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); checkCapacity && grew && p.Exclusive() {
@@ -580,39 +570,13 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	return nil
 }
 
-// checkFree checks that every one of cpus may be given to the pod named
-// name with identity id: online, not reserved, not held by another pod.
-func (l *Ledger) checkFree(name, id string, cpus cpuset.CPUSet) error {
-	refuse := func(cpu int, why string) error {
-		return fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d %s", cpus, name, l.cfg.NodeName, cpu, why)
-	}
-	online, reserved := l.topo.Online(), l.topo.Reserved()
-	for _, cpu := range cpus.List() {
-		switch holder, held := l.node.Holder(cpu); {
-		case !online.Contains(cpu):
-			return refuse(cpu, "is not online on this node")
-		case reserved.Contains(cpu):
-			return refuse(cpu, "is reserved")
-		case held && holder.Key != id:
-			other := l.names[holder.Key]
-			if other == name {
-				// A pod re-created under the same name while the old
-				// one's containers still run.
-				return refuse(cpu, fmt.Sprintf("is held by pod %s (another pod of the same name, %s, whose containers still run)", other, holder.Key))
-			}
-			return refuse(cpu, "is held by pod "+other)
-		}
-	}
-	return nil
-}
-
 // Holder names (namespace/name) the pod holding a CPU exclusively, if any.
 func (l *Ledger) Holder(cpu int) (string, bool) {
 	h, ok := l.node.Holder(cpu)
 	if !ok {
 		return "", false
 	}
-	return l.names[h.Key], true
+	return h.Name, true
 }
 
 // SharedPool is online minus reserved minus the CPUs of exclusive

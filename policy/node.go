@@ -12,8 +12,13 @@ import (
 // Placement is one pod placed on a node: its exclusive CPUs (if any) and
 // what it adds to the shared side of the capacity rules.
 type Placement struct {
+	// Key identifies the placement on the node. The extender uses
+	// namespace/name; the node plugin the pod's UID, so that a pod
+	// re-created under the same name is never merged with the old one.
 	Key string
-	App string
+	// Name is how messages name the pod (namespace/name); Key when empty.
+	Name string
+	App  string
 	// Policy is the alloc-spec cpu policy; it matters for stacking.
 	Policy api.CPUPolicy
 	// CPUs are the exclusive CPUs; empty for shared and BindAllCPUs pods.
@@ -22,6 +27,14 @@ type Placement struct {
 	SharedMilli int64
 	// MaxPerNode is the pod's own max-per-node limit, 0 for none.
 	MaxPerNode int
+}
+
+// name is how messages name the pod.
+func (p *Placement) name() string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.Key
 }
 
 // Exclusive reports whether the placement holds exclusive CPUs.
@@ -154,7 +167,7 @@ func (n *Node) Add(p *Placement) error {
 		return fmt.Errorf("pod %s is already placed on node %s", p.Key, n.Name)
 	}
 	if p.Exclusive() {
-		idx, err := n.checkFree(p.Key, p.CPUs)
+		idx, err := n.checkFree(p, p.CPUs)
 		if err != nil {
 			return err
 		}
@@ -176,21 +189,27 @@ func (n *Node) Add(p *Placement) error {
 }
 
 // checkFree returns the cpu indexes of cpus if every one of them may be
-// given to pod key.
-func (n *Node) checkFree(key string, cpus cpuset.CPUSet) ([]int, error) {
+// given to pod p.
+func (n *Node) checkFree(p *Placement, cpus cpuset.CPUSet) ([]int, error) {
 	if n.Topo == nil {
 		return nil, fmt.Errorf("node %s has no CPU topology, so it cannot hold exclusive CPUs %s", n.Name, cpus)
 	}
 	idx, err := n.Topo.indexes(cpus)
 	if err != nil {
-		return nil, fmt.Errorf("CPUs %s for pod %s on node %s: %w", cpus, key, n.Name, err)
+		return nil, fmt.Errorf("CPUs %s for pod %s on node %s: %w", cpus, p.name(), n.Name, err)
 	}
 	for _, i := range idx {
 		if n.Topo.reserved[i] {
-			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is reserved", cpus, key, n.Name, n.Topo.cpus[i].ID)
+			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is reserved", cpus, p.name(), n.Name, n.Topo.cpus[i].ID)
 		}
 		if holder := n.owner[i]; holder != nil {
-			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is held by pod %s", cpus, key, n.Name, n.Topo.cpus[i].ID, holder.Key)
+			held := "pod " + holder.name()
+			if holder.name() == p.name() {
+				// Told apart by Key: a pod re-created under the same name
+				// while the old one's containers still run.
+				held = fmt.Sprintf("pod %s (another pod of the same name, %s, whose containers still run)", holder.name(), holder.Key)
+			}
+			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is held by %s", cpus, p.name(), n.Name, n.Topo.cpus[i].ID, held)
 		}
 	}
 	return idx, nil
