@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
 )
 
 // WatchPods follows the pods of this node on the API server (a field
@@ -157,7 +158,7 @@ func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
 	for _, c := range pod.Spec.InitContainers {
 		// A native sidecar (restartPolicy Always) runs for the pod's life
 		// and is counted like any other shared container.
-		if c.RestartPolicy == nil || *c.RestartPolicy != v1.ContainerRestartPolicyAlways {
+		if !policy.IsNativeSidecar(&c) {
 			if r.Init == nil {
 				r.Init = map[string]bool{}
 			}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -70,7 +69,7 @@ func run(log *slog.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: strings.Split(o.SystemNamespaces, ","), BindAllNamespaces: namespaces(o.BindAllNamespaces),
+	cfg := plugin.Config{NodeName: o.NodeName, SystemNamespaces: namespaces(o.SystemNamespaces), BindAllNamespaces: namespaces(o.BindAllNamespaces),
 		Limits: o.limits(), UnplacedToShared: o.UnplacedToShared}
 	metrics := plugin.NewMetrics()
 	p := plugin.New(plugin.NewLedger(cfg, topo), log, metrics)
