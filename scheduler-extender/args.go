@@ -8,6 +8,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/corepin/corepin/policy"
 )
 
 // extenderArgs is extenderv1.ExtenderArgs as this extender reads it, with the
@@ -60,8 +62,8 @@ func (w *wirePod) pod() *v1.Pod {
 	// Native sidecars count in the shared amount; other init containers
 	// finish before the app starts.
 	for _, c := range w.Spec.InitContainers {
-		if c.RestartPolicy != nil {
-			pod.Spec.InitContainers = append(pod.Spec.InitContainers, v1.Container{Name: c.Name, Resources: c.Resources, RestartPolicy: c.RestartPolicy})
+		if init := (v1.Container{Name: c.Name, Resources: c.Resources, RestartPolicy: c.RestartPolicy}); policy.IsNativeSidecar(&init) {
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, init)
 		}
 	}
 	return pod
