@@ -2,10 +2,12 @@ package extender
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,8 +63,9 @@ func TestHTTPFilterPrioritizeBind(t *testing.T) {
 	}
 	rec = post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: pod, NodeNames: fr.NodeNames})
 	var scores extenderv1.HostPriorityList
-	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || len(scores) != 1 || scores[0].Score < 0 || scores[0].Score > 10 {
-		t.Fatalf("prioritize: %s", rec.Body)
+	// One candidate is its own lowest score: nothing to add to its rank.
+	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || rec.Code != 200 || len(scores) != 0 {
+		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
 	}
 	rec = post(t, h, "/bind", extenderv1.ExtenderBindingArgs{PodName: "db", PodNamespace: "default", Node: "n1"})
 	var br extenderv1.ExtenderBindingResult
@@ -319,22 +322,61 @@ func TestTransformNodeKeepsCorepinAnnotations(t *testing.T) {
 	}
 }
 
-// A node scoring 0 is left out of the prioritize reply: kube-scheduler adds
-// nothing for a node an extender does not list, so the ranking is the same.
-func TestHTTPPrioritizeLeavesOutZeroScores(t *testing.T) {
+// Prioritize sends each score less the lowest one and leaves out the nodes
+// at 0: kube-scheduler adds nothing for a node an extender does not list,
+// and the same amount taken off every candidate changes no ranking.
+func TestHTTPPrioritizeSendsRelativeScores(t *testing.T) {
 	srv, _ := newTestServer(t)
 	h := srv.Handler()
 	names := []string{"n1", "n2"}
-	// 3 CPUs: 3/8 of n1 scores 4, 3/4 of n2 scores 8 (MostAllocated).
-	rec := post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: testPod("db", 3, true), NodeNames: &names})
-	var scores extenderv1.HostPriorityList
-	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || len(scores) != 2 ||
-		scores[0] != (extenderv1.HostPriority{Host: "n1", Score: 4}) || scores[1] != (extenderv1.HostPriority{Host: "n2", Score: 8}) {
-		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
+	prioritize := func(pod *v1.Pod) extenderv1.HostPriorityList {
+		t.Helper()
+		rec := post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+		var scores extenderv1.HostPriorityList
+		if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || rec.Code != 200 {
+			t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
+		}
+		return scores
 	}
-	// A shared pod asking for no CPU leaves both nodes at 0.
-	rec = post(t, h, "/prioritize", extenderv1.ExtenderArgs{Pod: testPod("web", 0, false), NodeNames: &names})
-	if err := json.Unmarshal(rec.Body.Bytes(), &scores); err != nil || rec.Code != 200 || len(scores) != 0 {
-		t.Fatalf("prioritize: %d %s", rec.Code, rec.Body)
+	// 3 CPUs: 3/8 of n1 scores 4, 3/4 of n2 scores 8 (MostAllocated); n1 is
+	// the lowest, so only n2 is sent, with 8-4.
+	db := testPod("db", 3, true)
+	if abs, err := srv.Sched.Prioritize(db, names); err != nil || abs[0].Score != 4 || abs[1].Score != 8 {
+		t.Fatalf("engine scores %+v (%v), want n1 4 and n2 8", abs, err)
+	}
+	if got := prioritize(db); !slices.Equal(got, extenderv1.HostPriorityList{{Host: "n2", Score: 4}}) {
+		t.Fatalf("prioritize sent %+v, want n2 4 only", got)
+	}
+	// A shared pod asking for no CPU leaves both nodes at 0: nothing sent.
+	if got := prioritize(testPod("web", 0, false)); len(got) != 0 {
+		t.Fatalf("prioritize sent %+v, want nothing", got)
+	}
+}
+
+func TestRelativeScores(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		in, want extenderv1.HostPriorityList
+	}{
+		{"empty", nil, extenderv1.HostPriorityList{}},
+		{"all equal", extenderv1.HostPriorityList{{Host: "a", Score: 3}, {Host: "b", Score: 3}}, extenderv1.HostPriorityList{}},
+		{"lowest not first", extenderv1.HostPriorityList{{Host: "a", Score: 7}, {Host: "b", Score: 2}, {Host: "c", Score: 2}, {Host: "d", Score: 10}},
+			extenderv1.HostPriorityList{{Host: "a", Score: 5}, {Host: "d", Score: 8}}},
+		{"zero lowest", extenderv1.HostPriorityList{{Host: "a", Score: 0}, {Host: "b", Score: 6}}, extenderv1.HostPriorityList{{Host: "b", Score: 6}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := *relativeScores(slices.Clone(tc.in))
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("relativeScores(%+v) = %+v, want %+v", tc.in, got, tc.want)
+			}
+			// The winner is unchanged: the highest relative score is on the
+			// node with the highest engine score.
+			if len(got) > 0 {
+				best := slices.MaxFunc(tc.in, func(a, b extenderv1.HostPriority) int { return cmp.Compare(a.Score, b.Score) })
+				if top := slices.MaxFunc(got, func(a, b extenderv1.HostPriority) int { return cmp.Compare(a.Score, b.Score) }); top.Host != best.Host {
+					t.Fatalf("top node %s, engine's best %s", top.Host, best.Host)
+				}
+			}
+		})
 	}
 }
