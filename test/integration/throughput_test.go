@@ -3,17 +3,22 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -74,6 +79,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	b.Logf("idle: CPU ms per second:%s", idle.String())
 	row := func(prefix, schedulerName string, annotations map[string]string) float64 {
 		before := cpuTimes(b, procs)
+		requestsBefore := apiRequests(b, c)
 		if dir := os.Getenv("COREPIN_PROFILE_DIR"); dir != "" && schedulerName != "" {
 			defer profileExtender(b, extPort, filepath.Join(dir, prefix+".pprof"))()
 		}
@@ -83,6 +89,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 			fmt.Fprintf(&report, " %s %.1f", procs[j].Name, float64(after-before[j])/float64(time.Millisecond)/pods)
 		}
 		b.Logf("%s: %.0f pods/s; CPU ms per pod:%s", prefix, rate, report.String())
+		b.Logf("%s: API requests per pod:%s", prefix, requestsPerPod(requestsBefore, apiRequests(b, c), pods))
 		deleteRow(b, c, prefix)
 		return rate
 	}
@@ -115,6 +122,46 @@ func cpuTimes(b *testing.B, procs []*framework.Process) []time.Duration {
 		}
 	}
 	return out
+}
+
+// apiRequests reads the API server's request counters by verb and resource
+// (apiserver_request_total), to show what each row asked of it.
+func apiRequests(b *testing.B, c kubernetes.Interface) map[string]float64 {
+	raw, err := c.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		b.Fatalf("API server metrics: %v", err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(raw))
+	if err != nil {
+		b.Fatalf("API server metrics: %v", err)
+	}
+	out := map[string]float64{}
+	if f := families["apiserver_request_total"]; f != nil {
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			key := labels["verb"] + " " + labels["resource"]
+			if sub := labels["subresource"]; sub != "" {
+				key += "/" + sub
+			}
+			out[key] += m.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
+// requestsPerPod prints the counters that grew, per pod, sorted.
+func requestsPerPod(before, after map[string]float64, pods int) string {
+	var out strings.Builder
+	for _, key := range slices.Sorted(maps.Keys(after)) {
+		if d := after[key] - before[key]; d > 0 {
+			fmt.Fprintf(&out, " %s %.2f;", key, d/float64(pods))
+		}
+	}
+	return out.String()
 }
 
 // profileExtender starts a 5-second CPU profile of the extender (about one
