@@ -39,6 +39,8 @@ const (
 	defaultEventQueue    = 64
 	defaultDedupeEntries = 4096
 	defaultDedupeWindow  = 10 * time.Minute
+	defaultRejectedDelay = 2 * time.Second
+	defaultHeld          = 1024
 )
 
 // PodEventsConfig tunes PodEvents; zero values take the defaults.
@@ -52,12 +54,26 @@ type PodEventsConfig struct {
 	// Window is how long an identical summary for the same pod is not
 	// recorded again. Default 10 minutes.
 	Window time.Duration
+	// Delay is how long a rejection waits before the worker looks whether
+	// its pod still has no node. Default 2 seconds.
+	Delay time.Duration
+	// Held bounds the rejections waiting out Delay; more are dropped (and
+	// counted). Default 1024.
+	Held int
 }
 
 // PodEvents records corepin's events on pods off the request path: the
 // HTTP handlers hand over what happened with a non-blocking send on a
 // bounded queue, and one worker builds the messages, deduplicates them and
 // passes them to the EventRecorder (itself asynchronous).
+//
+// A rejection is recorded only for a pod that still has no node Delay after
+// the filter: filter rejects some nodes for most exclusive pods on a busy
+// cluster, and kube-scheduler binds nearly all of them to another node a
+// few milliseconds later. A Warning on each of those told the operator of
+// no problem and cost the API server one write per pod. The pods that do
+// wait are the ones the event is for, and kube-scheduler's own
+// FailedScheduling event already comes at once.
 //
 // Deduplication: a pod retried every few seconds by kube-scheduler gets a
 // CorepinNodesRejected event only when its summary changes, or once per
@@ -71,8 +87,15 @@ type PodEvents struct {
 	metrics  *Metrics
 	window   time.Duration
 	capacity int
+	delay    time.Duration
+	maxHeld  int
 	queue    chan podEventItem
 	now      func() time.Time
+
+	// held is the worker's own: rejections waiting out the delay, oldest
+	// first (all wait the same delay, so this is also the order of their
+	// due times).
+	held []podEventItem
 
 	mu      sync.Mutex
 	entries map[string]*list.Element // pod key -> element of order
@@ -91,12 +114,19 @@ type podEventItem struct {
 	kind podEventKind
 	ref  v1.ObjectReference
 	// total and failed for kindRejected: failed is the filter's reply,
-	// which the handler no longer touches once it is queued.
+	// which the handler no longer touches once it is queued. The worker
+	// turns them into msg and sum (the message and its hash) and drops
+	// the map before holding the item until due.
 	total  int
 	failed extenderv1.FailedNodesMap
+	msg    string
+	sum    uint64
+	due    time.Time
 	// node and reason for kindConflict.
 	node, reason string
 	done         chan struct{} // kindBarrier
+	// force (kindBarrier): decide every held rejection now, due or not.
+	force bool
 }
 
 type dedupeEntry struct {
@@ -135,8 +165,14 @@ func NewPodEvents(recorder record.EventRecorder, metrics *Metrics, cfg PodEvents
 	if cfg.Window <= 0 {
 		cfg.Window = defaultDedupeWindow
 	}
+	if cfg.Delay <= 0 {
+		cfg.Delay = defaultRejectedDelay
+	}
+	if cfg.Held <= 0 {
+		cfg.Held = defaultHeld
+	}
 	return &PodEvents{recorder: recorder, metrics: metrics, window: cfg.Window, capacity: cfg.Entries,
-		queue: make(chan podEventItem, cfg.Queue), now: time.Now,
+		delay: cfg.Delay, maxHeld: cfg.Held, queue: make(chan podEventItem, cfg.Queue), now: time.Now,
 		entries: map[string]*list.Element{}, order: list.New()}
 }
 
@@ -145,8 +181,9 @@ func podRef(pod *v1.Pod) v1.ObjectReference {
 }
 
 // NodesRejected queues a CorepinNodesRejected event for an exclusive pod:
-// total nodes were asked about and failed are those rejected. It never
-// blocks; failed must not be changed afterwards.
+// total nodes were asked about and failed are those rejected. It is
+// recorded if the pod still has no node after the delay. It never blocks;
+// failed must not be changed afterwards.
 func (e *PodEvents) NodesRejected(pod *v1.Pod, total int, failed extenderv1.FailedNodesMap) {
 	e.send(podEventItem{kind: kindRejected, ref: podRef(pod), total: total, failed: failed}, ReasonNodesRejected)
 }
@@ -174,68 +211,111 @@ func (e *PodEvents) count(reason, result string) {
 // Run records queued events until ctx is done. state tells what the cache
 // knows of a pod; nil treats every pod as PodPending.
 func (e *PodEvents) Run(ctx context.Context, state func(namespace, name string, uid types.UID) PodState) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
+		// Wake for the oldest held rejection, if any.
+		var due <-chan time.Time
+		if len(e.held) > 0 {
+			timer.Reset(e.held[0].due.Sub(e.now()))
+			due = timer.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case item := <-e.queue:
 			e.process(item, state)
+		case <-due:
 		}
+		e.decideDue(state, false)
 	}
 }
 
+// process handles one queued item: a conflict is recorded at once, a
+// rejection is summarised and held until due, a barrier (tests) is
+// released once what came before it is handled.
 func (e *PodEvents) process(item podEventItem, state func(namespace, name string, uid types.UID) PodState) {
-	ref := &item.ref
 	switch item.kind {
 	case kindBarrier:
+		e.decideDue(state, item.force)
 		close(item.done)
 	case kindConflict:
 		msg := truncate(fmt.Sprintf("bind to node %s lost a race, kube-scheduler retries the pod: %s", item.node, item.reason), maxEventMessage)
-		e.recorder.Eventf(ref, v1.EventTypeWarning, ReasonBindConflict, "%s", msg)
+		e.recorder.Eventf(&item.ref, v1.EventTypeWarning, ReasonBindConflict, "%s", msg)
 		e.count(ReasonBindConflict, "recorded")
 	case kindRejected:
-		msg := RejectionSummary(item.total, item.failed)
-		h := fnv.New64a()
-		_, _ = h.Write([]byte(msg))
-		sum := h.Sum64()
-		key := ref.Namespace + "/" + ref.Name
-		now := e.now()
-		// The state check and the insertion are one step under mu: a
-		// Forget for the pod (bind, delete) that follows the check
-		// waits, and removes what was inserted.
-		e.mu.Lock()
-		st := PodPending
-		if state != nil {
-			st = state(ref.Namespace, ref.Name, ref.UID)
-		}
-		if st == PodDone {
-			e.removeLocked(key)
-			e.mu.Unlock()
-			e.count(ReasonNodesRejected, "skipped")
+		if len(e.held) >= e.maxHeld {
+			e.count(ReasonNodesRejected, "dropped")
+			klog.V(2).InfoS("Pod event dropped: too many waiting", "pod", klog.KRef(item.ref.Namespace, item.ref.Name), "reason", ReasonNodesRejected)
 			return
 		}
-		if el, ok := e.entries[key]; ok {
-			d := el.Value.(*dedupeEntry)
-			if d.uid == ref.UID && d.summary == sum && now.Sub(d.at) < e.window {
-				e.order.MoveToFront(el)
-				e.mu.Unlock()
-				e.count(ReasonNodesRejected, "deduplicated")
-				return
-			}
-			e.removeLocked(key)
-		}
-		if st == PodPending {
-			e.entries[key] = e.order.PushFront(&dedupeEntry{key: key, uid: ref.UID, summary: sum, at: now})
-			for e.order.Len() > e.capacity {
-				e.removeLocked(e.order.Back().Value.(*dedupeEntry).key)
-			}
-		}
-		e.setGauge()
-		e.mu.Unlock()
-		klog.V(2).InfoS("Nodes rejected for exclusive pod", "pod", klog.KRef(ref.Namespace, ref.Name), "summary", msg)
-		e.recorder.Eventf(ref, v1.EventTypeWarning, ReasonNodesRejected, "%s", msg)
-		e.count(ReasonNodesRejected, "recorded")
+		item.msg = RejectionSummary(item.total, item.failed)
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(item.msg))
+		item.sum = h.Sum64()
+		item.failed = nil
+		item.due = e.now().Add(e.delay)
+		e.held = append(e.held, item)
 	}
+}
+
+// decideDue decides the held rejections that are due (all of them with
+// force), oldest first.
+func (e *PodEvents) decideDue(state func(namespace, name string, uid types.UID) PodState, force bool) {
+	now := e.now()
+	n := 0
+	for n < len(e.held) && (force || !e.held[n].due.After(now)) {
+		e.decide(&e.held[n], state)
+		e.held[n] = podEventItem{}
+		n++
+	}
+	e.held = e.held[n:]
+	if len(e.held) == 0 {
+		e.held = nil // let the backing array go after a burst
+	}
+}
+
+// decide records a held rejection if its pod still waits for a node and
+// the same summary was not recorded for it within the window.
+func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string, uid types.UID) PodState) {
+	ref := &item.ref
+	key := ref.Namespace + "/" + ref.Name
+	now := e.now()
+	// The state check and the insertion are one step under mu: a Forget for
+	// the pod (bind, delete) that follows the check waits, and removes what
+	// was inserted.
+	e.mu.Lock()
+	st := PodPending
+	if state != nil {
+		st = state(ref.Namespace, ref.Name, ref.UID)
+	}
+	if st == PodDone {
+		e.removeLocked(key)
+		e.mu.Unlock()
+		e.count(ReasonNodesRejected, "skipped")
+		return
+	}
+	if el, ok := e.entries[key]; ok {
+		d := el.Value.(*dedupeEntry)
+		if d.uid == ref.UID && d.summary == item.sum && now.Sub(d.at) < e.window {
+			e.order.MoveToFront(el)
+			e.mu.Unlock()
+			e.count(ReasonNodesRejected, "deduplicated")
+			return
+		}
+		e.removeLocked(key)
+	}
+	if st == PodPending {
+		e.entries[key] = e.order.PushFront(&dedupeEntry{key: key, uid: ref.UID, summary: item.sum, at: now})
+		for e.order.Len() > e.capacity {
+			e.removeLocked(e.order.Back().Value.(*dedupeEntry).key)
+		}
+	}
+	e.setGauge()
+	e.mu.Unlock()
+	klog.V(2).InfoS("Nodes rejected for exclusive pod", "pod", klog.KRef(ref.Namespace, ref.Name), "summary", item.msg)
+	e.recorder.Eventf(ref, v1.EventTypeWarning, ReasonNodesRejected, "%s", item.msg)
+	e.count(ReasonNodesRejected, "recorded")
 }
 
 func (e *PodEvents) removeLocked(key string) {

@@ -26,12 +26,19 @@ import (
 	"github.com/corepin/corepin/api"
 )
 
-// flush waits until the worker has handled everything queued before it.
-func (e *PodEvents) flush(t *testing.T) {
+// flush waits until the worker has handled everything queued before it,
+// deciding the held rejections without waiting for them to be due.
+func (e *PodEvents) flush(t *testing.T) { e.barrier(t, true) }
+
+// settle waits until the worker has handled everything queued before it,
+// leaving the rejections that are not due held.
+func (e *PodEvents) settle(t *testing.T) { e.barrier(t, false) }
+
+func (e *PodEvents) barrier(t *testing.T, force bool) {
 	t.Helper()
 	done := make(chan struct{})
 	select {
-	case e.queue <- podEventItem{kind: kindBarrier, done: done}:
+	case e.queue <- podEventItem{kind: kindBarrier, done: done, force: force}:
 	case <-time.After(5 * time.Second):
 		t.Fatal("event queue stuck")
 	}
@@ -44,6 +51,12 @@ func (e *PodEvents) flush(t *testing.T) {
 
 // eventServer is newTestServer with events recorded into a FakeRecorder by
 // a running worker.
+// processNow handles item as the worker does and decides it at once.
+func (e *PodEvents) processNow(item podEventItem, state func(namespace, name string, uid types.UID) PodState) {
+	e.process(item, state)
+	e.decideDue(state, true)
+}
+
 func eventServer(t *testing.T, cfg PodEventsConfig) (*Server, *fake.Clientset, *record.FakeRecorder) {
 	t.Helper()
 	srv, client := newTestServer(t)
@@ -176,7 +189,7 @@ func TestPodEventsBounded(t *testing.T) {
 	reject := func(name string, uid string) {
 		pod := testPod(name, 8, true)
 		pod.UID = types.UID("uid-" + uid)
-		e.process(podEventItem{kind: kindRejected, ref: podRef(pod), total: 1, failed: failed}, nil)
+		e.processNow(podEventItem{kind: kindRejected, ref: podRef(pod), total: 1, failed: failed}, nil)
 	}
 	for i := 0; i < 10; i++ {
 		reject(fmt.Sprintf("p%d", i), "1")
@@ -207,9 +220,9 @@ func TestPodEventsBounded(t *testing.T) {
 		t.Fatalf("after Expire %d entries, want 1 (p9)", e.Len())
 	}
 	// A pod placed meanwhile, or unknown to the cache, leaves no entry.
-	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("p9", 8, true)), total: 1,
+	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("p9", 8, true)), total: 1,
 		failed: extenderv1.FailedNodesMap{"n2": "other"}}, func(string, string, types.UID) PodState { return PodDone })
-	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("new", 8, true)), total: 1, failed: failed},
+	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("new", 8, true)), total: 1, failed: failed},
 		func(string, string, types.UID) PodState { return PodUnknown })
 	if got := drain(recorder); e.Len() != 0 || len(got) != 1 {
 		t.Fatalf("%d entries, events %q", e.Len(), got)
@@ -424,5 +437,66 @@ func TestNodesRejectedEventOnThePod(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("deleted pod's dedupe entry kept")
 		}
+	}
+}
+
+// A rejection is recorded only if its pod still has no node after the
+// delay: a pod bound meanwhile gets no event (counted as skipped), a pod
+// still pending gets it; the worker wakes for the delay by itself.
+func TestNodesRejectedWaitsForThePod(t *testing.T) {
+	srv, client, recorder := eventServer(t, PodEventsConfig{Delay: time.Hour})
+	h := srv.Handler()
+	waiting, bound := testPod("db", 6, true), testPod("db2", 4, true)
+	for _, p := range []*v1.Pod{waiting, bound} {
+		if _, err := client.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filterCall(t, h, waiting, "n1", "n2") // n2 has 4 CPUs: rejected
+	filterCall(t, h, bound, "n1", "ghost")
+	srv.Events.settle(t)
+	if got := drain(recorder); len(got) != 0 {
+		t.Fatalf("recorded before the delay: %q", got)
+	}
+	rec := post(t, h, "/bind", extenderv1.ExtenderBindingArgs{PodName: "db2", PodNamespace: "default", Node: "n1"})
+	var br extenderv1.ExtenderBindingResult
+	if err := json.Unmarshal(rec.Body.Bytes(), &br); err != nil || br.Error != "" {
+		t.Fatalf("bind: %d %s", rec.Code, rec.Body)
+	}
+	srv.Events.flush(t)
+	got := drain(recorder)
+	if len(got) != 1 || !strings.Contains(got[0], "CorepinNodesRejected 1 of 2 nodes rejected: 1 not enough free CPUs") {
+		t.Fatalf("events %q, want one for db", got)
+	}
+	if n := testutil.ToFloat64(srv.Metrics.PodEvents.WithLabelValues(ReasonNodesRejected, "skipped")); n != 1 {
+		t.Fatalf("skipped %v, want 1 (db2 was bound)", n)
+	}
+
+	srv, _, recorder = eventServer(t, PodEventsConfig{Delay: 50 * time.Millisecond})
+	filterCall(t, srv.Handler(), waiting, "n1", "n2")
+	select {
+	case e := <-recorder.Events:
+		if !strings.Contains(e, "CorepinNodesRejected") {
+			t.Fatalf("event %q", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event 10 s after a 50 ms delay")
+	}
+}
+
+// Rejections beyond Held while others wait out the delay are dropped and
+// counted.
+func TestNodesRejectedHeldBounded(t *testing.T) {
+	srv, _, recorder := eventServer(t, PodEventsConfig{Delay: time.Hour, Held: 2})
+	h := srv.Handler()
+	for i := 0; i < 3; i++ {
+		filterCall(t, h, testPod(fmt.Sprintf("db%d", i), 6, true), "n1", "n2")
+	}
+	srv.Events.flush(t)
+	if got := drain(recorder); len(got) != 2 {
+		t.Fatalf("events %q, want 2", got)
+	}
+	if n := testutil.ToFloat64(srv.Metrics.PodEvents.WithLabelValues(ReasonNodesRejected, "dropped")); n != 1 {
+		t.Fatalf("dropped %v, want 1", n)
 	}
 }
