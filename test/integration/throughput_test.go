@@ -10,7 +10,9 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -30,19 +32,25 @@ import (
 
 // BenchmarkSchedulerThroughput measures the real kube-scheduler's
 // throughput on one 1,000-node cluster of Node objects, in one run: the
-// stock default-scheduler, then a second kube-scheduler whose profile
-// "corepin-scheduler" calls corepin-extender, on the same pods (shared),
-// then exclusive pods through corepin. It reports pods/s of each and the
-// ratio corepin/default (target at least 0.8). It logs, per row, the CPU
-// time each process used per pod, since they all share the machine. With
-// COREPIN_PROFILE_DIR set, it saves a CPU profile of the extender during
-// each corepin row there. With COREPIN_ALLOC_STATUS_IN_BINDING=1 the
+// stock default-scheduler; a second kube-scheduler, profile
+// "null-scheduler", that calls the null extender (test/integration/
+// nullextender: configured like corepin's, it keeps every node, scores none
+// and binds), on the same pods; a third, profile "corepin-scheduler", that
+// calls corepin-extender, on the same pods (shared); then exclusive pods
+// through corepin. It reports pods/s of each, the ratio corepin/default
+// (target at least 0.8), null/default (the extender protocol's own cost,
+// the floor under any extender) and corepin shared/null (what corepin costs
+// on top of the protocol). It logs, per row, the CPU time each process used
+// per pod, since they all share the machine, and the API requests per pod.
+// With COREPIN_PROFILE_DIR set, it saves a CPU profile of corepin-extender
+// during each corepin row there. With COREPIN_ALLOC_STATUS_IN_BINDING=1 the
 // extender runs with --alloc-status-in-binding (one API write per exclusive
 // pod instead of a PATCH and a Binding).
 //
 //	go test -tags integration -run '^$' -bench SchedulerThroughput -benchtime 3x ./test/integration/
 func BenchmarkSchedulerThroughput(b *testing.B) {
 	const nodes, pods = 1000, 300
+	nullBin := buildNullExtender(b)
 	cp := framework.StartControlPlane(b)
 	c := cp.Client
 	var wg sync.WaitGroup
@@ -63,12 +71,16 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		extArgs = append(extArgs, "--alloc-status-in-binding")
 	}
 	ext := startExtender(b, cp, extPort, extArgs...)
+	nullPort := framework.FreePort(b)
+	nullExt := startNullExtender(b, cp, nullBin, nullPort)
 	defaultSched := cp.StartScheduler(b, "default-scheduler", "", nil)
+	nullSched := cp.StartScheduler(b, "null-scheduler", "null-scheduler", &framework.SchedulerExtender{
+		URL: fmt.Sprintf("http://127.0.0.1:%d", nullPort), HTTPTimeout: 30 * time.Second})
 	corepinSched := cp.StartScheduler(b, "corepin-scheduler", "corepin-scheduler", &framework.SchedulerExtender{
 		URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 30 * time.Second})
-	time.Sleep(5 * time.Second) // both schedulers list the 1,000 nodes
+	time.Sleep(5 * time.Second) // the schedulers list the 1,000 nodes
 
-	procs := []*framework.Process{cp.Etcd, cp.APIServer, defaultSched, corepinSched, ext}
+	procs := []*framework.Process{cp.Etcd, cp.APIServer, defaultSched, nullSched, corepinSched, ext, nullExt}
 	// What the idle cluster burns per second, to tell it from the rows' work.
 	idleStart := cpuTimes(b, procs)
 	time.Sleep(5 * time.Second)
@@ -80,7 +92,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	row := func(prefix, schedulerName string, annotations map[string]string) float64 {
 		before := cpuTimes(b, procs)
 		requestsBefore := apiRequests(b, c)
-		if dir := os.Getenv("COREPIN_PROFILE_DIR"); dir != "" && schedulerName != "" {
+		if dir := os.Getenv("COREPIN_PROFILE_DIR"); dir != "" && schedulerName == "corepin-scheduler" {
 			defer profileExtender(b, extPort, filepath.Join(dir, prefix+".pprof"))()
 		}
 		rate := measure(b, c, prefix, pods, schedulerName, annotations)
@@ -97,20 +109,58 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	// Rows alternate within each round and the rates are taken over all
 	// rounds (pods over seconds), so a burst of load from elsewhere on the
 	// machine falls on every row alike: -benchtime 3x for three rounds.
-	var seconds [3]float64
+	var seconds [4]float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		seconds[0] += pods / row(fmt.Sprintf("default-%d", i), "", nil)
-		seconds[1] += pods / row(fmt.Sprintf("shared-%d", i), "corepin-scheduler", nil)
-		seconds[2] += pods / row(fmt.Sprintf("excl-%d", i), "corepin-scheduler", exclusive())
+		seconds[1] += pods / row(fmt.Sprintf("null-%d", i), "null-scheduler", nil)
+		seconds[2] += pods / row(fmt.Sprintf("shared-%d", i), "corepin-scheduler", nil)
+		seconds[3] += pods / row(fmt.Sprintf("excl-%d", i), "corepin-scheduler", exclusive())
 	}
 	total := float64(pods * b.N)
-	base, withCorepin, excl := total/seconds[0], total/seconds[1], total/seconds[2]
+	base, null, withCorepin, excl := total/seconds[0], total/seconds[1], total/seconds[2], total/seconds[3]
 	b.ReportMetric(base, "default-pods/s")
+	b.ReportMetric(null, "null-pods/s")
 	b.ReportMetric(withCorepin, "corepin-shared-pods/s")
 	b.ReportMetric(excl, "corepin-exclusive-pods/s")
+	b.ReportMetric(null/base, "ratio-null")
 	b.ReportMetric(withCorepin/base, "ratio-shared")
 	b.ReportMetric(excl/base, "ratio-exclusive")
+	b.ReportMetric(withCorepin/null, "ratio-shared-to-null")
+}
+
+// buildNullExtender builds test/integration/nullextender into a temporary
+// directory, from the module this file is in.
+func buildNullExtender(b *testing.B) string {
+	b.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	bin := filepath.Join(b.TempDir(), "nullextender")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/corepin/corepin/test/integration/nullextender")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("building the null extender: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startNullExtender runs the null extender and waits until it serves.
+func startNullExtender(b *testing.B, cp *framework.ControlPlane, bin string, port int) *framework.Process {
+	b.Helper()
+	p := framework.Start(b, cp.Dir, "nullextender", bin, "--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	framework.Eventually(b, 30*time.Second, "nullextender /healthz", func() (bool, error) {
+		if exited, err := p.Exited(); exited {
+			b.Fatalf("nullextender exited: %v\n%s", err, framework.Tail(p.Log, 30))
+		}
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
+	})
+	return p
 }
 
 func cpuTimes(b *testing.B, procs []*framework.Process) []time.Duration {
