@@ -161,14 +161,28 @@ type Ledger struct {
 	// they are, so all their CPUs stay out of the shared pool and are given
 	// to no one until they go.
 	quarantine map[string]*Container
+	// granted remembers, by sandbox ID, the exclusive CPUs each live pod
+	// sandbox was admitted with, its stopped containers' included. The
+	// kubelet restarts a container in the same sandbox; taking back CPUs
+	// its pod was granted is not growth, so the restart is not refused on
+	// a node that is over an exclusive limit lowered since the pod was
+	// placed (the operator's change applies to new pods, as in the
+	// extender). Dropped with the sandbox.
+	granted map[string]grant
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
+}
+
+// grant is what a pod sandbox was admitted with (see Ledger.granted).
+type grant struct {
+	podID string
+	cpus  cpuset.CPUSet
 }
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
 	return &Ledger{cfg: cfg, topo: topo, node: policy.NewNode(cfg.NodeName, topo, cfg.Limits), containers: map[string]*Container{}, release: map[string]Release{},
-		quarantine: map[string]*Container{}}
+		quarantine: map[string]*Container{}, granted: map[string]grant{}}
 }
 
 // SetRelease records a pod's live release switch and reports whether any of
@@ -428,7 +442,37 @@ func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 		_ = l.replacePod(c.podID, false) // restore the pod as it was
 		return refuse(err.Error())
 	}
+	l.grant(c)
 	return nil
+}
+
+// RememberStopped records the CPUs of an exclusive container found stopped
+// in a live sandbox at synchronize: it holds nothing, but its pod was
+// granted them, and the kubelet may restart it there.
+func (l *Ledger) RememberStopped(id string, c *Container) {
+	c.keyed(id)
+	l.grant(c)
+}
+
+func (l *Ledger) grant(c *Container) {
+	if c.Class != Exclusive || c.SandboxID == "" {
+		return
+	}
+	g := l.granted[c.SandboxID]
+	g.podID, g.cpus = c.podID, g.cpus.Union(c.CPUs)
+	l.granted[c.SandboxID] = g
+}
+
+// grantedTo is the union of the CPUs granted to a pod (by identity) in
+// its live sandboxes.
+func (l *Ledger) grantedTo(podID string) cpuset.CPUSet {
+	out := cpuset.New()
+	for _, g := range l.granted {
+		if g.podID == podID {
+			out = out.Union(g.cpus)
+		}
+	}
+	return out
 }
 
 // numaNodes are the NUMA nodes of the node's online CPUs.
@@ -479,9 +523,10 @@ func (l *Ledger) quarantined() []*Container {
 	return out
 }
 
-// ForgetSandbox drops every container of a pod sandbox and reports whether
-// exclusive CPUs were freed.
+// ForgetSandbox drops every container of a pod sandbox, and what the
+// sandbox was granted, and reports whether exclusive CPUs were freed.
 func (l *Ledger) ForgetSandbox(sandboxID string) bool {
+	delete(l.granted, sandboxID)
 	freed := false
 	for id, c := range l.containers {
 		if c.SandboxID == sandboxID {
@@ -555,9 +600,14 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 	if err := l.node.Add(p); err != nil { // online, not reserved, not held by another pod
 		return restore(err)
 	}
-	// Only growth is checked against the formula: a pod that keeps or
-	// shrinks its CPUs is never refused what it already holds.
-	if grew := !had || p.CPUs.Size() > old.CPUs.Size(); checkCapacity && grew && p.Exclusive() {
+	// Only growth is checked against the formula: a pod is never refused
+	// CPUs it already holds, nor those its sandbox was granted before (a
+	// container the kubelet restarts).
+	held := l.grantedTo(key)
+	if had {
+		held = held.Union(old.CPUs)
+	}
+	if checkCapacity && p.Exclusive() && !p.CPUs.IsSubsetOf(held) {
 		if c := l.node.Capacity(); c.E > c.ExclusiveLimit {
 			l.node.Remove(key)
 			added := p.CPUs.Size()

@@ -362,10 +362,16 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		// Only a stopped container is gone: a paused one still holds its
 		// CPUs (it resumes where it was), and one in an unknown state may
 		// be running.
+		pod := p.pods[c.GetPodSandboxId()]
 		if c.GetState() == api.ContainerState_CONTAINER_STOPPED {
+			// Its sandbox's grant is remembered, so a restart there
+			// is not taken for growth.
+			if stopped, err := p.ledger.Classify(pod, c.GetName(), amount(c)); err == nil {
+				stopped.SandboxID = c.GetPodSandboxId()
+				p.ledger.RememberStopped(c.GetId(), stopped)
+			}
 			continue
 		}
-		pod := p.pods[c.GetPodSandboxId()]
 		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 		if err != nil {
 			// Its annotations do not say where it belongs (malformed,

@@ -1075,3 +1075,66 @@ func TestConvergesWhileHandlersRaceFailingBatches(t *testing.T) {
 		t.Fatalf("not converged: %d updates pending", len(upd))
 	}
 }
+
+// TestRestartInItsSandboxIsNotGrowth: an operator lowers the node's
+// exclusive limit below what a running exclusive pod holds. The pod keeps
+// its CPUs, and when its container exits the kubelet restarts it in the
+// same sandbox with the same alloc-status: taking back what its pod was
+// granted is not growth, so the restart is admitted (it used to be refused,
+// leaving the pod crash-looping). New exclusive CPUs stay refused, a new
+// sandbox is a new grant, and a plugin restarted while the container was
+// stopped remembers the grant from synchronize.
+func TestRestartInItsSandboxIsNotGrowth(t *testing.T) {
+	ctx := context.Background()
+	lower := func(p *Plugin) {
+		t.Helper()
+		if err := p.SetNodePolicy(`{"maxExclusiveRatio": 0.3}`); err != nil { // P 7: limit 2
+			t.Fatal(err)
+		}
+	}
+	p := newTestPlugin(t)
+	db := exclusivePod("s-db", "db", "2-5")
+	if _, _, err := p.CreateContainer(ctx, db, ctr("c-db1", "s-db", "engine", 4000, "")); err != nil {
+		t.Fatal(err)
+	}
+	lower(p)
+	if _, err := p.StopContainer(ctx, db, ctr("c-db1", "s-db", "engine", 4000, "")); err != nil {
+		t.Fatal(err)
+	}
+	adjust, _, err := p.CreateContainer(ctx, db, ctr("c-db2", "s-db", "engine", 4000, ""))
+	if err != nil {
+		t.Fatalf("restart in its sandbox refused: %v", err)
+	}
+	if got := adjust.GetLinux().GetResources().GetCpu().GetCpus(); got != "2-5" {
+		t.Fatalf("restarted container pinned to %q, want 2-5", got)
+	}
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "6"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil ||
+		!strings.Contains(err.Error(), "exclusive limit 2 reached") {
+		t.Fatalf("new exclusive CPUs over the lowered limit: %v", err)
+	}
+	// The pod's sandbox goes; a new sandbox of the pod is a new placement.
+	if _, err := p.StopContainer(ctx, db, ctr("c-db2", "s-db", "engine", 4000, "")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RemovePodSandbox(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db-2", "db", "2-5"), ctr("c-db3", "s-db-2", "engine", 4000, "")); err == nil {
+		t.Fatal("a new sandbox was admitted over the lowered limit")
+	}
+
+	// The plugin restarts while the container is stopped.
+	p = newTestPlugin(t)
+	lower(p)
+	stopped := ctr("c-db1", "s-db", "engine", 4000, "2-5")
+	stopped.State = api.ContainerState_CONTAINER_STOPPED
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{db}, []*api.Container{stopped}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.ledger.Capacity().E; got != 0 {
+		t.Fatalf("a stopped container holds %d CPUs", got)
+	}
+	if _, _, err := p.CreateContainer(ctx, db, ctr("c-db2", "s-db", "engine", 4000, "")); err != nil {
+		t.Fatalf("restart after the plugin's restart refused: %v", err)
+	}
+}
