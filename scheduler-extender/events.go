@@ -136,17 +136,16 @@ type dedupeEntry struct {
 	at      time.Time
 }
 
-// PodState is what the worker needs to know about a pod before it records
-// a rejection: whether it still waits for a node, and whether the cache
-// knows it (only then is dedupe state kept, since only then does the
-// cache's delete handler call Forget).
+// PodState is what the worker needs to know about a pod, once the delay is
+// over, before it records a rejection: whether it still waits for a node.
 type PodState uint8
 
 // Pod states, see PodState.
 const (
 	// PodPending: the cache shows the pod, not bound.
 	PodPending PodState = iota
-	// PodUnknown: the cache does not show the pod (yet).
+	// PodUnknown: the cache does not show the pod: after the delay, it
+	// was deleted (possibly after it was bound).
 	PodUnknown
 	// PodDone: the pod is placed, bound or gone, or the cache shows
 	// another pod under that name.
@@ -244,6 +243,7 @@ func (e *PodEvents) process(item podEventItem, state func(namespace, name string
 		e.recorder.Eventf(&item.ref, v1.EventTypeWarning, ReasonBindConflict, "%s", msg)
 		e.count(ReasonBindConflict, "recorded")
 	case kindRejected:
+		e.decideDue(state, false) // an overdue one may free a place
 		if len(e.held) >= e.maxHeld {
 			e.count(ReasonNodesRejected, "dropped")
 			klog.V(2).InfoS("Pod event dropped: too many waiting", "pod", klog.KRef(item.ref.Namespace, item.ref.Name), "reason", ReasonNodesRejected)
@@ -276,7 +276,9 @@ func (e *PodEvents) decideDue(state func(namespace, name string, uid types.UID) 
 }
 
 // decide records a held rejection if its pod still waits for a node and
-// the same summary was not recorded for it within the window.
+// the same summary was not recorded for it within the window. A pod the
+// cache does not show after the delay is gone (deleted, possibly after it
+// was bound): no event for it.
 func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string, uid types.UID) PodState) {
 	ref := &item.ref
 	key := ref.Namespace + "/" + ref.Name
@@ -289,7 +291,7 @@ func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string
 	if state != nil {
 		st = state(ref.Namespace, ref.Name, ref.UID)
 	}
-	if st == PodDone {
+	if st != PodPending {
 		e.removeLocked(key)
 		e.mu.Unlock()
 		e.count(ReasonNodesRejected, "skipped")
@@ -305,11 +307,9 @@ func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string
 		}
 		e.removeLocked(key)
 	}
-	if st == PodPending {
-		e.entries[key] = e.order.PushFront(&dedupeEntry{key: key, uid: ref.UID, summary: item.sum, at: now})
-		for e.order.Len() > e.capacity {
-			e.removeLocked(e.order.Back().Value.(*dedupeEntry).key)
-		}
+	e.entries[key] = e.order.PushFront(&dedupeEntry{key: key, uid: ref.UID, summary: item.sum, at: now})
+	for e.order.Len() > e.capacity {
+		e.removeLocked(e.order.Back().Value.(*dedupeEntry).key)
 	}
 	e.setGauge()
 	e.mu.Unlock()

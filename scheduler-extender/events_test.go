@@ -219,12 +219,13 @@ func TestPodEventsBounded(t *testing.T) {
 	if e.Len() != 1 {
 		t.Fatalf("after Expire %d entries, want 1 (p9)", e.Len())
 	}
-	// A pod placed meanwhile, or unknown to the cache, leaves no entry.
+	// A pod placed meanwhile, or gone from the cache (deleted, maybe after
+	// it was bound), gets no event and leaves no entry.
 	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("p9", 8, true)), total: 1,
 		failed: extenderv1.FailedNodesMap{"n2": "other"}}, func(string, string, types.UID) PodState { return PodDone })
 	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("new", 8, true)), total: 1, failed: failed},
 		func(string, string, types.UID) PodState { return PodUnknown })
-	if got := drain(recorder); e.Len() != 0 || len(got) != 1 {
+	if got := drain(recorder); e.Len() != 0 || len(got) != 0 {
 		t.Fatalf("%d entries, events %q", e.Len(), got)
 	}
 }
@@ -498,5 +499,21 @@ func TestNodesRejectedHeldBounded(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(srv.Metrics.PodEvents.WithLabelValues(ReasonNodesRejected, "dropped")); n != 1 {
 		t.Fatalf("dropped %v, want 1", n)
+	}
+}
+
+// A rejection that is already due frees its place before a new one is
+// counted as dropped.
+func TestNodesRejectedOverdueFreesItsPlace(t *testing.T) {
+	recorder := record.NewFakeRecorder(10)
+	e := NewPodEvents(recorder, nil, PodEventsConfig{Delay: time.Second, Held: 1})
+	now := time.Unix(1000, 0)
+	e.now = func() time.Time { return now }
+	failed := extenderv1.FailedNodesMap{"n1": "exclusive limit 4 reached (needs 8, holds 0)"}
+	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("a", 8, true)), total: 1, failed: failed}, nil)
+	now = now.Add(2 * time.Second)
+	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("b", 8, true)), total: 1, failed: failed}, nil)
+	if got := drain(recorder); len(got) != 1 || len(e.held) != 1 || e.held[0].ref.Name != "b" {
+		t.Fatalf("events %q, held %d (want a recorded, b held)", got, len(e.held))
 	}
 }
