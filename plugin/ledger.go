@@ -167,7 +167,12 @@ type Ledger struct {
 	// its pod was granted is not growth, so the restart is not refused on
 	// a node that is over an exclusive limit lowered since the pod was
 	// placed (the operator's change applies to new pods, as in the
-	// extender). Dropped with the sandbox.
+	// extender). For the same reason granted CPUs that no container holds
+	// at the moment count in E when anything else is admitted: the
+	// extender counts them too, and the restart will take them back.
+	// Dropped with the sandbox. Not rebuilt at synchronize (containerd
+	// lists no exited containers), so after a plugin restart a container
+	// stopped at that moment is checked as new.
 	granted map[string]grant
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
@@ -446,16 +451,9 @@ func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 	return nil
 }
 
-// RememberStopped records the CPUs of an exclusive container found stopped
-// in a live sandbox at synchronize: it holds nothing, but its pod was
-// granted them, and the kubelet may restart it there.
-func (l *Ledger) RememberStopped(id string, c *Container) {
-	c.keyed(id)
-	l.grant(c)
-}
-
 func (l *Ledger) grant(c *Container) {
-	if c.Class != Exclusive || c.SandboxID == "" {
+	// An init container that ends is not restarted once the app runs.
+	if c.Class != Exclusive || c.SandboxID == "" || l.runsToCompletion(c) {
 		return
 	}
 	g := l.granted[c.SandboxID]
@@ -473,6 +471,22 @@ func (l *Ledger) grantedTo(podID string) cpuset.CPUSet {
 		}
 	}
 	return out
+}
+
+// dormant counts the granted CPUs that no placement holds now (their
+// containers are stopped and will be restarted), except those in but.
+func (l *Ledger) dormant(but cpuset.CPUSet) int {
+	out := cpuset.New()
+	for _, g := range l.granted {
+		out = out.Union(g.cpus)
+	}
+	n := 0
+	for _, cpu := range out.Difference(but).UnsortedList() {
+		if _, held := l.node.Holder(cpu); !held {
+			n++
+		}
+	}
+	return n
 }
 
 // numaNodes are the NUMA nodes of the node's online CPUs.
@@ -608,13 +622,13 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 		held = held.Union(old.CPUs)
 	}
 	if checkCapacity && p.Exclusive() && !p.CPUs.IsSubsetOf(held) {
-		if c := l.node.Capacity(); c.E > c.ExclusiveLimit {
+		if c, dormant := l.node.Capacity(), l.dormant(p.CPUs); c.E+dormant > c.ExclusiveLimit {
 			l.node.Remove(key)
 			added := p.CPUs.Size()
 			if had {
 				added -= old.CPUs.Size()
 			}
-			return restore(fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, added, c.E-added))
+			return restore(fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, added, c.E-added+dormant))
 		}
 	}
 	return nil

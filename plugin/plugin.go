@@ -362,16 +362,10 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		// Only a stopped container is gone: a paused one still holds its
 		// CPUs (it resumes where it was), and one in an unknown state may
 		// be running.
-		pod := p.pods[c.GetPodSandboxId()]
 		if c.GetState() == api.ContainerState_CONTAINER_STOPPED {
-			// Its sandbox's grant is remembered, so a restart there
-			// is not taken for growth.
-			if stopped, err := p.ledger.Classify(pod, c.GetName(), amount(c)); err == nil {
-				stopped.SandboxID = c.GetPodSandboxId()
-				p.ledger.RememberStopped(c.GetId(), stopped)
-			}
 			continue
 		}
+		pod := p.pods[c.GetPodSandboxId()]
 		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 		if err != nil {
 			// Its annotations do not say where it belongs (malformed,
@@ -599,7 +593,7 @@ func (p *Plugin) SetTopology(src corepin.Topology) error {
 		return fmt.Errorf("not a compatible grow (%w): enforcing the previous topology until the plugin restarts", err)
 	}
 	l := NewLedger(old.cfg, topo)
-	l.release = old.release
+	l.release, l.granted = old.release, old.granted
 	for _, c := range old.Containers() {
 		if err := l.AdmitExisting(c.ID, c); err != nil {
 			l.Quarantine(c.ID, c) // cannot happen on a grow; never free its CPUs

@@ -1081,27 +1081,23 @@ func TestConvergesWhileHandlersRaceFailingBatches(t *testing.T) {
 // its CPUs, and when its container exits the kubelet restarts it in the
 // same sandbox with the same alloc-status: taking back what its pod was
 // granted is not growth, so the restart is admitted (it used to be refused,
-// leaving the pod crash-looping). New exclusive CPUs stay refused, a new
-// sandbox is a new grant, and a plugin restarted while the container was
-// stopped remembers the grant from synchronize.
+// leaving the pod crash-looping), also after a compatible topology grow.
+// New exclusive CPUs stay refused, and a new sandbox is a new grant.
 func TestRestartInItsSandboxIsNotGrowth(t *testing.T) {
 	ctx := context.Background()
-	lower := func(p *Plugin) {
-		t.Helper()
-		if err := p.SetNodePolicy(`{"maxExclusiveRatio": 0.3}`); err != nil { // P 7: limit 2
-			t.Fatal(err)
-		}
-	}
 	p := newTestPlugin(t)
 	db := exclusivePod("s-db", "db", "2-5")
-	if _, _, err := p.CreateContainer(ctx, db, ctr("c-db1", "s-db", "engine", 4000, "")); err != nil {
+	engine := func(id string) *api.Container { return ctr(id, "s-db", "engine", 4000, "") }
+	if _, _, err := p.CreateContainer(ctx, db, engine("c-db1")); err != nil {
 		t.Fatal(err)
 	}
-	lower(p)
-	if _, err := p.StopContainer(ctx, db, ctr("c-db1", "s-db", "engine", 4000, "")); err != nil {
+	if err := p.SetNodePolicy(`{"maxExclusiveRatio": 0.3}`); err != nil { // P 7: limit 2
 		t.Fatal(err)
 	}
-	adjust, _, err := p.CreateContainer(ctx, db, ctr("c-db2", "s-db", "engine", 4000, ""))
+	if _, err := p.StopContainer(ctx, db, engine("c-db1")); err != nil {
+		t.Fatal(err)
+	}
+	adjust, _, err := p.CreateContainer(ctx, db, engine("c-db2"))
 	if err != nil {
 		t.Fatalf("restart in its sandbox refused: %v", err)
 	}
@@ -1109,32 +1105,61 @@ func TestRestartInItsSandboxIsNotGrowth(t *testing.T) {
 		t.Fatalf("restarted container pinned to %q, want 2-5", got)
 	}
 	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "6"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil ||
-		!strings.Contains(err.Error(), "exclusive limit 2 reached") {
+		!strings.Contains(err.Error(), "exclusive limit 2 reached (needs 1, holds 4)") {
 		t.Fatalf("new exclusive CPUs over the lowered limit: %v", err)
 	}
+	// A compatible grow rebuilds the ledger: the grant of the stopped
+	// container survives it.
+	if _, err := p.StopContainer(ctx, db, engine("c-db2")); err != nil {
+		t.Fatal(err)
+	}
+	src := corepin.Topology{Version: 1, Reserved: corepin.NewCPUList(cpuset.New(0))}
+	for i := 0; i < 8; i++ {
+		src.CPUs = append(src.CPUs, corepin.CPUInfo{ID: i, Core: i})
+	}
+	if err := p.SetTopology(src); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, db, engine("c-db3")); err != nil {
+		t.Fatalf("restart after a topology grow refused: %v", err)
+	}
 	// The pod's sandbox goes; a new sandbox of the pod is a new placement.
-	if _, err := p.StopContainer(ctx, db, ctr("c-db2", "s-db", "engine", 4000, "")); err != nil {
+	if _, err := p.StopContainer(ctx, db, engine("c-db3")); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.RemovePodSandbox(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db-2", "db", "2-5"), ctr("c-db3", "s-db-2", "engine", 4000, "")); err == nil {
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-db-2", "db", "2-5"), ctr("c-db4", "s-db-2", "engine", 4000, "")); err == nil {
 		t.Fatal("a new sandbox was admitted over the lowered limit")
 	}
+}
 
-	// The plugin restarts while the container is stopped.
-	p = newTestPlugin(t)
-	lower(p)
-	stopped := ctr("c-db1", "s-db", "engine", 4000, "2-5")
-	stopped.State = api.ContainerState_CONTAINER_STOPPED
-	if _, err := p.Synchronize(ctx, []*api.PodSandbox{db}, []*api.Container{stopped}); err != nil {
+// TestStoppedGrantStillCounts: while an exclusive container is stopped,
+// the CPUs its pod was granted count in E (the extender counts them, and
+// the kubelet will restart it on them): a new pod cannot take the room,
+// so the restart never leaves the node over a limit nobody lowered.
+func TestStoppedGrantStillCounts(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPlugin(t) // P 7, limit 4
+	db := exclusivePod("s-db", "db", "2-5")
+	if _, _, err := p.CreateContainer(ctx, db, ctr("c-db1", "s-db", "engine", 4000, "")); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.ledger.Capacity().E; got != 0 {
-		t.Fatalf("a stopped container holds %d CPUs", got)
+	if _, err := p.StopContainer(ctx, db, ctr("c-db1", "s-db", "engine", 4000, "")); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.SharedPool().String(); got != "1-7" {
+		t.Fatalf("shared pool %s while db is stopped, want 1-7 (contract section 5: only existing containers hold CPUs)", got)
+	}
+	if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "6-7"), ctr("c-x", "s-x", "engine", 2000, "")); err == nil ||
+		!strings.Contains(err.Error(), "exclusive limit 4 reached (needs 2, holds 4)") {
+		t.Fatalf("x admitted into the room of a stopped container: %v", err)
 	}
 	if _, _, err := p.CreateContainer(ctx, db, ctr("c-db2", "s-db", "engine", 4000, "")); err != nil {
-		t.Fatalf("restart after the plugin's restart refused: %v", err)
+		t.Fatalf("db restart: %v", err)
+	}
+	if c := p.Capacity(); c.E > c.ExclusiveLimit {
+		t.Fatalf("E %d over the limit %d", c.E, c.ExclusiveLimit)
 	}
 }
