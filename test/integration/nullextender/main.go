@@ -108,19 +108,29 @@ func (p *present) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// filter replies with every candidate node.
-func filter(w http.ResponseWriter, r *http.Request) {
+// readArgs reads a filter or prioritize body; it answers 400 itself when
+// the body is malformed or has no pod.
+func readArgs(w http.ResponseWriter, r *http.Request) (filterArgs, bool) {
+	var args filterArgs
 	body, ok := readBody(w, r)
 	if !ok {
-		return
+		return args, false
 	}
-	var args filterArgs
 	if err := json.Unmarshal(body, &args); err != nil {
 		badRequest(w, "malformed request body: "+err.Error())
-		return
+		return args, false
 	}
 	if !args.Pod {
 		badRequest(w, "malformed request body: no pod")
+		return args, false
+	}
+	return args, true
+}
+
+// filter replies with every candidate node.
+func filter(w http.ResponseWriter, r *http.Request) {
+	args, ok := readArgs(w, r)
+	if !ok {
 		return
 	}
 	// nodeCacheCapable: the candidates come as names, never as Node objects.
@@ -138,20 +148,9 @@ func filter(w http.ResponseWriter, r *http.Request) {
 
 // prioritize scores no node: an empty extenderv1.HostPriorityList.
 func prioritize(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
-	if !ok {
-		return
+	if _, ok := readArgs(w, r); ok {
+		write(w, []byte("[]"))
 	}
-	var args filterArgs
-	if err := json.Unmarshal(body, &args); err != nil {
-		badRequest(w, "malformed request body: "+err.Error())
-		return
-	}
-	if !args.Pod {
-		badRequest(w, "malformed request body: no pod")
-		return
-	}
-	write(w, []byte("[]"))
 }
 
 type binder struct {
