@@ -52,18 +52,25 @@ func startExtender(t testing.TB, cp *framework.ControlPlane, port int, extraArgs
 	t.Helper()
 	args := append([]string{"--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2"}, extraArgs...)
 	p := framework.Start(t, cp.Dir, fmt.Sprintf("corepin-extender-%d", time.Now().UnixNano()), repoBin(t, "corepin-extender"), args...)
-	framework.Eventually(t, 60*time.Second, "corepin-extender /readyz", func() (bool, error) {
+	waitServing(t, p, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/readyz", port), 60*time.Second)
+	return p
+}
+
+// waitServing waits until url answers 200 through client, failing the
+// test with the end of p's log if p exits first.
+func waitServing(t testing.TB, p *framework.Process, client *http.Client, url string, timeout time.Duration) {
+	t.Helper()
+	framework.Eventually(t, timeout, p.Name+" "+url, func() (bool, error) {
 		if exited, err := p.Exited(); exited {
-			t.Fatalf("corepin-extender exited: %v\n%s", err, framework.Tail(p.Log, 30))
+			t.Fatalf("%s exited: %v\n%s", p.Name, err, framework.Tail(p.Log, 30))
 		}
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+		resp, err := client.Get(url)
 		if err != nil {
 			return false, err
 		}
 		resp.Body.Close()
 		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
 	})
-	return p
 }
 
 // flatTopology is a node of n CPUs without SMT on one NUMA node.
@@ -465,17 +472,7 @@ func TestExtenderTLS(t *testing.T) {
 	ext := framework.Start(t, cp.Dir, "corepin-extender", repoBin(t, "corepin-extender"),
 		"--kubeconfig", cp.Kubeconfig, "--config", config, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2")
 	trusted := client(schedCert, schedKey)
-	framework.Eventually(t, 60*time.Second, "corepin-extender /readyz over HTTPS", func() (bool, error) {
-		if exited, err := ext.Exited(); exited {
-			t.Fatalf("corepin-extender exited: %v\n%s", err, framework.Tail(ext.Log, 30))
-		}
-		resp, err := trusted.Get(base + "/readyz")
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
-	})
+	waitServing(t, ext, trusted, base+"/readyz", 60*time.Second)
 
 	t.Run("clients without a certificate from the client CA are refused", func(t *testing.T) {
 		body := `{"pod":{"metadata":{"name":"x","namespace":"default"}},"nodenames":["node-a"]}`

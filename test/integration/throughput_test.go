@@ -152,17 +152,7 @@ func buildNullExtender(b *testing.B) string {
 func startNullExtender(b *testing.B, cp *framework.ControlPlane, bin string, port int) *framework.Process {
 	b.Helper()
 	p := framework.Start(b, cp.Dir, "nullextender", bin, "--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
-	framework.Eventually(b, 30*time.Second, "nullextender /healthz", func() (bool, error) {
-		if exited, err := p.Exited(); exited {
-			b.Fatalf("nullextender exited: %v\n%s", err, framework.Tail(p.Log, 30))
-		}
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
-	})
+	waitServing(b, p, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/healthz", port), 30*time.Second)
 	return p
 }
 
