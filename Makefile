@@ -62,7 +62,7 @@ images: build
 # workload, and kube-scheduler for the corepin-scheduler Deployment.
 images-local: images tools-kube
 	$(GO) run ./hack/images --bin $(BIN) --out $(BIN)/images --local \
-	  --kube-scheduler $(COREPIN_CACHE)/kube-scheduler-static-$(KUBE_VERSION)/bin/kube-scheduler --kube-scheduler-version $(KUBE_VERSION)
+	  --kube-bin $(COREPIN_CACHE)/kube-$(KUBE_VERSION)/bin --kube-version $(KUBE_VERSION)
 
 KUBE_VERSION = $(shell cd hack/tools/kube && $(GO) list -m -f '{{.Version}}' k8s.io/kubernetes)
 

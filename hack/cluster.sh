@@ -27,7 +27,7 @@ ctrd_version=$(cd hack/tools/containerd && go list -m -f '{{.Version}}' github.c
 etcd_version=$(cd hack/tools/etcd && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
 cni_version=$(cd hack/tools/cni && go list -m -f '{{.Version}}' github.com/containernetworking/plugins)
 kube_bin=$cache/kube-$kube_version/bin
-kubectl=$cache/kubectl-$kube_version/bin/kubectl
+kubectl=$kube_bin/kubectl
 ctrd_bin=$cache/containerd-$ctrd_version/bin
 etcd_bin=$cache/etcd-$etcd_version/bin
 cni_bin=$cache/cni-$cni_version/bin
@@ -103,7 +103,7 @@ down() {
 up() {
   down
   for b in "$kube_bin/kubelet" "$kubectl" "$ctrd_bin/containerd" "$etcd_bin/etcd" "$cni_bin/bridge" \
-    "$cache/kube-scheduler-static-$kube_version/bin/kube-scheduler" "$repo/bin/images/corepin-nri.tar"; do
+    "$kube_bin/kube-scheduler" "$repo/bin/images/corepin-nri.tar"; do
     [ -e "$b" ] || { log "missing $b (run make tools images)"; exit 1; }
   done
   mkdir -p "$dir"/{logs,pids,certs,cni/net.d,kubelet} /var/run/nri

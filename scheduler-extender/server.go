@@ -62,6 +62,20 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /filter", s.whenReady("filter", s.timed("filter", s.filter)))
 	mux.HandleFunc("POST /prioritize", s.whenReady("prioritize", s.timed("prioritize", s.prioritize)))
 	mux.HandleFunc("POST /bind", s.whenReady("bind", s.timed("bind", s.bind)))
+	s.serveHealth(mux)
+	return mux
+}
+
+// HealthHandler serves only /healthz, /readyz and /metrics: what the kubelet's
+// probes and Prometheus need, on an address they can reach (the pod IP),
+// while the verbs, which can bind pods, stay on kube-scheduler's loopback.
+func (s *Server) HealthHandler() http.Handler {
+	mux := http.NewServeMux()
+	s.serveHealth(mux)
+	return mux
+}
+
+func (s *Server) serveHealth(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.Ready != nil && !s.Ready() {
@@ -73,7 +87,6 @@ func (s *Server) Handler() http.Handler {
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
-	return mux
 }
 
 func (s *Server) timed(verb string, h http.HandlerFunc) http.HandlerFunc {

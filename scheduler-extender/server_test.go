@@ -236,6 +236,32 @@ func TestReadyz(t *testing.T) {
 	}
 }
 
+// The address the kubelet probes serves health and metrics, never a verb.
+func TestHealthHandlerHasNoVerbs(t *testing.T) {
+	srv, _ := newTestServer(t)
+	ready := false
+	srv.Ready = func() bool { return ready }
+	do := func(method, path string) int {
+		rec := httptest.NewRecorder()
+		srv.HealthHandler().ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(`{}`)))
+		return rec.Code
+	}
+	if got := do(http.MethodGet, "/readyz"); got != 503 {
+		t.Errorf("readyz before sync: %d", got)
+	}
+	ready = true
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		if got := do(http.MethodGet, path); got != 200 {
+			t.Errorf("GET %s: %d", path, got)
+		}
+	}
+	for _, verb := range []string{"/filter", "/prioritize", "/bind"} {
+		if got := do(http.MethodPost, verb); got != http.StatusNotFound {
+			t.Errorf("POST %s on the health address: %d, want 404", verb, got)
+		}
+	}
+}
+
 // FuzzHTTPBodies: whatever the body, every verb answers without panicking,
 // and a body that is not JSON gets 400.
 func FuzzHTTPBodies(f *testing.F) {

@@ -35,18 +35,21 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	configFile := flag.String("config", "", "configuration file (YAML); defaults apply when empty")
 	listen := flag.String("listen", ":8888", "address to serve the extender on")
+	healthListen := flag.String("health-listen", "",
+		"also serve /healthz, /readyz and /metrics (never the verbs) on this address, plain HTTP: "+
+			"for the kubelet's probes, which dial the pod IP, when --listen is a loopback address")
 	profiling := flag.Bool("profiling", false, "serve Go's profiles under /debug/pprof/ on the extender's address")
 	inBinding := flag.Bool("alloc-status-in-binding", false,
 		"write an exclusive pod's corepin.io/alloc-status in its Binding (one API write, set together with the node) "+
 			"instead of a PATCH before the Binding (the contract's default)")
 	flag.Parse()
-	if err := run(*kubeconfig, *configFile, *listen, *profiling, *inBinding); err != nil {
+	if err := run(*kubeconfig, *configFile, *listen, *healthListen, *profiling, *inBinding); err != nil {
 		klog.ErrorS(err, "corepin-extender failed")
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, configFile, listen string, profiling, allocStatusInBinding bool) error {
+func run(kubeconfig, configFile, listen, healthListen string, profiling, allocStatusInBinding bool) error {
 	cfg := api.Config{}
 	if configFile != "" {
 		var err error
@@ -109,7 +112,17 @@ func run(kubeconfig, configFile, listen string, profiling, allocStatusInBinding 
 			return err
 		}
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	var healthSrv *http.Server
+	if healthListen != "" {
+		healthSrv = &http.Server{Addr: healthListen, Handler: srv.HealthHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			klog.InfoS("Serving health and metrics", "address", healthListen)
+			if err := healthSrv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("--health-listen %s: %w", healthListen, err)
+			}
+		}()
+	}
 	go func() {
 		klog.InfoS("Serving the extender", "address", listen, "tls", cfg.TLS != nil)
 		var err error
@@ -138,6 +151,9 @@ func run(kubeconfig, configFile, listen string, profiling, allocStatusInBinding 
 		case <-ctx.Done():
 			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			if healthSrv != nil {
+				_ = healthSrv.Shutdown(shutdown)
+			}
 			return httpSrv.Shutdown(shutdown)
 		}
 	}

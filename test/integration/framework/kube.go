@@ -28,8 +28,8 @@ import (
 // Versions of the tools hack/tools-kube.sh builds; the cache directories
 // are keyed by them.
 const (
-	KubeVersion = "v1.34.4"
-	EtcdVersion = "v3.6.5"
+	KubeVersion = "v1.37.2"
+	EtcdVersion = "v3.7.0"
 )
 
 // ControlPlane is a real etcd and kube-apiserver on loopback.
