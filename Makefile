@@ -8,7 +8,7 @@ export COREPIN_CACHE ?= $(HOME)/.cache/corepin
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build test test-unit test-integration test-e2e test-kind bench lint demo demo-down deps tools tools-containerd tools-kube images images-local clean fuzz
+.PHONY: all build test test-unit test-integration test-e2e test-kind kind-image kind-up kind-down bench lint demo demo-down deps tools tools-containerd tools-kube tools-kind images images-local clean fuzz
 
 all: build
 
@@ -16,7 +16,7 @@ build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
-test: lint test-unit test-integration test-e2e
+test: lint test-unit test-integration test-e2e test-kind
 
 test-unit:
 	$(GO) test -count=1 -race $(PKGS)
@@ -27,6 +27,9 @@ fuzz:
 	hack/fuzz-all.sh $(FUZZTIME)
 
 tools: tools-containerd tools-kube
+
+tools-kind:
+	hack/tools-kind.sh
 
 tools-containerd:
 	hack/tools-containerd.sh
@@ -80,17 +83,30 @@ test-e2e: deps tools images-local
 	hack/cluster.sh up
 	$(GO) test -count=1 -tags e2e -timeout 20m ./test/e2e/... ; rc=$$?; hack/cluster.sh down; exit $$rc
 
-# The same suite against a kind cluster with NRI (needs Docker and kind;
-# not run in CI here, where there is no Docker engine).
-test-kind: images
-	$(GO) run ./hack/images --bin $(BIN) --out $(BIN)/images --local
+# The kind test bed (contract section 11): a node image built here without a
+# registry (cached in Docker's store by Kubernetes, containerd and kind
+# version), a cluster of one control plane and two workers with corepin
+# installed by Helm, and the e2e suite against it. Docker is installed and
+# started when missing, and stopped again by kind-down.
+kind-image: deps tools tools-kind images-local
+	hack/docker.sh ensure
+	hack/kind-image.sh
+
+kind-up: kind-image
+	hack/kind.sh up
+
+kind-down:
+	hack/kind.sh down
+
+test-kind: kind-image
+	hack/kind.sh down
 	hack/kind.sh up
 	hack/kind.sh test; rc=$$?; hack/kind.sh down; exit $$rc
 
 # Packages a fresh Debian machine lacks.
 deps:
-	@command -v openssl >/dev/null && command -v runc >/dev/null || \
-	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq openssl runc >/dev/null)
+	@command -v openssl >/dev/null && command -v runc >/dev/null && command -v jq >/dev/null && command -v mmdebstrap >/dev/null || \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq openssl runc jq mmdebstrap >/dev/null)
 
 clean:
 	rm -rf $(BIN)

@@ -15,10 +15,10 @@ log() { echo "docker: $*" >&2; }
 running() { docker info >/dev/null 2>&1; }
 
 install() {
-  command -v dockerd >/dev/null 2>&1 && return
+  command -v dockerd >/dev/null 2>&1 && command -v jq >/dev/null 2>&1 && return
   log "no Docker engine: installing Debian's docker.io"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq docker.io >/dev/null
+  apt-get update -qq && apt-get install -y -qq docker.io jq >/dev/null
 }
 
 # The capability bounding set of some VMs lacks capabilities that runc asks
@@ -123,6 +123,9 @@ ensure() {
 stop() {
   [ -f "$pidfile" ] || { log "dockerd was not started by hack/docker.sh: left alone"; return 0; }
   local pid; pid=$(cat "$pidfile")
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != dockerd ]; then
+    rm -f "$pidfile"; log "dockerd (pid $pid) is no longer running"; return 0
+  fi
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -9 "$pid" 2>/dev/null || true
