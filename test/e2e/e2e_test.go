@@ -155,6 +155,11 @@ func TestSeedScenario(t *testing.T) {
 	}
 	cleanup()
 	t.Cleanup(cleanup)
+	// The scenario is one node's: on the kind bed, the first worker's.
+	if workers := c.workers(t); len(workers) > 1 {
+		on := map[string]string{"kubernetes.io/hostname": workers[0]}
+		web.Spec.Template.Spec.NodeSelector, db.Spec.NodeSelector = on, on
+	}
 
 	if _, err := c.client.AppsV1().Deployments("default").Create(ctx, &web, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
