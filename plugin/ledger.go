@@ -170,9 +170,9 @@ type Ledger struct {
 	// extender). For the same reason granted CPUs that no container holds
 	// at the moment count in E when anything else is admitted: the
 	// extender counts them too, and the restart will take them back.
-	// Dropped with the sandbox. Not rebuilt at synchronize (containerd
-	// lists no exited containers), so after a plugin restart a container
-	// stopped at that moment is checked as new.
+	// Dropped with the sandbox; rebuilt at synchronize from the sandboxes'
+	// alloc-status (GrantSandbox), since containerd lists no exited
+	// container.
 	granted map[string]grant
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
@@ -449,6 +449,40 @@ func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 	}
 	l.grant(c)
 	return nil
+}
+
+// GrantSandbox records, for a pod sandbox found at synchronize, the CPUs
+// its alloc-status gives the containers it names: a container stopped at
+// that moment is not listed, and the kubelet may restart it there.
+func (l *Ledger) GrantSandbox(sandboxID string, pod Pod) {
+	status, ok := l.enforced(pod)
+	if !ok {
+		return
+	}
+	for name, cpus := range status.Containers {
+		c := &Container{SandboxID: sandboxID, Pod: pod, Name: name, Class: Exclusive, CPUs: cpus.Set()}
+		c.keyed("")
+		l.grant(c)
+	}
+}
+
+// enforced is the alloc-status the node enforces for a pod: a valid one
+// for this node, unless the pod's annotations say it is not exclusive.
+// Annotations that do not parse do not void it: the extender keeps
+// counting its CPUs (unparsedPlacement), and so does the node.
+func (l *Ledger) enforced(pod Pod) (api.AllocStatus, bool) {
+	if intent, err := api.ParsePodIntent(pod.Annotations, pod.Labels); err == nil && (intent.BindAll() || !intent.Exclusive()) {
+		return api.AllocStatus{}, false
+	}
+	value, ok := pod.Annotations[api.AnnotationAllocStatus]
+	if !ok {
+		return api.AllocStatus{}, false
+	}
+	status, err := api.ParseAllocStatus(value)
+	if err != nil || status.Node != l.cfg.NodeName {
+		return api.AllocStatus{}, false
+	}
+	return status, true
 }
 
 func (l *Ledger) grant(c *Container) {

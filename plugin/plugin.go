@@ -328,19 +328,20 @@ func describe(classified *Container, c *api.Container) {
 	classified.Quota, classified.Period, _ = cfs(c)
 }
 
-// Synchronize rebuilds the ledger from the containers that exist and
-// returns updates for every container whose cpuset is not what it should
-// be. Containers that exist are facts, not requests: an exclusive container
-// is never left out for capacity (a node over its exclusive limit is
-// logged, counted in corepin_nri_exclusive_over_limit_cpus and reported as
-// a node event). Containers are taken in the order they were created (NRI's
-// created_at; ties and runtimes that do not report it: by pod key, then
-// container ID), so when two exclusive containers claim the same CPU the
-// one created first is kept, whatever order the runtime lists them in. The
-// other keeps running where it is, untracked: it is quarantined, so none
-// of its CPUs goes to the shared pool or to another exclusive container
-// until it stops; the conflict is logged, counted and reported on the pod,
-// and the plugin still registers.
+// Synchronize rebuilds the ledger from the containers that exist, and what
+// each pod sandbox was granted from its alloc-status, and returns updates
+// for every container whose cpuset is not what it should be. Containers
+// that exist are facts, not requests: an exclusive container is never left
+// out for capacity (a node over its exclusive limit is logged, counted in
+// corepin_nri_exclusive_over_limit_cpus and reported as a node event).
+// Containers are taken in the order they were created (NRI's created_at;
+// ties and runtimes that do not report it: by pod key, then container ID),
+// so when two exclusive containers claim the same CPU the one created first
+// is kept, whatever order the runtime lists them in. The other keeps
+// running where it is, untracked: it is quarantined, so none of its CPUs
+// goes to the shared pool or to another exclusive container until it
+// stops; the conflict is logged, counted and reported on the pod, and the
+// plugin still registers.
 func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containers []*api.Container) ([]*api.ContainerUpdate, error) {
 	defer p.metrics.observe("Synchronize", time.Now())
 	p.mu.Lock()
@@ -350,7 +351,11 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	p.ledger.release = release // the API server's view survives a reconnect
 	p.pods = map[string]Pod{}
 	for _, sb := range pods {
-		p.pods[sb.GetId()] = podOf(sb)
+		pod := podOf(sb)
+		p.pods[sb.GetId()] = pod
+		// What each sandbox was granted survives the reconnect: its
+		// stopped containers are not listed, and may be restarted.
+		p.ledger.GrantSandbox(sb.GetId(), pod)
 	}
 	ordered := slices.Clone(containers)
 	slices.SortStableFunc(ordered, func(a, b *api.Container) int {

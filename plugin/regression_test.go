@@ -1163,3 +1163,87 @@ func TestStoppedGrantStillCounts(t *testing.T) {
 		t.Fatalf("E %d over the limit %d", c.E, c.ExclusiveLimit)
 	}
 }
+
+// TestGrantsSurviveSynchronize: containerd lists no exited container, so
+// what a sandbox was granted is rebuilt at synchronize from its
+// alloc-status. A container stopped when containerd restarts (the plugin
+// reconnects) or when the plugin restarts is then restarted in its sandbox
+// on a node over an exclusive limit lowered meanwhile, and admitted; while
+// it is stopped its CPUs count in E for everybody else.
+func TestGrantsSurviveSynchronize(t *testing.T) {
+	ctx := context.Background()
+	db := exclusivePod("s-db", "db", "2-5")
+	engine := func(id string) *api.Container { return ctr(id, "s-db", "engine", 4000, "") }
+	lower := func(p *Plugin) {
+		t.Helper()
+		if err := p.SetNodePolicy(`{"maxExclusiveRatio": 0.3}`); err != nil { // P 7: limit 2
+			t.Fatal(err)
+		}
+	}
+	for _, restart := range []string{"containerd", "plugin"} {
+		t.Run(restart, func(t *testing.T) {
+			p := newTestPlugin(t)
+			if _, _, err := p.CreateContainer(ctx, db, engine("c-db1")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.StopContainer(ctx, db, engine("c-db1")); err != nil {
+				t.Fatal(err)
+			}
+			if restart == "plugin" {
+				p = newTestPlugin(t)
+			}
+			lower(p)
+			if _, err := p.Synchronize(ctx, []*api.PodSandbox{db}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.SharedPool().String(); got != "1-7" {
+				t.Fatalf("shared pool %s while db is stopped, want 1-7", got)
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "6"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil ||
+				!strings.Contains(err.Error(), "exclusive limit 2 reached (needs 1, holds 4)") {
+				t.Fatalf("x while db is stopped: %v, want refused: db's CPUs count", err)
+			}
+			adjust, _, err := p.CreateContainer(ctx, db, engine("c-db2"))
+			if err != nil {
+				t.Fatalf("restart in its sandbox after the %s restarted refused: %v", restart, err)
+			}
+			if got := adjust.GetLinux().GetResources().GetCpu().GetCpus(); got != "2-5" {
+				t.Fatalf("restarted container pinned to %q, want 2-5", got)
+			}
+		})
+	}
+}
+
+// TestGrantedAtSynchronizeOnlyByAValidAllocStatus: a sandbox is granted
+// only what its valid alloc-status for this node gives the containers it
+// names, init containers that run to completion left out (they are not
+// restarted once the pod runs), as at admission.
+func TestGrantedAtSynchronizeOnlyByAValidAllocStatus(t *testing.T) {
+	status := func(node string) map[string]string {
+		return map[string]string{corepin.AnnotationCPUMode: "exclusive",
+			corepin.AnnotationAllocStatus: `{"node":"` + node + `","cpus":"2-5","containers":{"engine":"2-3","migrate":"4-5"},"mems":"0"}`}
+	}
+	shared := status("node-a")
+	shared[corepin.AnnotationCPUMode] = "shared"
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		want        string
+	}{
+		{"valid", status("node-a"), "2-3"},
+		{"another node's", status("node-b"), ""},
+		{"malformed", map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationAllocStatus: `{"node":"node-a","cpus":"2-x"}`}, ""},
+		{"shared pod", shared, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			p.SetRelease("default", "db", Release{Init: map[string]bool{"migrate": true}})
+			if _, err := p.Synchronize(context.Background(), []*api.PodSandbox{sandbox("s-db", "default", "db", tc.annotations)}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Ledger().granted["s-db"].cpus.String(); got != tc.want {
+				t.Fatalf("granted %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

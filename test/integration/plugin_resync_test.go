@@ -1,0 +1,115 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/utils/cpuset"
+
+	"github.com/corepin/corepin/test/integration/framework"
+)
+
+// TestPluginRestartInSandboxAfterContainerdRestart: an exclusive
+// container exits; while it is stopped containerd restarts (the plugin
+// reconnects and synchronizes, and containerd lists no exited container)
+// and the node's exclusive limit falls below what the pod holds (a large
+// shared pod started there: shared pods are not capacity-checked on the
+// node). The kubelet then restarts the container in its sandbox: it must be
+// created, on its CPUs (it was refused as growth, and the pod crash-looped).
+func TestPluginRestartInSandboxAfterContainerdRestart(t *testing.T) {
+	n := runtime.NumCPU()
+	if n < 2 {
+		t.Skip("needs at least 2 CPUs")
+	}
+	all := cpuset.New(makeRange(0, n-1)...)
+	exclusiveCPU := cpuset.New(n - 1)
+	pool := all.Difference(exclusiveCPU)
+
+	ctrd := framework.StartContainerd(t)
+	plugin := startPlugin(t, ctrd)
+	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
+	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd.StartContainer(t, web)
+	dbID, dbCfg := ctrd.RunPod(t, "default", "db", allocStatusFor(exclusiveCPU))
+	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
+	if err != nil {
+		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
+	}
+	ctrd.StartContainer(t, db)
+	if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) {
+		t.Fatalf("db: %s, want %s", got.Allowed, exclusiveCPU)
+	}
+
+	// The container exits; the pool grows back over its CPU.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := ctrd.Runtime.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: db, Timeout: 10}); err != nil {
+		t.Fatal(err)
+	}
+	framework.Eventually(t, 20*time.Second, "pool grown back while db is stopped", func() (bool, error) {
+		got := ctrd.ExecStatus(t, web)
+		return got.Allowed.Equals(all), fmt.Errorf("web sees %s", got.Allowed)
+	})
+
+	ctrd.Restart()
+	framework.Eventually(t, 60*time.Second, "plugin resynchronized", func() (bool, error) {
+		return strings.Count(framework.Tail(plugin.Log, 300), "msg=Synchronized") >= 2, nil
+	})
+	// A shared pod of half the node: P - h*M <= 0, no room for any
+	// exclusive CPU by the formula.
+	batchID, batchCfg := ctrd.RunPod(t, "default", "batch", nil)
+	batch, err := ctrd.CreateContainer(batchID, batchCfg, "app", int64((n+1)/2*1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd.StartContainer(t, batch)
+
+	// The kubelet restarts the container in its sandbox (next attempt).
+	again, err := createAttempt(ctrd, dbID, dbCfg, "engine", 1, 1000)
+	if err != nil {
+		t.Fatalf("restart of db's container in its sandbox refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
+	}
+	ctrd.StartContainer(t, again)
+	if got := ctrd.ExecStatus(t, again); !got.Allowed.Equals(exclusiveCPU) {
+		t.Fatalf("restarted db container: %s, want %s", got.Allowed, exclusiveCPU)
+	}
+	for _, c := range []string{web, batch} {
+		if got := ctrd.ExecStatus(t, c); !got.Allowed.Equals(pool) {
+			t.Fatalf("shared container %s after db's restart: %s, want %s", c, got.Allowed, pool)
+		}
+	}
+	// The fallen limit still holds for new pods.
+	id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(cpuset.New(0)))
+	if _, err := ctrd.CreateContainer(id, cfg, "engine", 1000); err == nil || !strings.Contains(err.Error(), "exclusive limit 0 reached") {
+		t.Fatalf("a new exclusive pod under the fallen limit: %v, want refused", err)
+	}
+}
+
+// createAttempt creates a container as the kubelet restarts one in its
+// sandbox: same name, the next attempt.
+func createAttempt(ctrd *framework.Containerd, podID string, pod *cri.PodSandboxConfig, name string, attempt uint32, milli int64) (string, error) {
+	cfg := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: name, Attempt: attempt},
+		Image:    &cri.ImageSpec{Image: framework.WorkloadImage},
+		LogPath:  fmt.Sprintf("%s-%d.log", name, attempt),
+		Linux: &cri.LinuxContainerConfig{Resources: &cri.LinuxContainerResources{
+			CpuPeriod: 100000, CpuQuota: milli * 100, CpuShares: milli * 1024 / 1000}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := ctrd.Runtime.CreateContainer(ctx, &cri.CreateContainerRequest{PodSandboxId: podID, Config: cfg, SandboxConfig: pod})
+	if err != nil {
+		return "", err
+	}
+	return resp.ContainerId, nil
+}
