@@ -8,7 +8,7 @@ export COREPIN_CACHE ?= $(HOME)/.cache/corepin
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build test test-unit test-integration test-e2e test-kind kind-image kind-up kind-down bench lint demo demo-down deps tools tools-containerd tools-kube tools-kind images images-local clean fuzz
+.PHONY: all build test test-unit test-integration test-e2e test-kind test-chart kind-image kind-up kind-down bench lint demo demo-down deps tools tools-containerd tools-kube tools-kind images images-local clean fuzz
 
 all: build
 
@@ -16,7 +16,7 @@ build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
-test: lint test-unit test-integration test-e2e test-kind
+test: lint test-unit test-chart test-integration test-e2e test-kind
 
 test-unit:
 	$(GO) test -count=1 -race $(PKGS)
@@ -83,12 +83,22 @@ test-e2e: deps tools images-local
 	hack/cluster.sh up
 	$(GO) test -count=1 -tags e2e -timeout 20m ./test/e2e/... ; rc=$$?; hack/cluster.sh down; exit $$rc
 
+HELM_VERSION = $(shell cd hack/tools/helm && $(GO) list -m -f '{{.Version}}' helm.sh/helm/v3)
+HELM := $(COREPIN_CACHE)/helm-$(HELM_VERSION)/bin/helm
+
+# The Helm chart (deploy/chart): `helm lint --strict`, and it renders what
+# `kubectl apply -k deploy/` does.
+test-chart:
+	hack/tools-helm.sh
+	HELM=$(HELM) $(GO) test -count=1 -tags chart ./deploy/chart/...
+
 # The kind test bed (contract section 11): a node image built here without a
 # registry (cached in Docker's store by Kubernetes, containerd and kind
 # version), a cluster of one control plane and two workers with corepin
 # installed by Helm, and the e2e suite against it. Docker is installed and
 # started when missing, and stopped again by kind-down.
 kind-image: deps tools tools-kind images-local
+	hack/tools-helm.sh
 	hack/docker.sh ensure
 	hack/kind-image.sh
 

@@ -127,7 +127,7 @@ EOF
     --service-account-key-file "$dir/certs/sa.key" --service-account-signing-key-file "$dir/certs/sa.key" \
     --service-account-issuer https://kubernetes.default.svc --token-auth-file "$dir/certs/tokens.csv" \
     --authorization-mode Node,RBAC --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
-    --kubelet-preferred-address-types InternalIP
+    --kubelet-preferred-address-types InternalIP --endpoint-reconciler-type none
   for who in admin kubelet; do
     local token=$admin_token
     [ $who = kubelet ] && token=$kubelet_token

@@ -109,8 +109,11 @@ install() {
   case $install_with in
     helm)
       command -v helm >/dev/null || hack/tools-helm.sh >&2
-      helm install corepin deploy/chart/corepin --namespace corepin-system --create-namespace --wait --timeout 180s >/dev/null ||
-        fail "helm install"
+      # The chart renders its namespace (Pod Security labels): Helm keeps
+      # the release in it, so it is created first and adopted.
+      kubectl create namespace corepin-system >/dev/null || fail "kubectl create namespace corepin-system"
+      helm install corepin deploy/chart/corepin --namespace corepin-system --take-ownership \
+        --wait --timeout 180s ${COREPIN_HELM_ARGS:-} >/dev/null || fail "helm install"
       ;;
     kustomize)
       kubectl apply -k deploy/ >/dev/null || fail "kubectl apply -k deploy/"
@@ -130,7 +133,7 @@ down() {
 case "${1:-}" in
   up) up ;;
   test)
-    KUBECONFIG=$kubeconfig COREPIN_E2E_BED=kind COREPIN_KIND_CLUSTER=$name \
+    KUBECONFIG=$kubeconfig COREPIN_E2E_BED=kind COREPIN_INSTALL=$install_with HELM=$(command -v helm || true) \
       go test -count=1 -tags e2e -timeout 30m -v ./test/e2e/... ;;
   down) down ;;
   *) echo "usage: $0 up|test|down" >&2; exit 2 ;;

@@ -456,4 +456,86 @@ func TestMultiNode(t *testing.T) {
 		}
 		t.Logf("db-a restarted %s times with its node", strconv.Itoa(int(c.get(t, "db-a").Status.ContainerStatuses[0].RestartCount)))
 	})
+
+	// The chart's lifecycle with pinned pods running: the kind bed
+	// installs corepin with Helm (hack/kind.sh), these are its last steps.
+	helm := func(t *testing.T, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(os.Getenv("HELM"), append(args, "--kubeconfig", c.kubeconfig)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if os.Getenv("HELM") == "" || exec.Command(os.Getenv("HELM"), "status", "corepin", "-n", "corepin-system", "--kubeconfig", c.kubeconfig).Run() != nil {
+		if onKind() && os.Getenv("COREPIN_INSTALL") != "kustomize" {
+			t.Fatal("the kind bed installs corepin with Helm, but $HELM has no release corepin in corepin-system")
+		}
+		return
+	}
+	for name := range uids {
+		uids[name] = c.get(t, name).UID // the node restart recreated nothing, but count restarts from here
+	}
+	restarts := func(name string) int32 { return c.get(t, name).Status.ContainerStatuses[0].RestartCount }
+	before := map[string]int32{}
+	for name := range uids {
+		before[name] = restarts(name)
+	}
+	t.Run("helm upgrade rolls corepin and keeps the pinned pods' CPUs", func(t *testing.T) {
+		oldPlugin := pluginPod(t, first.Node)
+		helm(t, "upgrade", "corepin", c.repo+"/deploy/chart/corepin", "--namespace", "corepin-system", "--reuse-values",
+			"--set", "nodePlugin.resources.requests.memory=48Mi", "--set", "scheduler.kubeScheduler.logLevel=3",
+			"--wait", "--timeout", "180s")
+		if p := pluginPod(t, first.Node); p.UID == oldPlugin.UID {
+			t.Fatal("the upgrade did not roll the node plugin")
+		}
+		for name, uid := range uids {
+			if p := c.get(t, name); p.UID != uid || restarts(name) != before[name] {
+				t.Fatalf("%s was recreated or restarted by the upgrade", name)
+			}
+		}
+		if s := c.allocStatus(t, "db-a"); s.CPUs.String() != first.CPUs.String() {
+			t.Fatalf("db-a's CPUs changed: %s, were %s", s.CPUs, first.CPUs)
+		}
+		expectDB(t, first.Containers["engine"].CPUSet, "100000")
+		c.checkNodes(t)
+		// and corepin still places pods after it
+		c.create(t, testPod("web-c", "web", "100m", nil))
+		c.waitRunning(t, "web-c")
+	})
+
+	t.Run("helm uninstall leaves the pods running; the documented reset unpins them", func(t *testing.T) {
+		helm(t, "uninstall", "corepin", "--namespace", "corepin-system", "--wait", "--timeout", "180s")
+		framework.Eventually(t, 120*time.Second, "corepin's DaemonSet and Deployment gone", func() (bool, error) {
+			ds, err := c.client.AppsV1().DaemonSets("corepin-system").List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				return true, nil // the namespace is gone too
+			}
+			deps, _ := c.client.AppsV1().Deployments("corepin-system").List(context.Background(), metav1.ListOptions{})
+			return len(ds.Items) == 0 && len(deps.Items) == 0, fmt.Errorf("%d daemonsets, %d deployments left", len(ds.Items), len(deps.Items))
+		})
+		for name, uid := range uids {
+			if p := c.get(t, name); p.UID != uid || restarts(name) != before[name] {
+				t.Fatalf("%s was recreated or restarted by the uninstall", name)
+			}
+		}
+		// What docs/operations.md "Reset the cpusets" does, on each worker
+		// (kind's kubelets use the systemd cgroup driver).
+		reset := `online=$(cat /sys/devices/system/cpu/online)
+find /sys/fs/cgroup/cpuset/kubelet.slice /sys/fs/cgroup/cpuset/kubepods* -name cpuset.cpus 2>/dev/null | awk -F/ '{print NF, $0}' | sort -n |
+  cut -d' ' -f2- | while read -r f; do echo "$online" > "$f"; done`
+		for _, node := range c.workers(t) {
+			docker(t, "exec", node, "bash", "-c", reset)
+			online := strings.TrimSpace(docker(t, "exec", node, "cat", "/sys/devices/system/cpu/online"))
+			want, err := cpuset.Parse(online)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, got := range nodeContainers(t, node) {
+				if !got.Equals(want) {
+					t.Errorf("%s: container %s still on %s after the reset, online %s", node, name, got, want)
+				}
+			}
+		}
+	})
 }
