@@ -299,7 +299,7 @@ func TestDocumentedOverlay(t *testing.T) {
 	for _, c := range dep.Spec.Template.Spec.Containers {
 		images[c.Name] = c.Image
 	}
-	if images["extender"] != "registry.example.com/corepin/corepin-extender:v0.1.0" || images["kube-scheduler"] != "registry.k8s.io/kube-scheduler:v1.33.5" {
+	if images["extender"] != "registry.example.com/corepin/corepin-extender:v0.1.0" || images["kube-scheduler"] != "registry.k8s.io/kube-scheduler:v1.37.1" {
 		t.Errorf("scheduler images %v", images)
 	}
 	if objs["ValidatingAdmissionPolicy/corepin-alloc-status"] == nil || objs["Namespace/corepin-system"] == nil {
