@@ -384,6 +384,34 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 	return c, nil
 }
 
+// ClassifyExisting classifies a container found at synchronize. A pod
+// whose other annotations no longer parse (an upgrade that refuses a value
+// the old version took) is still enforced as its valid alloc-status for
+// this node says, as the extender keeps counting it: the containers it
+// names are exclusive, the others shared. The parse error is returned in
+// unparsed, for the caller to report; err is Classify's otherwise.
+func (l *Ledger) ClassifyExisting(pod Pod, name string, milli int64) (c *Container, unparsed, err error) {
+	c, err = l.Classify(pod, name, milli)
+	if err == nil {
+		return c, nil, nil
+	}
+	_, unparsed = api.ParsePodIntent(pod.Annotations, pod.Labels)
+	status, ok := l.enforced(pod)
+	if unparsed == nil || !ok {
+		return nil, nil, err
+	}
+	// The release switches are not read from annotations that do not
+	// parse: the contract's defaults, until the API server says otherwise.
+	c = &Container{Pod: pod, podKey: pod.Key(), Name: name, Milli: milli, CPUs: cpuset.New(), Mems: cpuset.New(),
+		sandboxRelease: Release{ExcludeReserve: true}}
+	if cpus, mine := status.Containers[name]; mine {
+		c.Class, c.CPUs, c.Mems = Exclusive, cpus.Set(), status.Mems.Set()
+	} else {
+		c.Class = l.sharedClass(pod)
+	}
+	return c, unparsed, nil
+}
+
 // sharedClass is the class of a pod's containers that run in the shared
 // pool, whatever made them shared (a shared pod, a sidecar of an exclusive
 // pod, an unplaced exclusive pod sent to the pool): pods of the system

@@ -47,13 +47,13 @@ func NewMetrics() *Metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "corepin_nri_refusals_total", Help: "Containers refused, by reason."}, []string{"reason"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "corepin_nri_sync_conflicts_total", Help: "Containers found at synchronize whose CPUs conflict with another pod's; left where they are."}),
+			Name: "corepin_nri_sync_conflicts_total", Help: "Containers found at synchronize that are not as their annotations say: CPUs that conflict with another pod's, annotations that do not parse or do not place them."}),
 		overLimit: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "corepin_nri_exclusive_over_limit_cpus",
 			Help: "Exclusive CPUs held beyond the capacity formula's exclusive limit (running containers found at synchronize are kept); 0 when within."}),
 		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "corepin_nri_quarantined_cpus",
-			Help: "CPUs of containers left running at synchronize after a conflict: kept out of the shared pool until they stop."}),
+			Help: "CPUs of containers left running where they are at synchronize (a conflict, or pinned under annotations that no longer say so): kept out of the shared pool until they stop."}),
 	}
 	m.Registry.MustRegister(m.handler, m.sharedPool, m.exclusiveHeld, m.containers, m.updates, m.driftCorrections, m.refusals, m.conflicts,
 		m.overLimit, m.quarantined,

@@ -363,6 +363,14 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			strings.Compare(p.pods[a.GetPodSandboxId()].Key(), p.pods[b.GetPodSandboxId()].Key()),
 			strings.Compare(a.GetId(), b.GetId()))
 	})
+	// Containers whose annotations do not say where they belong, decided
+	// once the CPUs the pooled containers were found on are known.
+	type unknown struct {
+		c   *api.Container
+		err error
+	}
+	var unknowns []unknown
+	pooled := cpuset.New()
 	for _, c := range ordered {
 		// Only a stopped container is gone: a paused one still holds its
 		// CPUs (it resumes where it was), and one in an unknown state may
@@ -371,17 +379,22 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			continue
 		}
 		pod := p.pods[c.GetPodSandboxId()]
-		classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
+		classified, unparsed, err := p.ledger.ClassifyExisting(pod, c.GetName(), amount(c))
 		if err != nil {
-			// Its annotations do not say where it belongs (malformed,
-			// not placed, another node's): it keeps whatever cpuset it has,
-			// untracked; the plugin claims no CPUs for it.
-			p.metrics.conflicts.Inc()
-			p.log.Error("Container at synchronize not tracked: left where it is", "pod", pod.Key(), "container", c.GetName(), "err", err)
-			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops: "+err.Error())
+			unknowns = append(unknowns, unknown{c, err})
 			continue
 		}
+		if unparsed != nil {
+			p.metrics.conflicts.Inc()
+			p.log.Error("Pod annotations do not parse: container kept as its alloc-status says", "pod", pod.Key(), "container", c.GetName(),
+				"class", classified.Class, "cpus", classified.CPUs.String(), "err", unparsed)
+			p.event(pod, "CorepinConflict", fmt.Sprintf("annotations do not parse (%v): container %s kept as %s says (%s, cpus %q); a new container of the pod is refused until they are fixed",
+				unparsed, c.GetName(), corepin.AnnotationAllocStatus, classified.Class, classified.CPUs.String()))
+		}
 		describe(classified, c)
+		if cur, ok := currentCPUs(c); ok && (classified.Class == Shared || classified.Class == System) {
+			pooled = pooled.Union(cur)
+		}
 		if err := p.ledger.AdmitExisting(c.GetId(), classified); err != nil {
 			// Its CPUs conflict with a container kept before it: it keeps
 			// running on them, so none of them goes to anybody else.
@@ -407,6 +420,27 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		} else {
 			classified.applied.lifted = lifted // the cpuset is repaired; the quota restored if due
 		}
+	}
+	for _, u := range unknowns {
+		// Its annotations do not say where it belongs (malformed, not
+		// placed, another node's): it keeps whatever cpuset it has,
+		// untracked. Found outside the CPUs the pooled containers are on,
+		// it was pinned there (by an earlier version that read its
+		// annotations): quarantined, so they stay out of the pool.
+		c, pod := u.c, p.pods[u.c.GetPodSandboxId()]
+		p.metrics.conflicts.Inc()
+		if cur, ok := currentCPUs(c); ok && !pooled.IsEmpty() && cur.Intersection(pooled).IsEmpty() {
+			q := &Container{Pod: pod, Name: c.GetName(), Class: Exclusive, CPUs: cur, Mems: cpuset.New()}
+			describe(q, c)
+			p.ledger.Quarantine(c.GetId(), q)
+			p.log.Error("Container at synchronize not tracked: left where it is, its CPUs kept out of the shared pool", "pod", pod.Key(),
+				"container", c.GetName(), "cpus", cur.String(), "err", u.err)
+			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops (its CPUs "+
+				cur.String()+" are kept out of the shared pool): "+u.err.Error())
+			continue
+		}
+		p.log.Error("Container at synchronize not tracked: left where it is", "pod", pod.Key(), "container", c.GetName(), "err", u.err)
+		p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops: "+u.err.Error())
 	}
 	if c := p.ledger.Capacity(); c.E > c.ExclusiveLimit {
 		msg := fmt.Sprintf("node is over its exclusive limit: %d exclusive CPUs held by running containers, limit %d (P=%d, shared total %s, largest shared %s); no new exclusive container is admitted until it is back under",

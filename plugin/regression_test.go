@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
@@ -1243,6 +1244,111 @@ func TestGrantedAtSynchronizeOnlyByAValidAllocStatus(t *testing.T) {
 			}
 			if got := p.Ledger().granted["s-db"].cpus.String(); got != tc.want {
 				t.Fatalf("granted %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestUnparsedPodKeepsItsCPUsAtSynchronize: after an upgrade that refuses
+// a value the old version took (max-per-node "01"), a pod pinned by the old
+// version keeps its CPUs out of the shared pool at synchronize, as the
+// extender keeps them held: those of its valid alloc-status (tracked, its
+// other containers shared), else those its container is found on when they
+// are outside the CPUs the pooled containers are on. It is reported, naming
+// the annotation.
+func TestUnparsedPodKeepsItsCPUsAtSynchronize(t *testing.T) {
+	ctx := context.Background()
+	db := func(allocStatus string) *api.PodSandbox {
+		return sandbox("s-db", "default", "db", map[string]string{corepin.AnnotationCPUMode: "exclusive", corepin.AnnotationApp: "db",
+			corepin.AnnotationMaxPerNode: "01", corepin.AnnotationAllocStatus: allocStatus})
+	}
+	valid := `{"node":"node-a","cpus":"2-3","containers":{"engine":"2-3"},"mems":"0"}`
+	web := sandbox("s-web", "default", "web", nil)
+	for _, tc := range []struct {
+		name       string
+		pods       []*api.PodSandbox
+		containers []*api.Container
+		pool       string
+		e          int
+		quarantine string
+		tracked    int
+	}{
+		{
+			name: "valid alloc-status: its CPUs held, its sidecar shared",
+			pods: []*api.PodSandbox{db(valid), web},
+			containers: []*api.Container{ctr("c-engine", "s-db", "engine", 2000, "2-3"), ctr("c-proxy", "s-db", "proxy", 500, "1,4-7"),
+				ctr("c-web", "s-web", "app", 500, "1,4-7")},
+			pool: "1,4-7", e: 2, tracked: 3,
+		},
+		{
+			name:       "alloc-status that does not parse either: the CPUs it runs on",
+			pods:       []*api.PodSandbox{db(`{"node":"node-a","cpus":"2-3","containers":{"engine":"2-3"},"mems":"node0"}`), web},
+			containers: []*api.Container{ctr("c-engine", "s-db", "engine", 2000, "2-3"), ctr("c-web", "s-web", "app", 500, "1,4-7")},
+			pool:       "1,4-7", quarantine: "2-3", tracked: 1,
+		},
+		{
+			name:       "found on the pool: claims nothing",
+			pods:       []*api.PodSandbox{db(`{"node":"node-a"`), web},
+			containers: []*api.Container{ctr("c-engine", "s-db", "engine", 2000, "1-7"), ctr("c-web", "s-web", "app", 500, "1-7")},
+			pool:       "1-7", tracked: 1,
+		},
+		{
+			name:       "no pooled container to tell by: claims nothing",
+			pods:       []*api.PodSandbox{db(`{"node":"node-a"`)},
+			containers: []*api.Container{ctr("c-engine", "s-db", "engine", 2000, "2-3")},
+			pool:       "1-7",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlugin(t)
+			events := record.NewFakeRecorder(10)
+			p.SetEventRecorder(events)
+			logs := captureLog(p)
+			upd, err := p.Synchronize(ctx, tc.pods, tc.containers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.SharedPool().String(); got != tc.pool {
+				t.Fatalf("shared pool %s, want %s (updates %v)", got, tc.pool, updateMap(upd))
+			}
+			if e, q := p.Capacity().E, p.Ledger().Quarantined().String(); e != tc.e || q != tc.quarantine {
+				t.Fatalf("E = %d, quarantined %q; want %d, %q", e, q, tc.e, tc.quarantine)
+			}
+			if got := len(p.Ledger().Containers()); got != tc.tracked {
+				t.Fatalf("%d containers tracked, want %d", got, tc.tracked)
+			}
+			if got := updateMap(upd)["c-web"]; got != "" && got != tc.pool {
+				t.Fatalf("web moved to %s", got)
+			}
+			if ev := nextEvent(t, events); !strings.HasPrefix(ev, "Warning CorepinConflict") || !strings.Contains(ev, `corepin.io/max-per-node="01"`) {
+				t.Fatalf("event %q, want a CorepinConflict naming the annotation", ev)
+			}
+			if log := logs.String(); !strings.Contains(log, "pod=default/db") || !strings.Contains(log, "corepin.io/max-per-node") {
+				t.Fatalf("log names neither the pod nor the annotation:\n%s", log)
+			}
+			if got := testutil.ToFloat64(p.metrics.conflicts); got < 1 {
+				t.Fatalf("sync conflicts %v, want counted", got)
+			}
+			if tc.e == 0 && tc.quarantine == "" {
+				return
+			}
+			if _, _, err := p.CreateContainer(ctx, exclusivePod("s-x", "x", "3"), ctr("c-x", "s-x", "engine", 1000, "")); err == nil {
+				t.Fatal("another pod was given db's CPU 3")
+			}
+			if tc.e == 0 {
+				return
+			}
+			// Stopped, its CPUs go back to the pool; a new container of
+			// the pod is a request, refused until the annotation is fixed.
+			if _, err := p.StopContainer(ctx, tc.pods[0], tc.containers[0]); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.SharedPool().String(); got != "1-7" {
+				t.Fatalf("shared pool %s after db's engine stopped, want 1-7", got)
+			}
+			if _, _, err := p.CreateContainer(ctx, tc.pods[0], ctr("c-engine-2", "s-db", "engine", 2000, "")); err == nil ||
+				!strings.Contains(err.Error(), `corepin.io/max-per-node="01"`) {
+				t.Fatalf("engine restarted with annotations that do not parse: %v, want refused", err)
 			}
 		})
 	}

@@ -13,8 +13,97 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/utils/cpuset"
 
+	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
+
+// TestPluginResyncKeepsUnparsedPodsCPUs: after an upgrade, a pod the old
+// version pinned has an annotation the new one refuses (max-per-node "01").
+// The new plugin synchronizes against a real containerd where the old
+// pinning is in place (the exclusive container on its CPU, the shared one
+// on the rest): the shared container must not be widened onto the
+// exclusive CPU, which stays refused to other pods, and the pod is
+// reported. With a valid alloc-status its CPUs are kept; with one that no
+// longer parses either, the CPUs the container runs on are.
+func TestPluginResyncKeepsUnparsedPodsCPUs(t *testing.T) {
+	n := runtime.NumCPU()
+	if n < 2 {
+		t.Skip("needs at least 2 CPUs")
+	}
+	all := cpuset.New(makeRange(0, n-1)...)
+	exclusiveCPU := cpuset.New(n - 1)
+	pool := all.Difference(exclusiveCPU)
+	for _, tc := range []struct {
+		name, allocStatus string
+	}{
+		{"valid alloc-status", fmt.Sprintf(`{"node":"node-a","cpus":%q,"containers":{"engine":%q},"mems":"0"}`, exclusiveCPU, exclusiveCPU)},
+		// "mems" is a CPU list: "node0" is what a stricter parser refuses.
+		{"alloc-status that no longer parses", fmt.Sprintf(`{"node":"node-a","cpus":%q,"containers":{"engine":%q},"mems":"node0"}`, exclusiveCPU, exclusiveCPU)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctrd := framework.StartContainerd(t)
+			// The state the old version left: created with no plugin
+			// connected, then pinned through CRI as it would have.
+			webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
+			web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctrd.StartContainer(t, web)
+			dbID, dbCfg := ctrd.RunPod(t, "default", "db", map[string]string{
+				api.AnnotationCPUMode:     "exclusive",
+				api.AnnotationApp:         "db",
+				api.AnnotationMaxPerNode:  "01",
+				api.AnnotationAllocStatus: tc.allocStatus,
+			})
+			db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctrd.StartContainer(t, db)
+			pin(t, ctrd, db, exclusiveCPU, 1000)
+			pin(t, ctrd, web, pool, 500)
+			if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
+				t.Fatalf("web before the plugin: %s, want %s", got.Allowed, pool)
+			}
+
+			metricsAddr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort(t))
+			plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
+				"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(), "--metrics-addr", metricsAddr)
+			framework.Eventually(t, 30*time.Second, "corepin-nri synchronized", func() (bool, error) {
+				if exited, err := plugin.Exited(); exited {
+					t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(plugin.Log, 20))
+				}
+				return strings.Contains(framework.Tail(plugin.Log, 50), "Synchronized"), nil
+			})
+			// The updates of synchronize are applied as the plugin
+			// registers: watch for a while that none widens web.
+			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
+					t.Fatalf("shared container moved to %s after synchronize, want %s (CPU %s is db's)\n%s",
+						got.Allowed, pool, exclusiveCPU, framework.Tail(plugin.Log, 20))
+				}
+			}
+			if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) {
+				t.Fatalf("db after synchronize: %s, want %s", got.Allowed, exclusiveCPU)
+			}
+			id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(exclusiveCPU))
+			if _, err := ctrd.CreateContainer(id, cfg, "engine", 1000); err == nil || !strings.Contains(err.Error(), "corepin: pod default/db-2 container engine") {
+				t.Fatalf("another pod on db's CPU: %v, want refused", err)
+			}
+			if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
+				t.Fatalf("shared container after the refusal: %s, want %s", got.Allowed, pool)
+			}
+			log := framework.Tail(plugin.Log, 200)
+			if !strings.Contains(log, "default/db") || !strings.Contains(log, api.AnnotationMaxPerNode) {
+				t.Errorf("the plugin's log names neither the pod nor the annotation:\n%s", log)
+			}
+			if m := scrape(t, "http://"+metricsAddr+"/metrics"); !strings.Contains(m, "corepin_nri_sync_conflicts_total 1") {
+				t.Errorf("/metrics lacks corepin_nri_sync_conflicts_total 1")
+			}
+		})
+	}
+}
 
 // TestPluginRestartInSandboxAfterContainerdRestart: an exclusive
 // container exits; while it is stopped containerd restarts (the plugin
@@ -92,6 +181,18 @@ func TestPluginRestartInSandboxAfterContainerdRestart(t *testing.T) {
 	id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(cpuset.New(0)))
 	if _, err := ctrd.CreateContainer(id, cfg, "engine", 1000); err == nil || !strings.Contains(err.Error(), "exclusive limit 0 reached") {
 		t.Fatalf("a new exclusive pod under the fallen limit: %v, want refused", err)
+	}
+}
+
+// pin sets a running container's cpuset through CRI, as a plugin's update
+// would (the CPU limit passed again, so the quota stays).
+func pin(t *testing.T, ctrd *framework.Containerd, id string, cpus cpuset.CPUSet, milli int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res := &cri.LinuxContainerResources{CpusetCpus: cpus.String(), CpuPeriod: 100000, CpuQuota: milli * 100, CpuShares: milli * 1024 / 1000}
+	if _, err := ctrd.Runtime.UpdateContainerResources(ctx, &cri.UpdateContainerResourcesRequest{ContainerId: id, Linux: res}); err != nil {
+		t.Fatalf("pinning %s to %s: %v", id, cpus, err)
 	}
 }
 
