@@ -56,6 +56,10 @@ var helmAdded = map[string]string{
 // configuration rolls the pods), the only annotation the comparison ignores.
 const checksumAnnotation = "checksum/config"
 
+// keepPolicy is on the Namespace: `helm uninstall` keeps it, with the
+// release records Helm stores in it.
+const keepPolicy = "helm.sh/resource-policy"
+
 // helmBin is $HELM. Unset or missing fails the test: a chart test that
 // skips itself would pass without having looked at the chart.
 func helmBin(t *testing.T) string {
@@ -285,6 +289,16 @@ func stripHelm(t *testing.T, k string, obj map[string]any) {
 	}
 	if labels != nil && len(labels) == 0 {
 		delete(obj["metadata"].(map[string]any), "labels")
+	}
+	if strings.HasPrefix(k, "Namespace/") {
+		ann := nested(obj, "metadata", "annotations")
+		if ann[keepPolicy] != "keep" {
+			t.Errorf("chart %s: annotation %s=%v, want keep", k, keepPolicy, ann[keepPolicy])
+		}
+		delete(ann, keepPolicy)
+		if ann != nil && len(ann) == 0 {
+			delete(obj["metadata"].(map[string]any), "annotations")
+		}
 	}
 	if !strings.HasPrefix(k, "Deployment/") {
 		return
