@@ -21,9 +21,10 @@ import (
 // WatchPods follows the pods of this node on the API server (a field
 // selector on spec.nodeName; a transform keeps the release annotations,
 // the CPU limits and the init containers only) and hands each pod's
-// release switch and init containers to the plugin. It
-// returns once the informer has synced or ctx is done; the watch goes on
-// until ctx is done, and reconnects by itself when the API server is away.
+// release switch and init containers to the plugin. It returns once the
+// pods first listed have been handed to the plugin, or ctx is done; the
+// watch goes on until ctx is done, and reconnects by itself when the API
+// server is away.
 func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, log *slog.Logger) cache.SharedIndexInformer {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -36,7 +37,7 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 			p.SetRelease(pod.Namespace, pod.Name, releaseOf(pod, log))
 		}
 	}
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, _ := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    apply,
 		UpdateFunc: func(_, obj any) { apply(obj) },
 		DeleteFunc: func(obj any) {
@@ -49,14 +50,17 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 		},
 	})
 	f.Start(ctx.Done())
-	f.WaitForCacheSync(ctx.Done())
+	// The handler's sync, not only the store's: the plugin registers once
+	// the listed pods' switches are applied, not merely cached.
+	cache.WaitForCacheSync(ctx.Done(), reg.HasSynced)
 	return inf
 }
 
 // WatchNode follows this node's object on the API server (a field selector
 // on metadata.name; a transform keeps corepin's annotations only) and hands
-// every version of it to the handlers. It returns once the informer has
-// synced or ctx is done; the watch goes on until ctx is done.
+// every version of it to the handlers. It returns once the handlers have
+// had the node as first listed, or ctx is done; the watch goes on until ctx
+// is done.
 func WatchNode(ctx context.Context, client kubernetes.Interface, node string, log *slog.Logger, handlers ...func(*v1.Node)) cache.SharedIndexInformer {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -71,12 +75,12 @@ func WatchNode(ctx context.Context, client kubernetes.Interface, node string, lo
 			}
 		}
 	}
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, _ := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    apply,
 		UpdateFunc: func(_, obj any) { apply(obj) },
 	})
 	f.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) && ctx.Err() == nil {
+	if !cache.WaitForCacheSync(ctx.Done(), reg.HasSynced) && ctx.Err() == nil {
 		log.Warn("The node's object is not listed yet", "node", node)
 	}
 	return inf
