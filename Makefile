@@ -97,8 +97,11 @@ test-chart:
 # version), a cluster of one control plane and two workers with corepin
 # installed by Helm, and the e2e suite against it. Docker is installed and
 # started when missing, and stopped again by kind-down.
+# CONTAINERD_VERSION=v2.1.9 (for example) builds the node image with another
+# containerd than the one the tools module pins.
 kind-image: deps tools tools-kind images-local
 	hack/tools-helm.sh
+	hack/tools-containerd.sh
 	hack/docker.sh ensure
 	hack/kind-image.sh
 

@@ -176,19 +176,7 @@ func TestSeedScenario(t *testing.T) {
 			t.Fatalf("web pods on %s and %s: the scenario needs one node for shared pods", nodeName, p.Spec.NodeName)
 		}
 	}
-	node, err := c.client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	topo, err := api.ParseTopology(node.Annotations[api.AnnotationTopology])
-	if err != nil {
-		t.Fatalf("the node plugin has not published the topology of %s: %v", nodeName, err)
-	}
-	var online []int
-	for _, cpu := range topo.CPUs {
-		online = append(online, cpu.ID)
-	}
-	all := cpuset.New(online...).Difference(topo.Reserved.CPUSet)
+	all, _ := c.topology(t, nodeName)
 	expectShared := func(t *testing.T, want cpuset.CPUSet) {
 		t.Helper()
 		framework.Eventually(t, 30*time.Second, "shared pods on "+want.String(), func() (bool, error) {
@@ -304,20 +292,6 @@ func TestSeedScenario(t *testing.T) {
 		expectDB(t, exclusive, "")
 		expectShared(t, pool)
 	}
-	nodeReady := func(t *testing.T) {
-		framework.Eventually(t, 120*time.Second, "node ready", func() (bool, error) {
-			n, err := c.client.CoreV1().Nodes().Get(ctx, status.Node, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			for _, cond := range n.Status.Conditions {
-				if cond.Type == v1.NodeReady {
-					return cond.Status == v1.ConditionTrue && time.Since(cond.LastHeartbeatTime.Time) < 30*time.Second, nil
-				}
-			}
-			return false, nil
-		})
-	}
 	for _, component := range []string{"kubelet", "containerd"} {
 		t.Run("restart "+component, func(t *testing.T) {
 			if os.Getenv("KUBECONFIG") != "" {
@@ -325,7 +299,7 @@ func TestSeedScenario(t *testing.T) {
 			}
 			c.shell(t, "restart", component)
 			time.Sleep(5 * time.Second)
-			nodeReady(t)
+			c.nodeReady(t, status.Node)
 			unchanged(t)
 		})
 	}

@@ -166,24 +166,35 @@ func (c *cluster) nodeCPUs(t *testing.T, node string) (all, pool cpuset.CPUSet) 
 
 func (c *cluster) nodeCPUsReserved(t *testing.T, node string) (all, pool, reserved cpuset.CPUSet) {
 	t.Helper()
+	all, reserved = c.topology(t, node)
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := api.ParseSharedPoolStatus(n.Annotations[api.AnnotationSharedPool])
+	if err != nil {
+		t.Fatalf("%s has no valid shared-pool: %v", node, err)
+	}
+	return all, shared.CPUs.CPUSet, reserved
+}
+
+// topology is what the node's plugin published: its online CPUs less the
+// reserved ones, and the reserved ones.
+func (c *cluster) topology(t *testing.T, node string) (all, reserved cpuset.CPUSet) {
+	t.Helper()
 	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	topo, err := api.ParseTopology(n.Annotations[api.AnnotationTopology])
 	if err != nil {
-		t.Fatalf("%s has no valid topology: %v", node, err)
+		t.Fatalf("the node plugin has not published the topology of %s: %v", node, err)
 	}
 	var online []int
 	for _, cpu := range topo.CPUs {
 		online = append(online, cpu.ID)
 	}
-	all = cpuset.New(online...).Difference(topo.Reserved.CPUSet)
-	shared, err := api.ParseSharedPoolStatus(n.Annotations[api.AnnotationSharedPool])
-	if err != nil {
-		t.Fatalf("%s has no valid shared-pool: %v", node, err)
-	}
-	return all, shared.CPUs.CPUSet, topo.Reserved.CPUSet
+	return cpuset.New(online...).Difference(topo.Reserved.CPUSet), topo.Reserved.CPUSet
 }
 
 // nodeContainers reads, inside a kind node, the CPUs every running
@@ -257,6 +268,23 @@ func (c *cluster) checkNodes(t *testing.T) {
 			return true, nil
 		})
 	}
+}
+
+// nodeReady waits for the node's kubelet to report Ready again.
+func (c *cluster) nodeReady(t *testing.T, node string) {
+	t.Helper()
+	framework.Eventually(t, 180*time.Second, node+" Ready", func() (bool, error) {
+		n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == v1.NodeReady {
+				return cond.Status == v1.ConditionTrue && time.Since(cond.LastHeartbeatTime.Time) < 30*time.Second, nil
+			}
+		}
+		return false, nil
+	})
 }
 
 // TestMultiNode is the kind bed's own scenario: choosing among nodes, and
@@ -363,21 +391,6 @@ func TestMultiNode(t *testing.T) {
 		expectDB(t, first.Containers["engine"].CPUSet, "")
 		c.checkNodes(t)
 	}
-	nodeReady := func(t *testing.T, node string) {
-		t.Helper()
-		framework.Eventually(t, 180*time.Second, node+" Ready", func() (bool, error) {
-			n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			for _, cond := range n.Status.Conditions {
-				if cond.Type == v1.NodeReady {
-					return cond.Status == v1.ConditionTrue && time.Since(cond.LastHeartbeatTime.Time) < 30*time.Second, nil
-				}
-			}
-			return false, nil
-		})
-	}
 	pluginPod := func(t *testing.T, node string) v1.Pod {
 		t.Helper()
 		var found v1.Pod
@@ -417,7 +430,7 @@ func TestMultiNode(t *testing.T) {
 			}
 			docker(t, "exec", first.Node, "systemctl", "restart", unit)
 			time.Sleep(5 * time.Second)
-			nodeReady(t, first.Node)
+			c.nodeReady(t, first.Node)
 			pluginPod(t, first.Node)
 			unchanged(t)
 		})
@@ -433,7 +446,7 @@ func TestMultiNode(t *testing.T) {
 			t.Fatal(err)
 		}
 		docker(t, "restart", first.Node)
-		nodeReady(t, first.Node)
+		c.nodeReady(t, first.Node)
 		pluginPod(t, first.Node)
 		framework.Eventually(t, 120*time.Second, "topology published again on "+first.Node, func() (bool, error) {
 			n, err := c.client.CoreV1().Nodes().Get(context.Background(), first.Node, metav1.GetOptions{})
