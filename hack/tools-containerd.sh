@@ -3,7 +3,7 @@
 # hack/tools/containerd, cached by version under $COREPIN_CACHE, and installs
 # Debian's runc (built with seccomp) when it is missing.
 # CONTAINERD_VERSION=vX builds another version than the module pins (a copy
-# of the module, re-resolved), e.g. for a kind image with containerd 2.1.
+# module resolved against that version alone), e.g. for a kind image with containerd 2.1.
 set -euo pipefail
 cd "$(dirname "$0")/tools/containerd"
 cache=${COREPIN_CACHE:-$HOME/.cache/corepin}
@@ -18,8 +18,9 @@ else
   if [ "$version" != "$pinned" ]; then
     module=$(mktemp -d)
     trap 'rm -rf "$module"' EXIT
-    cp go.mod go.sum tools.go "$module/"
-    (cd "$module" && go get "github.com/containerd/containerd/v2@$version" && go mod tidy) >/dev/null
+    cp tools.go "$module/"
+    printf 'module corepin-tools-containerd\n\ngo 1.26\n\nrequire github.com/containerd/containerd/v2 %s\n' "$version" > "$module/go.mod"
+    (cd "$module" && go mod tidy) >/dev/null
   fi
   rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
   (cd "$module" && GOFLAGS=-trimpath go build -p 2 -o "$dest.tmp/" \
