@@ -25,6 +25,15 @@ const (
 	// AnnotationNodeAttention is set by the extender when a node's topology
 	// changed incompatibly; it carries the reason for operators.
 	AnnotationNodeAttention = "corepin.io/attention"
+	// AnnotationReleaseAll ("true") is set by operators, or the chart's
+	// pre-delete hook, to uninstall corepin from a node: its plugin gives
+	// every container the whole node and stops pinning until it is removed.
+	// Not in the contract (docs/annotations.md).
+	AnnotationReleaseAll = "corepin.io/release-all"
+	// AnnotationReleaseAllDone is written by the node plugin (an RFC 3339
+	// time) once every container it knows runs on the whole node under
+	// release-all; it is removed while that is not so.
+	AnnotationReleaseAllDone = "corepin.io/release-all-done"
 )
 
 // Labels consulted for the app identity when corepin.io/app is absent, in order.

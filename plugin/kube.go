@@ -93,7 +93,7 @@ func slimNode(obj any) (any, error) {
 		return obj, nil
 	}
 	slim := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Annotations: map[string]string{}}}
-	for _, key := range []string{corepin.AnnotationNodePolicy, corepin.AnnotationTopology} {
+	for _, key := range []string{corepin.AnnotationNodePolicy, corepin.AnnotationTopology, corepin.AnnotationReleaseAll, corepin.AnnotationReleaseAllDone} {
 		if v, ok := n.Annotations[key]; ok {
 			slim.Annotations[key] = v
 		}

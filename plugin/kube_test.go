@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/nri/pkg/api"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -304,7 +305,8 @@ func TestSlimObjects(t *testing.T) {
 		Status: v1.PodStatus{Phase: v1.PodRunning},
 	}
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9", Labels: map[string]string{"zone": "a"},
-		Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}", corepin.AnnotationSharedPool: "{}", "other": "x"}},
+		Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}", corepin.AnnotationSharedPool: "{}", "other": "x",
+			corepin.AnnotationReleaseAll: "true", corepin.AnnotationReleaseAllDone: "2026-01-01T00:00:00Z"}},
 		Status: v1.NodeStatus{Capacity: v1.ResourceList{v1.ResourceCPU: resource.MustParse("8")}}}
 	cpu := func(q string) v1.ResourceList { return v1.ResourceList{v1.ResourceCPU: resource.MustParse(q)} }
 	for _, tc := range []struct {
@@ -323,7 +325,8 @@ func TestSlimObjects(t *testing.T) {
 				{Name: "proxy", RestartPolicy: ptr(v1.ContainerRestartPolicyAlways)}, // a native sidecar
 			}}}},
 		{"node", slimNode, node, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "n1", ResourceVersion: "9",
-			Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}"}}}},
+			Annotations: map[string]string{corepin.AnnotationNodePolicy: "{}", corepin.AnnotationTopology: "{}",
+				corepin.AnnotationReleaseAll: "true", corepin.AnnotationReleaseAllDone: "2026-01-01T00:00:00Z"}}}},
 		{"a tombstone passes through", slimPod, cache.DeletedFinalStateUnknown{Key: "default/db"}, cache.DeletedFinalStateUnknown{Key: "default/db"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -395,5 +398,93 @@ func TestWatchPodsRecreatedPodUnderTheSameName(t *testing.T) {
 	})
 	if upd := p.PendingUpdates(); len(upd) != 0 {
 		t.Fatalf("pending batch %v, want none (the container was never released)", updateMap(upd))
+	}
+}
+
+// TestReleaseAllFollowsTheNode: the node's corepin.io/release-all (on the
+// fake API server) switches the plugin's release-all, and the plugin keeps
+// corepin.io/release-all-done on the node while it is done: written once
+// every update went through, removed when release-all is removed or
+// malformed, and a stale one (left from an earlier request) removed.
+func TestReleaseAllFollowsTheNode(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p := newTestPlugin(t)
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{sandbox("s-web", "default", "web", nil)}, []*api.Container{ctr("c-web", "s-web", "app", 500, "1-7")}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	applied := map[string]string{}
+	go func() { // the plugin's own goroutine, against a runtime that applies everything
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.Pending():
+				p.PushPending(func(batch []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					for k, v := range updateMap(batch) {
+						applied[k] = v
+					}
+					return nil, nil
+				})
+			}
+		}
+	}()
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{corepin.AnnotationReleaseAllDone: "2020-01-01T00:00:00Z"}}}
+	client := fake.NewClientset(node)
+	r := NewReleaseAllReporter(client, "node-a", p, log)
+	go r.Run(ctx)
+	WatchNode(ctx, client, "node-a", log, r.NodeHandler())
+	done := func() string {
+		n, err := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+		if err != nil {
+			return "?"
+		}
+		return n.Annotations[corepin.AnnotationReleaseAllDone]
+	}
+	set := func(value *string) {
+		t.Helper()
+		n, err := client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if value == nil {
+			delete(n.Annotations, corepin.AnnotationReleaseAll)
+		} else {
+			n.Annotations[corepin.AnnotationReleaseAll] = *value
+		}
+		if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return applied["c-web"]
+	}
+	eventually(t, "the stale done removed", func() bool { return done() == "" })
+	for _, tc := range []struct {
+		name     string
+		value    *string
+		released bool
+		cpus     string
+	}{
+		{"set", ptr("true"), true, "0-7"},
+		{"malformed: pinned", ptr("yes"), false, "1-7"},
+		{"set again", ptr("true"), true, "0-7"},
+		{"false: pinned", ptr("false"), false, "1-7"},
+		{"set once more", ptr("true"), true, "0-7"},
+		{"removed: pinned", nil, false, "1-7"},
+	} {
+		set(tc.value)
+		eventually(t, tc.name, func() bool {
+			requested, _ := p.ReleaseAll()
+			d := done()
+			_, err := time.Parse(time.RFC3339, d)
+			return requested == tc.released && web() == tc.cpus && (tc.released == (err == nil)) && (tc.released || d == "")
+		})
 	}
 }

@@ -79,10 +79,16 @@ type Container struct {
 	// quota the plugin writes (-1), so the one it was created with is
 	// unknown; the pod spec's CPU limit stands for it.
 	quotaFromLimit bool
+	// left and leftMems are the cpuset and mems (Linux lists, "" when the
+	// runtime did not say) a container left where it is was found on:
+	// where release-all's end puts it back.
+	left, leftMems string
 
 	// cpus caches CPUs.String(); podKey caches Pod.Key(); podID is the
 	// pod's identity (UID, else sandbox ID) that placements are keyed by.
 	cpus, podKey, podID string
+	// mems caches Mems.String() of an exclusive container.
+	mems string
 	// sandboxRelease is the release switch in the sandbox's annotations,
 	// in force until the API server says otherwise.
 	sandboxRelease Release
@@ -107,6 +113,10 @@ type applied struct {
 	cpus string
 	// lifted: the CFS quota is lifted (release-isolate-mode).
 	lifted bool
+	// mems as a Linux list: the container's own (its alloc-status'),
+	// every NUMA node's under release-all, or as found at synchronize; ""
+	// for a container whose mems the plugin never sets.
+	mems string
 }
 
 // Release is a pod's live release switch as the API server has it. The
@@ -176,6 +186,12 @@ type Ledger struct {
 	granted map[string]grant
 	// pool caches the shared pool between changes.
 	pool *cpuset.CPUSet
+	// releaseAll is the node's corepin.io/release-all (an uninstall): every
+	// container the ledger knows, tracked or left where it is, runs on
+	// every online CPU with every NUMA node's memory and the CFS quota the
+	// kubelet gave it. Placements are still recorded, so that unsetting it
+	// pins everything back as a synchronize would.
+	releaseAll bool
 }
 
 // grant is what a pod sandbox was admitted with (see Ledger.granted).
@@ -290,8 +306,27 @@ func (l *Ledger) releaseOf(c *Container) Release {
 // whose pod has release-isolate-mode on runs on every online CPU with its
 // CFS quota lifted, while its own CPUs stay held for it.
 func (l *Ledger) Lifted(c *Container) bool {
+	return l.isolated(c) && !l.releaseAll
+}
+
+// isolated reports whether an exclusive container's pod has
+// release-isolate-mode on, whether or not release-all overrides it.
+func (l *Ledger) isolated(c *Container) bool {
 	return c.Class == Exclusive && l.releaseOf(c).Isolate
 }
+
+// SetReleaseAll records the node's corepin.io/release-all and reports
+// whether it changed; the next Changes moves every container.
+func (l *Ledger) SetReleaseAll(on bool) bool {
+	if l.releaseAll == on {
+		return false
+	}
+	l.releaseAll = on
+	return true
+}
+
+// ReleaseAll reports whether the node's corepin.io/release-all is in force.
+func (l *Ledger) ReleaseAll() bool { return l.releaseAll }
 
 // FoundLifted reports whether an exclusive container found at synchronize
 // with CFS quota quota (set: the runtime reports one) has its quota lifted
@@ -306,7 +341,8 @@ func (l *Ledger) FoundLifted(c *Container, quota int64, set bool) bool {
 	if c.Class != Exclusive || set && quota > 0 {
 		return false
 	}
-	if l.Lifted(c) {
+	// Under release-all too: a released pod's -1 is the plugin's.
+	if l.isolated(c) {
 		return true
 	}
 	r, _ := l.apiRelease(c)
@@ -580,6 +616,15 @@ func (l *Ledger) Quarantine(id string, c *Container) {
 	l.pool = nil
 }
 
+// Leave records a container found at synchronize (or created under
+// release-all) that the ledger cannot place and that claims no CPU: it is
+// left where it is, and only release-all moves it (lists.target). It is
+// kept with the quarantined containers, with no CPUs.
+func (l *Ledger) Leave(id string, c *Container) {
+	c.CPUs = cpuset.New()
+	l.Quarantine(id, c)
+}
+
 // Quarantined is the union of the quarantined containers' CPUs.
 func (l *Ledger) Quarantined() cpuset.CPUSet {
 	out := cpuset.New()
@@ -720,6 +765,9 @@ func (l *Ledger) SharedPool() cpuset.CPUSet {
 
 // CPUsFor is the cpuset a container should have now.
 func (l *Ledger) CPUsFor(c *Container) cpuset.CPUSet {
+	if l.releaseAll {
+		return l.topo.Online()
+	}
 	switch c.Class {
 	case Exclusive:
 		if r := l.releaseOf(c); r.Isolate {
@@ -740,6 +788,9 @@ type Change struct {
 	Container *Container
 	// CPUs is the cpuset to give it, as a Linux CPU list.
 	CPUs string
+	// Mems, when not "", is the cpuset.mems to give it (an exclusive
+	// container's own, or every NUMA node's under release-all).
+	Mems string
 	// Lift or Restore the CFS quota (release-isolate-mode set or unset).
 	Lift, Restore bool
 	// Repair: what the container has is not known to be what the plugin
@@ -757,14 +808,21 @@ type lists struct {
 	pool, system, wide, all  string
 	poolOK, systemOK, wideOK bool
 	allOK                    bool
+	numa                     string
+	numaOK                   bool
+}
+
+// memo returns *s, computing it from f the first time.
+func memo(ok *bool, s *string, f func() cpuset.CPUSet) string {
+	if !*ok {
+		*s, *ok = f().String(), true
+	}
+	return *s
 }
 
 func (v *lists) of(c *Container) string {
-	memo := func(ok *bool, s *string, f func() cpuset.CPUSet) string {
-		if !*ok {
-			*s, *ok = f().String(), true
-		}
-		return *s
+	if v.l.releaseAll {
+		return memo(&v.allOK, &v.all, func() cpuset.CPUSet { return v.l.wide(false) })
 	}
 	switch c.Class {
 	case Exclusive, BindAll:
@@ -781,6 +839,63 @@ func (v *lists) of(c *Container) string {
 	return memo(&v.poolOK, &v.pool, v.l.SharedPool)
 }
 
+// memsOf is the cpuset.mems a tracked container should have: "" for one
+// whose mems the plugin never set (every class but an exclusive container
+// with alloc-status mems), else its own, or every NUMA node under
+// release-all.
+func (v *lists) memsOf(c *Container) string {
+	if c.Class != Exclusive || c.Mems.IsEmpty() {
+		return ""
+	}
+	if v.l.releaseAll {
+		return v.allNUMA()
+	}
+	return c.memsList()
+}
+
+func (v *lists) allNUMA() string {
+	if !v.numaOK {
+		v.numa, v.numaOK = v.l.numaNodes().String(), true
+	}
+	return v.numa
+}
+
+// target is the pinning a container should have and whether the ledger
+// moves it at all. A tracked container always; one left where it is
+// (quarantined, or found untracked) only under release-all, to every CPU,
+// and back to where it was found once release-all is unset.
+func (v *lists) target(c *Container, left bool) (applied, bool) {
+	if !left {
+		return applied{known: true, cpus: v.of(c), lifted: v.l.Lifted(c), mems: v.memsOf(c)}, true
+	}
+	switch {
+	case v.l.releaseAll:
+		t := applied{known: true, cpus: memo(&v.allOK, &v.all, func() cpuset.CPUSet { return v.l.wide(false) })}
+		if c.leftMems != "" {
+			t.mems = v.allNUMA()
+		}
+		return t, true
+	case c.applied.known && c.left != "":
+		return applied{known: true, cpus: c.left, mems: c.leftMems}, true
+	}
+	return applied{}, false
+}
+
+// has reports whether a container's applied pinning is target (mems only
+// where the target sets them).
+func (c *Container) has(target applied) bool {
+	a := c.applied
+	return a.known && a.cpus == target.cpus && a.lifted == target.lifted && (target.mems == "" || a.mems == target.mems)
+}
+
+// memsList is an exclusive container's own mems as a list.
+func (c *Container) memsList() string {
+	if c.mems == "" {
+		c.mems = c.Mems.String()
+	}
+	return c.mems
+}
+
 // cpuList is an exclusive container's own CPUs as a list (they never change).
 func (c *Container) cpuList() string {
 	if c.cpus == "" {
@@ -791,30 +906,64 @@ func (c *Container) cpuList() string {
 
 // Changes lists the containers (other than skip) whose applied pinning
 // differs from the ledger's, sorted by ID, and records the new pinning as
-// applied: the caller hands them to the runtime.
+// applied: the caller hands them to the runtime. Containers left where
+// they are take part under release-all and on its way out (lists.target).
 func (l *Ledger) Changes(skip string) []Change {
 	out := make([]Change, 0, len(l.containers))
 	want := lists{l: l}
-	for _, c := range l.Containers() {
+	change := func(c *Container, left bool) {
 		if c.ID == skip {
-			continue
+			return
 		}
-		cpus, lift := want.of(c), l.Lifted(c)
-		if c.applied.known && c.applied.cpus == cpus && c.applied.lifted == lift {
-			continue
+		t, moved := want.target(c, left)
+		if !moved || c.has(t) {
+			return
 		}
-		ch := Change{Container: c, CPUs: cpus, Repair: !c.applied.known}
+		ch := Change{Container: c, CPUs: t.cpus, Repair: !c.applied.known}
+		if t.mems != "" && c.applied.mems != t.mems {
+			ch.Mems = t.mems
+		}
 		switch {
-		case lift && !(c.applied.known && c.applied.lifted):
+		case t.lifted && !(c.applied.known && c.applied.lifted):
 			ch.Lift = true
-		case !lift && c.applied.lifted:
+		case !t.lifted && c.applied.lifted:
 			ch.Restore = true
 			ch.Quota, ch.Period = l.originalQuota(c)
 		}
-		c.applied = applied{known: true, cpus: cpus, lifted: lift}
+		if t.mems == "" {
+			t.mems = c.applied.mems
+		}
+		c.applied = t
 		out = append(out, ch)
 	}
+	for _, c := range l.Containers() {
+		change(c, false)
+	}
+	if len(l.quarantine) > 0 {
+		for _, q := range l.quarantined() {
+			change(q, true)
+		}
+		slices.SortFunc(out, func(a, b Change) int { return strings.Compare(a.Container.ID, b.Container.ID) })
+	}
 	return out
+}
+
+// Settled reports whether every container the ledger moves has the
+// pinning it should have, and none has an update failing: what
+// release-all waits for before it reports done (Plugin.ReleaseAll).
+func (l *Ledger) Settled() bool {
+	want := lists{l: l}
+	for _, c := range l.containers {
+		if t, _ := want.target(c, false); !c.has(t) || c.failures > 0 {
+			return false
+		}
+	}
+	for _, q := range l.quarantine {
+		if t, moved := want.target(q, true); moved && !q.has(t) || q.failures > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // originalQuota is the CFS limit to restore: the one the container was
@@ -876,6 +1025,9 @@ func (l *Ledger) Delivered(sent Sent, failed map[string]bool) (stale, gaveUp []s
 	for id, gave := range sent {
 		c, ok := l.containers[id]
 		if !ok {
+			c, ok = l.quarantine[id] // moved by release-all
+		}
+		if !ok {
 			continue
 		}
 		if !failed[id] {
@@ -906,10 +1058,15 @@ func (l *Ledger) Delivered(sent Sent, failed map[string]bool) (stale, gaveUp []s
 	return stale, gaveUp
 }
 
-// Applied records the pinning a container was given or was found with.
+// Applied records the pinning a container was given or was found with;
+// its mems are taken to be its own (an exclusive container's alloc-status
+// mems) until the plugin or the runtime says otherwise.
 func (l *Ledger) Applied(id string, cpus cpuset.CPUSet, lifted bool) {
 	if c, ok := l.containers[id]; ok {
 		c.applied = applied{known: true, cpus: cpus.String(), lifted: lifted}
+		if c.Class == Exclusive && !c.Mems.IsEmpty() {
+			c.applied.mems = c.memsList()
+		}
 	}
 }
 

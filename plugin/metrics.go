@@ -20,6 +20,7 @@ type Metrics struct {
 	conflicts        prometheus.Counter
 	overLimit        prometheus.Gauge
 	quarantined      prometheus.Gauge
+	releaseAll       prometheus.Gauge
 }
 
 // NewMetrics registers the plugin's metrics in a new registry (with the Go
@@ -40,7 +41,7 @@ func NewMetrics() *Metrics {
 			Name: "corepin_nri_containers", Help: "Containers the plugin tracks, by class."}, []string{"class"}),
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "corepin_nri_container_updates_total",
-			Help: "Container updates issued, by why: shrink (exclusive created), grow (exclusive gone), release, restore, repair (synchronize or drift)."},
+			Help: "Container updates issued, by why: shrink (exclusive created), grow (exclusive gone), release, restore, repair (synchronize or drift), release-all."},
 			[]string{"reason"}),
 		driftCorrections: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "corepin_nri_drift_corrections_total", Help: "Containers whose actual cpuset differed from the ledger's and were corrected."}),
@@ -54,9 +55,12 @@ func NewMetrics() *Metrics {
 		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "corepin_nri_quarantined_cpus",
 			Help: "CPUs of containers left running where they are at synchronize (a conflict, or pinned under annotations that no longer say so): kept out of the shared pool until they stop."}),
+		releaseAll: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "corepin_nri_release_all",
+			Help: "1 while the node's corepin.io/release-all is set (corepin being uninstalled: nothing is pinned), else 0."}),
 	}
 	m.Registry.MustRegister(m.handler, m.sharedPool, m.exclusiveHeld, m.containers, m.updates, m.driftCorrections, m.refusals, m.conflicts,
-		m.overLimit, m.quarantined,
+		m.overLimit, m.quarantined, m.releaseAll,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -72,6 +76,10 @@ func (m *Metrics) state(l *Ledger) {
 	m.exclusiveHeld.Set(float64(c.E))
 	m.overLimit.Set(float64(max(0, c.E-c.ExclusiveLimit)))
 	m.quarantined.Set(float64(l.Quarantined().Size()))
+	m.releaseAll.Set(0)
+	if l.releaseAll {
+		m.releaseAll.Set(1)
+	}
 	counts := map[Class]int{}
 	for _, c := range l.containers {
 		counts[c.Class]++

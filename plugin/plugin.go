@@ -48,6 +48,13 @@ type Plugin struct {
 	baseLimits corepin.Limits
 	// health is the NRI connection's state for the probes.
 	health *health
+	// synced: a Synchronize has built the ledger from the runtime's
+	// containers (release-all is not done before). inFlight counts
+	// unsolicited batches sent but not yet answered.
+	synced   bool
+	inFlight int
+	// releaseChanged tells the release-all reporter to look again.
+	releaseChanged chan struct{}
 }
 
 // New returns a plugin over a ledger. metrics may be nil.
@@ -56,7 +63,8 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 		metrics = NewMetrics()
 	}
 	p := &Plugin{ledger: ledger, log: log, metrics: metrics, pods: map[string]Pod{},
-		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits(), health: newHealth(time.Now)}
+		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits(), health: newHealth(time.Now),
+		releaseChanged: make(chan struct{}, 1)}
 	p.changed()
 	return p
 }
@@ -88,6 +96,7 @@ func (p *Plugin) changed() {
 		p.lastPool = pool
 		notify(p.poolChanged)
 	}
+	notify(p.releaseChanged)
 }
 
 // PendingUpdates returns the updates that bring every container to what
@@ -127,10 +136,14 @@ func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	p.mu.Lock()
 	updates, changes := p.updates("", "grow", true)
 	batch := sentOf(changes)
+	if len(updates) > 0 {
+		p.inFlight++ // release-all is not done while a batch is unanswered
+	}
 	p.mu.Unlock()
 	if len(updates) == 0 {
 		return 0, 0, nil
 	}
+	defer notify(p.releaseChanged)
 	failedUpdates, err := send(updates)
 	failed := map[string]bool{}
 	for _, u := range failedUpdates {
@@ -146,6 +159,7 @@ func (p *Plugin) PushPending(send UpdateFunc) (sent, failedN int, err error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.inFlight--
 	stale, gaveUp := p.ledger.Delivered(batch, failed)
 	for _, id := range gaveUp {
 		c, _ := p.ledger.Container(id)
@@ -222,6 +236,9 @@ func (p *Plugin) ForgetRelease(namespace, name, uid string) {
 func (p *Plugin) CheckDrift(read func(*Container) (cpuset.CPUSet, error)) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.ledger.ReleaseAll() {
+		return 0 // nothing is enforced while corepin is being uninstalled
+	}
 	drifted := 0
 	for _, c := range p.ledger.Containers() {
 		if !c.applied.known || c.CgroupsPath == "" {
@@ -299,6 +316,26 @@ func amount(c *api.Container) int64 {
 	return 0
 }
 
+// currentMems is a container's cpuset.mems as the runtime reports it, as
+// a normalised Linux list ("" when it reports none).
+func currentMems(c *api.Container) string {
+	set, err := corepin.ParseCPUList(c.GetLinux().GetResources().GetCpu().GetMems())
+	if err != nil || set.IsEmpty() {
+		return ""
+	}
+	return set.String()
+}
+
+// foundLeft records where a container left where it is was found, for
+// release-all to move it and put it back.
+func foundLeft(q *Container, c *api.Container) {
+	q.leftMems = currentMems(c)
+	if cur, ok := currentCPUs(c); ok {
+		q.left = cur.String()
+		q.applied = applied{known: true, cpus: q.left, mems: q.leftMems}
+	}
+}
+
 func currentCPUs(c *api.Container) (cpuset.CPUSet, bool) {
 	list := c.GetLinux().GetResources().GetCpu().GetCpus()
 	if list == "" {
@@ -346,9 +383,10 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	defer p.metrics.observe("Synchronize", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	release := p.ledger.release
+	release, releaseAll := p.ledger.release, p.ledger.releaseAll
 	p.ledger = NewLedger(p.ledger.cfg, p.ledger.topo)
-	p.ledger.release = release // the API server's view survives a reconnect
+	// The API server's view survives a reconnect.
+	p.ledger.release, p.ledger.releaseAll = release, releaseAll
 	p.pods = map[string]Pod{}
 	for _, sb := range pods {
 		pod := podOf(sb)
@@ -399,6 +437,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			// Its CPUs conflict with a container kept before it: it keeps
 			// running on them, so none of them goes to anybody else.
 			p.ledger.Quarantine(c.GetId(), classified)
+			foundLeft(classified, c)
 			p.metrics.conflicts.Inc()
 			p.log.Error("Conflict at synchronize: container left where it is, its CPUs kept out of the shared pool", "pod", pod.Key(),
 				"container", c.GetName(), "cpus", classified.CPUs.String(), "err", err)
@@ -417,6 +456,9 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		}
 		if cur, ok := currentCPUs(c); ok {
 			p.ledger.Applied(c.GetId(), cur, lifted)
+			if mems := currentMems(c); mems != "" && classified.applied.mems != "" {
+				classified.applied.mems = mems // widened by release-all, say
+			}
 		} else {
 			classified.applied.lifted = lifted // the cpuset is repaired; the quota restored if due
 		}
@@ -433,12 +475,18 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 			q := &Container{Pod: pod, Name: c.GetName(), Class: Exclusive, CPUs: cur, Mems: cpuset.New()}
 			describe(q, c)
 			p.ledger.Quarantine(c.GetId(), q)
+			foundLeft(q, c)
 			p.log.Error("Container at synchronize not tracked: left where it is, its CPUs kept out of the shared pool", "pod", pod.Key(),
 				"container", c.GetName(), "cpus", cur.String(), "err", u.err)
 			p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops (its CPUs "+
 				cur.String()+" are kept out of the shared pool): "+u.err.Error())
 			continue
 		}
+		// Recorded all the same, claiming nothing: release-all moves it.
+		q := &Container{Pod: pod, Name: c.GetName(), Class: Shared, Mems: cpuset.New()}
+		describe(q, c)
+		p.ledger.Leave(c.GetId(), q)
+		foundLeft(q, c)
 		p.log.Error("Container at synchronize not tracked: left where it is", "pod", pod.Key(), "container", c.GetName(), "err", u.err)
 		p.event(pod, "CorepinConflict", "container left on its CPUs, not tracked by corepin until it stops: "+u.err.Error())
 	}
@@ -449,6 +497,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		p.nodeEvent("CorepinOverExclusiveLimit", msg)
 	}
 	updates, _ := p.updates("", "repair", false)
+	p.synced = true
 	p.changed()
 	p.health.synchronized()
 	p.log.Info("Synchronized", "containers", len(p.ledger.containers), "quarantined", p.ledger.Quarantined().String(),
@@ -468,6 +517,9 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	defer p.mu.Unlock()
 	pod := podOf(sb)
 	p.pods[sb.GetId()] = pod
+	if p.ledger.ReleaseAll() {
+		return p.createReleasedAll(pod, sb, c), nil, nil
+	}
 	classified, err := p.ledger.Classify(pod, c.GetName(), amount(c))
 	if err == nil {
 		describe(classified, c)
@@ -568,6 +620,13 @@ func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
 // delivery check, and building that record on every CreateContainer cost
 // 16 KB).
 func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.ContainerUpdate, []Change) {
+	if p.ledger.ReleaseAll() && !unsolicited {
+		// Under release-all every move goes through the plugin's own
+		// goroutine, whose updates the runtime confirms: done is reported
+		// on that, never on a handler's reply.
+		notify(p.pending)
+		return nil, nil
+	}
 	changes := p.ledger.Changes(skip)
 	if len(changes) == 0 {
 		return nil, nil
@@ -583,7 +642,7 @@ func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.Containe
 	)
 	counts := map[string]int{}
 	for i, ch := range changes {
-		cpus[i].Cpus = ch.CPUs
+		cpus[i].Cpus, cpus[i].Mems = ch.CPUs, ch.Mems
 		resources[i].Cpu = &cpus[i]
 		linux[i].Resources = &resources[i]
 		u := &updates[i]
@@ -603,6 +662,9 @@ func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.Containe
 		}
 		if ch.Repair {
 			why = "repair"
+		}
+		if p.ledger.ReleaseAll() {
+			why = "release-all"
 		}
 		counts[why]++
 		out[i] = u
@@ -632,7 +694,7 @@ func (p *Plugin) SetTopology(src corepin.Topology) error {
 		return fmt.Errorf("not a compatible grow (%w): enforcing the previous topology until the plugin restarts", err)
 	}
 	l := NewLedger(old.cfg, topo)
-	l.release, l.granted = old.release, old.granted
+	l.release, l.granted, l.releaseAll = old.release, old.granted, old.releaseAll
 	for _, c := range old.Containers() {
 		if err := l.AdmitExisting(c.ID, c); err != nil {
 			l.Quarantine(c.ID, c) // cannot happen on a grow; never free its CPUs
