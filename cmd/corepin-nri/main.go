@@ -36,6 +36,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == releaseAllCommand {
+		os.Exit(releaseAllMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	o, err := load(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "corepin-nri:", err)
@@ -111,10 +114,14 @@ func run(log *slog.Logger, o options) error {
 		topo.OnChange = p.SetTopology
 		go topo.Run(ctx)
 		// The node's corepin.io/node-policy changes the capacity formula
-		// as it does the extender's.
+		// as it does the extender's; its corepin.io/release-all (an
+		// uninstall) is read before the first Synchronize too, so a plugin
+		// restarted meanwhile pins nothing back.
+		released := plugin.NewReleaseAllReporter(client, o.NodeName, p, log)
+		go released.Run(ctx)
 		nodeSynced := make(chan struct{})
 		go func() {
-			plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log), topo.NodeHandler())
+			plugin.WatchNode(ctx, client, o.NodeName, log, p.NodePolicyHandler(log), topo.NodeHandler(), released.NodeHandler())
 			close(nodeSynced)
 		}()
 		go plugin.PublishSharedPool(ctx, client, o.NodeName, p, o.PublishDebounce, log)
@@ -131,7 +138,7 @@ func run(log *slog.Logger, o options) error {
 		for _, w := range []struct {
 			synced <-chan struct{}
 			what   string
-		}{{nodeSynced, "The node's corepin.io/node-policy is not read yet; enforcing with the settings' limits until it is"},
+		}{{nodeSynced, "The node's corepin.io/node-policy and corepin.io/release-all are not read yet; enforcing with the settings' limits until they are"},
 			{podsSynced, "The pods of this node are not listed yet; enforcing without their release switches until they are"}} {
 			select {
 			case <-w.synced:
