@@ -89,7 +89,9 @@ up() {
   kind create cluster --name "$name" --image "$image" --config "$config" --kubeconfig "$kubeconfig" --wait 120s ||
     fail "kind create cluster"
   export KUBECONFIG=$kubeconfig
-  wait_for "all three nodes Ready" 180 all_nodes_ready
+  if ! (for ((i = 0; i < 90; i++)); do all_nodes_ready && exit 0; sleep 2; done; exit 1); then
+    fail "nodes not Ready after 180s: $(kubectl --kubeconfig "$kubeconfig" get nodes --no-headers 2>&1 | awk '$2 != "Ready" {printf "%s (%s) ", $1, $2}')"
+  fi
   make -s images >/dev/null
   go run ./hack/images --bin bin --out bin/images --local >/dev/null
   for image in corepin-nri corepin-extender workload; do
