@@ -16,7 +16,7 @@ cache=${COREPIN_CACHE:-$HOME/.cache/corepin}
 log() { echo "kind-image: $*" >&2; }
 
 kind_version=${KIND_VERSION:-v0.33.0}
-kube_version=$(cd hack/tools/kube && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+kube_version=${KUBERNETES_VERSION:-$(cd hack/tools/kube && go list -m -f '{{.Version}}' k8s.io/kubernetes)}
 ctrd_version=${CONTAINERD_VERSION:-$(cd hack/tools/containerd && go list -m -f '{{.Version}}' github.com/containerd/containerd/v2)}
 etcd_version=$(cd hack/tools/etcd && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
 coredns_version=$(cd hack/tools/coredns && go list -m -f '{{.Version}}' github.com/coredns/coredns)
@@ -46,14 +46,17 @@ command -v mmdebstrap >/dev/null || {
 }
 
 # The tags kubeadm will ask for: the images must be there under exactly
-# these names, or the node would try to pull.
+# these names, or the node would try to pull. etcd and CoreDNS are tagged
+# with what they are; where kubeadm's defaults differ (another Kubernetes
+# than the tools pin), hack/kind.sh sets kubeadm's imageTag for them.
 declare -A tag
 while read -r ref; do
   name=${ref%:*}
   tag[${name##*/}]=${ref##*:}
 done < <("$kube_bin/kubeadm" config images list --kubernetes-version "$kube_version")
-[ "${tag[etcd]%%-*}" = "${etcd_version#v}" ] || log "note: kubeadm deploys etcd ${tag[etcd]}, the image holds etcd $etcd_version"
-[ "${tag[coredns]}" = "$coredns_version" ] || log "note: kubeadm deploys coredns ${tag[coredns]}, the image holds coredns $coredns_version"
+etcd_tag=${etcd_version#v}-0
+[ "${tag[etcd]}" = "$etcd_tag" ] || log "note: kubeadm $kube_version deploys etcd ${tag[etcd]} by default; the image holds $etcd_tag (kind.sh sets etcd.local.imageTag)"
+[ "${tag[coredns]}" = "$coredns_version" ] || log "note: kubeadm $kube_version deploys coredns ${tag[coredns]} by default; the image holds $coredns_version (kind.sh sets dns.imageTag)"
 
 # Debian roots, cached: the node's, and kube-proxy's (iptables and friends).
 rootfs_dir=$cache/kind-rootfs-bookworm-1
@@ -72,9 +75,9 @@ fi
 
 work=$(mktemp -d /var/tmp/corepin-kind-image.XXXXXX)
 ctrd_pid=""
-cleanup() {
-  [ -n "$ctrd_pid" ] && { kill "$ctrd_pid" 2>/dev/null; wait "$ctrd_pid" 2>/dev/null || true; }
-  grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+cleanup() { # runs under set -e: nothing in it may fail, or the script's status is lost
+  if [ -n "$ctrd_pid" ]; then kill "$ctrd_pid" 2>/dev/null || true; wait "$ctrd_pid" 2>/dev/null || true; fi
+  { grep -o " $work[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -176,7 +179,7 @@ chroot "$root" systemctl mask systemd-binfmt.service >/dev/null 2>&1
 
 log "images kubeadm deploys, in the public layout"
 go run ./hack/images --bin bin --out "$work/images" --kind --kube-bin "$kube_bin" --kube-version "$kube_version" \
-  --etcd "$etcd_bin/etcd" --etcd-tag "${tag[etcd]}" --coredns "$coredns_bin/coredns" --coredns-tag "${tag[coredns]}" \
+  --etcd "$etcd_bin/etcd" --etcd-tag "$etcd_tag" --coredns "$coredns_bin/coredns" --coredns-tag "$coredns_version" \
   --pause-tag "${tag[pause]}" --proxy-base "$rootfs_dir/kube-proxy-base.tar" >/dev/null
 # Imported into the node's own containerd store, pinned, the way kind's
 # node-image build leaves them; containerd runs here on that store.

@@ -19,7 +19,7 @@ name=${KIND_CLUSTER:-corepin}
 kubeconfig=${KIND_KUBECONFIG:-$repo/bin/kind.kubeconfig}
 install_with=${COREPIN_INSTALL:-helm}
 kind_version=${KIND_VERSION:-v0.33.0}
-kube_version=$(cd hack/tools/kube && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+kube_version=${KUBERNETES_VERSION:-$(cd hack/tools/kube && go list -m -f '{{.Version}}' k8s.io/kubernetes)}
 helm_version=$(cd hack/tools/helm 2>/dev/null && go list -m -f '{{.Version}}' helm.sh/helm/v3 2>/dev/null || true)
 export PATH=$cache/kind-$kind_version/bin:$cache/kube-$kube_version/bin:$cache/helm-$helm_version/bin:$PATH
 log() { echo "kind: $*" >&2; }
@@ -83,7 +83,14 @@ up() {
     # The image built here carries its own pod network (no kindnetd offline).
     config=$repo/bin/kind-cluster.yaml
     mkdir -p bin
-    { cat deploy/kind/kind-cluster.yaml; echo "networking: {disableDefaultCNI: true, kubeProxyMode: iptables}"; } > "$config"
+    # and its etcd and CoreDNS under the tags of what they are.
+    local etcd_version coredns_version
+    etcd_version=$(cd hack/tools/etcd && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+    coredns_version=$(cd hack/tools/coredns && go list -m -f '{{.Version}}' github.com/coredns/coredns)
+    printf '%s\n' "- |" "  kind: ClusterConfiguration" "  etcd: {local: {imageTag: \"${etcd_version#v}-0\"}}" \
+      "  dns: {imageTag: \"$coredns_version\"}" > bin/kind-kubeadm-patch.yaml
+    { sed '/^kubeadmConfigPatches:/r bin/kind-kubeadm-patch.yaml' deploy/kind/kind-cluster.yaml
+      echo "networking: {disableDefaultCNI: true, kubeProxyMode: iptables}"; } > "$config"
   fi
   log "creating cluster $name from $image"
   kind create cluster --name "$name" --image "$image" --config "$config" --kubeconfig "$kubeconfig" --wait 120s ||
@@ -115,7 +122,7 @@ install() {
       # the release in it, so it is created first and adopted.
       kubectl create namespace corepin-system >/dev/null || fail "kubectl create namespace corepin-system"
       helm install corepin deploy/chart/corepin --namespace corepin-system --take-ownership \
-        --wait --timeout 180s ${COREPIN_HELM_ARGS:-} >/dev/null || fail "helm install"
+        --set images.kubeScheduler.tag="$kube_version" --wait --timeout 180s ${COREPIN_HELM_ARGS:-} >/dev/null || fail "helm install"
       ;;
     kustomize)
       kubectl apply -k deploy/ >/dev/null || fail "kubectl apply -k deploy/"

@@ -53,8 +53,24 @@ build cni cni github.com/containernetworking/plugins "-s -w" \
   github.com/containernetworking/plugins/plugins/main/ptp \
   github.com/containernetworking/plugins/plugins/ipam/host-local \
   github.com/containernetworking/plugins/plugins/meta/portmap
-kube_version=$(version_of kube k8s.io/kubernetes)
-build kube kube k8s.io/kubernetes "$(kube_ldflags VERSION)" \
+# KUBERNETES_VERSION=vX builds another Kubernetes than the module pins (for
+# the kind bed on the oldest supported release): a copy of the module whose
+# staging replaces follow that version's own go.mod.
+kube_dir=kube
+if [ -n "${KUBERNETES_VERSION:-}" ] && [ "$KUBERNETES_VERSION" != "$(version_of kube k8s.io/kubernetes)" ]; then
+  kube_dir=$(mktemp -d)
+  trap 'rm -rf "$kube_dir"' EXIT
+  gomod=$(cd kube && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  staging=v0.${KUBERNETES_VERSION#v1.}
+  {
+    printf 'module corepin-tools-kube\n\ngo 1.26\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$KUBERNETES_VERSION"
+    grep '=> ./staging' "$gomod" | awk -v v="$staging" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } > "$kube_dir/go.mod"
+  cp kube/tools.go "$kube_dir/"
+  (cd "$kube_dir" && go mod tidy) >/dev/null
+fi
+build kube "$kube_dir" k8s.io/kubernetes "$(kube_ldflags VERSION)" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubelet \
   k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl
