@@ -41,7 +41,7 @@ type releaseAllOptions struct {
 
 // releaseAllMain runs `corepin-nri release-all` and returns its exit code.
 func releaseAllMain(args []string, stdout, stderr io.Writer) int {
-	o := releaseAllOptions{namespace: defaultNamespace(), interval: 2 * time.Second}
+	o := releaseAllOptions{namespace: defaultNamespace(), interval: time.Second}
 	fs := flag.NewFlagSet("corepin-nri "+releaseAllCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for the API server (default: the in-cluster config)")
