@@ -20,10 +20,12 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -59,6 +61,35 @@ const checksumAnnotation = "checksum/config"
 // keepPolicy is on the Namespace: `helm uninstall` keeps it, with the
 // release records Helm stores in it.
 const keepPolicy = "helm.sh/resource-policy"
+
+// hookAnnotation marks Helm hook resources. They are chart-only (deploy/
+// has no uninstall hook: its users set corepin.io/release-all themselves),
+// so the comparison with deploy/ expects exactly releaseAllHooks among
+// them, and only in the chart.
+const hookAnnotation = "helm.sh/hook"
+
+var releaseAllHooks = []string{
+	key("ClusterRole", "", "corepin-release-all"),
+	key("ClusterRoleBinding", "", "corepin-release-all"),
+	key("Job", namespace, "corepin-release-all"),
+	key("Job", namespace, "corepin-release-all-clear"),
+	key("Role", namespace, "corepin-release-all"),
+	key("RoleBinding", namespace, "corepin-release-all"),
+	key("ServiceAccount", namespace, "corepin-release-all"),
+}
+
+// hooks removes the hook resources from objs and returns their keys, sorted.
+func hooks(objs objects) []string {
+	var out []string
+	for k, obj := range objs {
+		if _, ok := nested(obj, "metadata", "annotations")[hookAnnotation]; ok {
+			out = append(out, k)
+			delete(objs, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // helmBin is $HELM. Unset or missing fails the test: a chart test that
 // skips itself would pass without having looked at the chart.
@@ -225,12 +256,19 @@ func TestLint(t *testing.T) {
 
 // TestDefaultsRenderDeploy: `helm template` with default values renders the
 // objects of `kubectl apply -k deploy/`, object by object and field by
-// field, ignoring only the labels in helmAdded and the checksum annotation.
+// field, ignoring only the labels in helmAdded and the checksum annotation,
+// plus the release-all hooks, which only the chart has.
 // Embedded configuration files (ConfigMap keys ending .yaml) are compared
 // as the YAML they hold, not as text.
 func TestDefaultsRenderDeploy(t *testing.T) {
 	want := kustomize(t)
 	got := rendered(t, "")
+	if h := hooks(want); len(h) > 0 {
+		t.Errorf("deploy/ has Helm hooks: %v", h)
+	}
+	if h := hooks(got); !slices.Equal(h, releaseAllHooks) {
+		t.Errorf("the chart's hooks %q, want %q", h, releaseAllHooks)
+	}
 	for k, obj := range got {
 		stripHelm(t, k, obj)
 	}
@@ -621,6 +659,70 @@ scheduler:
 			}
 		},
 	}, {
+		name:   "release-all hooks",
+		values: `uninstall: {timeout: 4m}`,
+		check: func(t *testing.T, objs objects) {
+			weight := func(k string) int {
+				w, err := strconv.Atoi(fmt.Sprint(nested(objs[k], "metadata", "annotations")["helm.sh/hook-weight"]))
+				if err != nil {
+					t.Errorf("%s: hook-weight: %v", k, err)
+				}
+				return w
+			}
+			for _, k := range releaseAllHooks {
+				ann := nested(objs[k], "metadata", "annotations")
+				if ann["helm.sh/hook-delete-policy"] != "before-hook-creation,hook-succeeded" {
+					t.Errorf("%s: hook-delete-policy %v", k, ann["helm.sh/hook-delete-policy"])
+				}
+				if !strings.HasPrefix(k, "Job/") && (ann[hookAnnotation] != "pre-install,pre-upgrade,pre-delete" || weight(k) >= weight(key("Job", namespace, "corepin-release-all"))) {
+					t.Errorf("%s: hook %v weight %d: want it before both Jobs, in all their events", k, ann[hookAnnotation], weight(k))
+				}
+			}
+			for name, want := range map[string]struct {
+				events string
+				args   []string
+			}{
+				"corepin-release-all":       {"pre-delete", []string{"release-all", "--namespace=" + namespace, "--selector=app.kubernetes.io/name=corepin-nri", "--timeout=4m"}},
+				"corepin-release-all-clear": {"pre-install,pre-upgrade", []string{"release-all", "--namespace=" + namespace, "--clear"}},
+			} {
+				k := key("Job", namespace, name)
+				if ev := nested(objs[k], "metadata", "annotations")[hookAnnotation]; ev != want.events {
+					t.Errorf("%s: hook %v, want %s", k, ev, want.events)
+				}
+				var job batchv1.Job
+				into(t, objs, k, &job)
+				spec := job.Spec.Template.Spec
+				c := container(t, spec, "release-all")
+				if !slices.Equal(c.Args, want.args) || c.Image != "corepin/corepin-nri:dev" || spec.ServiceAccountName != "corepin-release-all" {
+					t.Errorf("%s: %s %q as %s", k, c.Image, c.Args, spec.ServiceAccountName)
+				}
+				// The pre-delete selector is the DaemonSet's.
+				if sel := daemonSet(t, objs).Spec.Selector.MatchLabels; name == "corepin-release-all" && !slices.Contains(c.Args, "--selector=app.kubernetes.io/name="+sel["app.kubernetes.io/name"]) {
+					t.Errorf("%s selects other pods than the DaemonSet's %v", k, sel)
+				}
+			}
+		},
+	}, {
+		// helm upgrade --reuse-values from a chart without uninstall.*
+		// keeps the old values: none of these.
+		name:   "release-all hooks without uninstall values",
+		values: `uninstall: null`,
+		check: func(t *testing.T, objs objects) {
+			var job batchv1.Job
+			into(t, objs, key("Job", namespace, "corepin-release-all"), &job)
+			if args := job.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--timeout=120s") {
+				t.Errorf("pre-delete Job args %q: want the default --timeout=120s", args)
+			}
+		},
+	}, {
+		name:   "release-all hooks off",
+		values: `uninstall: {releaseAll: false}`,
+		check: func(t *testing.T, objs objects) {
+			if h := hooks(objs); len(h) != 0 {
+				t.Errorf("hooks rendered: %v", h)
+			}
+		},
+	}, {
 		name:   "optional objects off",
 		values: `{dashboard: {enabled: false}, admissionPolicy: {enabled: false}, namespace: {create: false}}`,
 		check: func(t *testing.T, objs objects) {
@@ -667,6 +769,7 @@ func TestRefused(t *testing.T) {
 		`nodePlugin: {reservedCpus: "0 1"}`:                                         "reservedCpus",
 		`schedulerName: Corepin_Scheduler`:                                          "schedulerName",
 		`nodePlugins: {}`:                                                           "nodePlugins",
+		`uninstall: {timeout: soon}`:                                                "timeout",
 	} {
 		out, err := template(t, values)
 		if err == nil {
