@@ -517,7 +517,26 @@ func TestMultiNode(t *testing.T) {
 		c.waitRunning(t, "web-c")
 	})
 
-	t.Run("helm uninstall leaves the pods running; the documented reset unpins them", func(t *testing.T) {
+	t.Run("helm uninstall gives every container the whole node and restarts no pod", func(t *testing.T) {
+		online := map[string]cpuset.CPUSet{}
+		pinned := 0
+		for _, node := range c.workers(t) {
+			set, err := cpuset.Parse(strings.TrimSpace(docker(t, "exec", node, "cat", "/sys/devices/system/cpu/online")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			online[node] = set
+			for _, got := range nodeContainers(t, node) {
+				if !got.Equals(set) {
+					pinned++
+				}
+			}
+		}
+		if pinned == 0 {
+			t.Fatal("no container is pinned before the uninstall: nothing to check")
+		}
+		// No reset: the chart's pre-delete hook has every node's plugin
+		// release every container before the plugin goes.
 		helm(t, "uninstall", "corepin", "--namespace", "corepin-system", "--wait", "--timeout", "180s")
 		framework.Eventually(t, 120*time.Second, "corepin's DaemonSet and Deployment gone", func() (bool, error) {
 			ds, err := c.client.AppsV1().DaemonSets("corepin-system").List(context.Background(), metav1.ListOptions{})
@@ -532,21 +551,18 @@ func TestMultiNode(t *testing.T) {
 				t.Fatalf("%s was recreated or restarted by the uninstall", name)
 			}
 		}
-		// What docs/operations.md "Reset the cpusets" does, on each worker
-		// (kind's kubelets use the systemd cgroup driver).
-		reset := `online=$(cat /sys/devices/system/cpu/online)
-find /sys/fs/cgroup/cpuset/kubelet.slice /sys/fs/cgroup/cpuset/kubepods* -name cpuset.cpus 2>/dev/null | awk -F/ '{print NF, $0}' | sort -n |
-  cut -d' ' -f2- | while read -r f; do echo "$online" > "$f"; done`
 		for _, node := range c.workers(t) {
-			docker(t, "exec", node, "bash", "-c", reset)
-			online := strings.TrimSpace(docker(t, "exec", node, "cat", "/sys/devices/system/cpu/online"))
-			want, err := cpuset.Parse(online)
+			n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
+			if n.Annotations[api.AnnotationReleaseAll] != "true" || n.Annotations[api.AnnotationReleaseAllDone] == "" {
+				t.Errorf("%s: %s=%q %s=%q: want true, and the time its plugin reported it done", node, api.AnnotationReleaseAll,
+					n.Annotations[api.AnnotationReleaseAll], api.AnnotationReleaseAllDone, n.Annotations[api.AnnotationReleaseAllDone])
+			}
 			for name, got := range nodeContainers(t, node) {
-				if !got.Equals(want) {
-					t.Errorf("%s: container %s still on %s after the reset, online %s", node, name, got, want)
+				if !got.Equals(online[node]) {
+					t.Errorf("%s: container %s on %s after helm uninstall, online %s", node, name, got, online[node])
 				}
 			}
 		}
