@@ -8,7 +8,7 @@ export COREPIN_CACHE ?= $(HOME)/.cache/corepin
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build test test-unit test-integration test-e2e test-kind test-chart kind-image kind-up kind-down bench lint demo demo-down deps tools tools-containerd tools-kube tools-kind images images-local clean fuzz
+.PHONY: all build test test-unit test-integration test-e2e test-kind test-kind-oldest test-chart kind-image kind-up kind-down bench lint demo demo-down deps tools tools-containerd tools-kube tools-kind images images-local clean fuzz
 
 all: build
 
@@ -115,6 +115,12 @@ test-kind: kind-image
 	hack/kind.sh down
 	hack/kind.sh up
 	hack/kind.sh test; rc=$$?; hack/kind.sh down; exit $$rc
+
+# The same on the oldest supported Kubernetes (its tools and node image are
+# built and cached beside the default's; not in `make test`, for CI's time).
+KIND_OLDEST_KUBERNETES ?= v1.35.4
+test-kind-oldest:
+	$(MAKE) test-kind KUBERNETES_VERSION=$(KIND_OLDEST_KUBERNETES)
 
 # Packages a fresh Debian machine lacks.
 deps:
