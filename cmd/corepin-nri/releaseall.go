@@ -127,22 +127,29 @@ func releaseAll(ctx context.Context, client kubernetes.Interface, o releaseAllOp
 	slices.Sort(nodes)
 	on := "true"
 	failed := map[string]string{}
+	pending := map[string]bool{}
+	var set []string
+	// A node deleted meanwhile has no container left to release.
+	left := len(nodes)
+	gone := func(node string) {
+		delete(pending, node)
+		left--
+		fmt.Fprintf(out, "%s: the node is gone, nothing to release\n", node)
+	}
 	for _, node := range nodes {
-		if err := annotate(ctx, client, node, map[string]*string{api.AnnotationReleaseAll: &on, api.AnnotationReleaseAllDone: nil}); err != nil {
+		err := annotate(ctx, client, node, map[string]*string{api.AnnotationReleaseAll: &on, api.AnnotationReleaseAllDone: nil})
+		switch {
+		case apierrors.IsNotFound(err):
+			gone(node)
+		case err != nil:
 			failed[node] = "could not be annotated: " + err.Error()
-			if apierrors.IsNotFound(err) {
-				failed[node] = "is gone"
-			}
+		default:
+			pending[node] = true
+			set = append(set, node)
 		}
 	}
 	fmt.Fprintf(out, "%s=true set on %d nodes: %s; waiting up to %s for each to report %s\n",
-		api.AnnotationReleaseAll, len(nodes)-len(failed), strings.Join(nodes, ", "), o.timeout, api.AnnotationReleaseAllDone)
-	pending := map[string]bool{}
-	for _, node := range nodes {
-		if _, bad := failed[node]; !bad {
-			pending[node] = true
-		}
-	}
+		api.AnnotationReleaseAll, len(set), strings.Join(set, ", "), o.timeout, api.AnnotationReleaseAllDone)
 	deadline := time.Now().Add(o.timeout)
 	for {
 		for _, node := range nodes {
@@ -152,8 +159,7 @@ func releaseAll(ctx context.Context, client kubernetes.Interface, o releaseAllOp
 			n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 			switch {
 			case apierrors.IsNotFound(err):
-				delete(pending, node)
-				failed[node] = "is gone"
+				gone(node)
 			case err != nil:
 				// Transient: asked again at the next round.
 			case n.Annotations[api.AnnotationReleaseAllDone] != "":
@@ -174,7 +180,7 @@ func releaseAll(ctx context.Context, client kubernetes.Interface, o releaseAllOp
 		failed[node] = "did not report " + api.AnnotationReleaseAllDone + " within " + o.timeout.String()
 	}
 	if len(failed) == 0 {
-		fmt.Fprintf(out, "all %d nodes released\n", len(nodes))
+		fmt.Fprintf(out, "all %d nodes released\n", left)
 		return nil
 	}
 	var lines []string
@@ -187,7 +193,7 @@ func releaseAll(ctx context.Context, client kubernetes.Interface, o releaseAllOp
 		"Their containers may still be pinned: see each plugin pod's log (kubectl -n %s logs POD). The nodes that reported stay released "+
 		"(nothing is pinned there until %s is removed: helm upgrade does, or kubectl annotate node NODE %s-). "+
 		"helm uninstall --no-hooks uninstalls without this step",
-		len(failed), len(nodes), strings.Join(lines, "\n"), o.namespace, api.AnnotationReleaseAll, api.AnnotationReleaseAll)
+		len(failed), left, strings.Join(lines, "\n"), o.namespace, api.AnnotationReleaseAll, api.AnnotationReleaseAll)
 }
 
 // podState is a pod's phase and readiness, for messages.

@@ -67,6 +67,7 @@ func TestReleaseAllCommand(t *testing.T) {
 				node("node-b", map[string]string{api.AnnotationReleaseAllDone: "2020-01-01T00:00:00Z"}), // stale
 				node("node-c", nil),
 				pluginPod("corepin-nri-a", "node-a", true), pluginPod("corepin-nri-b", "node-b", false),
+				pluginPod("corepin-nri-z", "node-z", false), // its node deleted: nothing to wait for
 				&v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "corepin-system", Name: "scheduler", Labels: map[string]string{"app.kubernetes.io/name": "corepin-scheduler"}},
 					Spec: v1.PodSpec{NodeName: "node-c"}},
 			)
@@ -95,6 +96,12 @@ func TestReleaseAllCommand(t *testing.T) {
 				if got, want := n.Annotations[api.AnnotationReleaseAll], map[string]string{"node-a": "true", "node-b": "true"}[name]; got != want {
 					t.Errorf("%s: release-all %q, want %q", name, got, want)
 				}
+			}
+			if !strings.Contains(out.String(), "node-z: the node is gone, nothing to release") {
+				t.Errorf("output:\n%s", out.String())
+			}
+			if err != nil && strings.Contains(err.Error(), "node-z") {
+				t.Errorf("the error names node-z, which is gone:\n%v", err)
 			}
 			if tc.wantErr == nil && !strings.Contains(out.String(), "all 2 nodes released") {
 				t.Errorf("output:\n%s", out.String())
