@@ -911,41 +911,51 @@ func (c *Container) cpuList() string {
 func (l *Ledger) Changes(skip string) []Change {
 	out := make([]Change, 0, len(l.containers))
 	want := lists{l: l}
-	change := func(c *Container, left bool) {
-		if c.ID == skip {
-			return
-		}
-		t, moved := want.target(c, left)
-		if !moved || c.has(t) {
-			return
-		}
-		ch := Change{Container: c, CPUs: t.cpus, Repair: !c.applied.known}
-		if t.mems != "" && c.applied.mems != t.mems {
-			ch.Mems = t.mems
-		}
-		switch {
-		case t.lifted && !(c.applied.known && c.applied.lifted):
-			ch.Lift = true
-		case !t.lifted && c.applied.lifted:
-			ch.Restore = true
-			ch.Quota, ch.Period = l.originalQuota(c)
-		}
-		if t.mems == "" {
-			t.mems = c.applied.mems
-		}
-		c.applied = t
-		out = append(out, ch)
-	}
 	for _, c := range l.Containers() {
-		change(c, false)
+		if c.ID == skip {
+			continue
+		}
+		if ch, ok := l.change(c, false, &want); ok {
+			out = append(out, ch)
+		}
 	}
 	if len(l.quarantine) > 0 {
 		for _, q := range l.quarantined() {
-			change(q, true)
+			if q.ID == skip {
+				continue
+			}
+			if ch, ok := l.change(q, true, &want); ok {
+				out = append(out, ch)
+			}
 		}
 		slices.SortFunc(out, func(a, b Change) int { return strings.Compare(a.Container.ID, b.Container.ID) })
 	}
 	return out
+}
+
+// change is the Change bringing c to its target, if it needs one, and
+// records the target as applied.
+func (l *Ledger) change(c *Container, left bool, want *lists) (Change, bool) {
+	t, moved := want.target(c, left)
+	if !moved || c.has(t) {
+		return Change{}, false
+	}
+	ch := Change{Container: c, CPUs: t.cpus, Repair: !c.applied.known}
+	if t.mems != "" && c.applied.mems != t.mems {
+		ch.Mems = t.mems
+	}
+	switch {
+	case t.lifted && !(c.applied.known && c.applied.lifted):
+		ch.Lift = true
+	case !t.lifted && c.applied.lifted:
+		ch.Restore = true
+		ch.Quota, ch.Period = l.originalQuota(c)
+	}
+	if t.mems == "" {
+		t.mems = c.applied.mems
+	}
+	c.applied = t
+	return ch, true
 }
 
 // Settled reports whether every container the ledger moves has the

@@ -539,7 +539,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	adjust := &api.ContainerAdjustment{}
 	adjust.SetLinuxCPUSetCPUs(cpus.String())
 	if classified.Class == Exclusive && classified.Mems.Size() > 0 {
-		adjust.SetLinuxCPUSetMems(classified.Mems.String())
+		adjust.SetLinuxCPUSetMems(classified.memsList())
 	}
 	if lifted {
 		adjust.SetLinuxCPUQuota(-1)
