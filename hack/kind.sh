@@ -121,7 +121,11 @@ install() {
       # The chart renders its namespace (Pod Security labels): Helm keeps
       # the release in it, so it is created first and adopted.
       kubectl create namespace corepin-system >/dev/null || fail "kubectl create namespace corepin-system"
-      helm install corepin deploy/chart/corepin --namespace corepin-system --take-ownership \
+      # The chart's previous version, so that the suite's `helm upgrade`
+      # is the one a user makes.
+      local chart; chart=$(previous_chart)
+      log "helm install from $chart"
+      helm install corepin "$chart" --namespace corepin-system --take-ownership \
         --set images.kubeScheduler.tag="$kube_version" --wait --timeout 180s ${COREPIN_HELM_ARGS:-} >/dev/null || fail "helm install"
       ;;
     kustomize)
@@ -129,6 +133,24 @@ install() {
       ;;
     *) log "COREPIN_INSTALL=$install_with: helm or kustomize"; exit 2 ;;
   esac
+}
+
+# previous_chart: deploy/chart/corepin as of the newest commit whose chart
+# version differs from the checkout's, extracted under bin/; the checkout's
+# own chart where there is none (no history, or the first version).
+previous_chart() {
+  local current rev version dest=$repo/bin/chart-previous
+  current=$(awk '/^version:/ {print $2}' deploy/chart/corepin/Chart.yaml)
+  for rev in $(git log --format=%H -- deploy/chart/corepin/Chart.yaml 2>/dev/null); do
+    version=$(git show "$rev:deploy/chart/corepin/Chart.yaml" 2>/dev/null | awk '/^version:/ {print $2}')
+    if [ -n "$version" ] && [ "$version" != "$current" ]; then
+      rm -rf "$dest" && mkdir -p "$dest"
+      git archive "$rev" deploy/chart/corepin | tar -x -C "$dest" --strip-components 2
+      echo "$dest/corepin"
+      return
+    fi
+  done
+  echo "$repo/deploy/chart/corepin"
 }
 
 down() {
