@@ -81,6 +81,8 @@ type cpuAccumulator struct {
 	// it; covered marks the queues this pod already has a CPU in.
 	queueUse []int
 	covered  []bool
+	// quiet: a failure is errNoFit, without a reason (see fits).
+	quiet bool
 }
 
 // newAccumulator prepares an allocation; with list false it only counts,
@@ -198,7 +200,9 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 			total += units
 		}
 	}
-	if app := a.req.Intent.App; app != "" && a.node.apps[app] > 0 {
+	// Which NUMA nodes hold the app only orders those that fit: a quiet
+	// check (feasibility alone) skips it.
+	if app := a.req.Intent.App; app != "" && !a.quiet && a.node.apps[app] > 0 {
 		for i, p := range a.node.owner {
 			if p != nil && p.App == app {
 				sameApp[a.topo.numaOf[i]] = true
@@ -227,6 +231,12 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	}
 	if best >= 0 {
 		return append(chosen, best), nil
+	}
+	if a.quiet {
+		if a.req.Intent.Spec.NUMA == api.NUMARequired || total < a.need {
+			return nil, errNoFit
+		}
+		return chosen, nil // it fits across NUMA nodes; which ones is no question here
 	}
 	if a.req.Intent.Spec.NUMA == api.NUMARequired {
 		most := 0

@@ -60,3 +60,49 @@ func BenchmarkFilterScore5000Nodes(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkVictims is one node of the extender's preemption benchmark: the
+// 256-CPU node with 30 pods (every third exclusive with 4 CPUs, 40 held;
+// the rest shared 500m) and an exclusive limit of 44, candidates in the
+// extender's order (four shared pods before the first exclusive one), for
+// an 8-CPU pod (one victim) and a 12-CPU pod (two), with one VictimSearch
+// reused as the extender does.
+func BenchmarkVictims(b *testing.B) {
+	n := newTestNode(b, "256-cpu")
+	n.Limits.MaxExclusiveRatio = 0.172
+	var shared, exclusive []*Placement
+	for j := 0; j < 30; j++ {
+		key := fmt.Sprintf("pod-%02d", j)
+		if j%3 == 0 {
+			place(b, n, exclusiveReq(key, fmt.Sprintf("app-%d", j), 4, api.AllocSpec{}))
+			p, _ := n.Pod(key)
+			exclusive = append(exclusive, p)
+		} else {
+			place(b, n, sharedReq(key, fmt.Sprintf("app-%d", j), 500))
+			p, _ := n.Pod(key)
+			shared = append(shared, p)
+		}
+	}
+	var cands []*Placement
+	for len(shared)+len(exclusive) > 0 {
+		take := min(4, len(shared))
+		cands = append(cands, shared[:take]...)
+		shared = shared[take:]
+		if len(exclusive) > 0 {
+			cands = append(cands, exclusive[0])
+			exclusive = exclusive[1:]
+		}
+	}
+	for _, tc := range []struct{ k, want int }{{8, 1}, {12, 2}} {
+		b.Run(fmt.Sprintf("%d-CPUs", tc.k), func(b *testing.B) {
+			req := exclusiveReq("urgent", "urgent", tc.k, api.AllocSpec{})
+			var vs VictimSearch
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if v, ok := vs.Victims(n, req, cands); !ok || len(v) != tc.want {
+					b.Fatalf("victims %v (%v), want %d", keysOf(v), ok, tc.want)
+				}
+			}
+		})
+	}
+}

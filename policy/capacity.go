@@ -56,9 +56,14 @@ func floorDiv(a, b int64) int {
 }
 
 // CheckExclusiveCapacity reports whether k more exclusive CPUs fit: E + k <= exclusiveLimit.
-func (n *Node) CheckExclusiveCapacity(k int) error {
+func (n *Node) CheckExclusiveCapacity(k int) error { return n.checkExclusiveCapacity(k, true) }
+
+func (n *Node) checkExclusiveCapacity(k int, explain bool) error {
 	c := n.Capacity()
 	if c.E+k > c.ExclusiveLimit {
+		if !explain {
+			return errNoFit
+		}
 		return fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, k, c.E)
 	}
 	return nil
@@ -67,7 +72,9 @@ func (n *Node) CheckExclusiveCapacity(k int) error {
 // CheckSharedCapacity reports whether a shared pod of amount a (millicores)
 // fits: with S' = S + a and M' = max(M, a), E <= P - h*M' and E <= P - ceil(S'/r).
 // A node without topology is not managed by corepin and takes any shared pod.
-func (n *Node) CheckSharedCapacity(a int64) error {
+func (n *Node) CheckSharedCapacity(a int64) error { return n.checkSharedCapacity(a, true) }
+
+func (n *Node) checkSharedCapacity(a int64, explain bool) error {
 	if n.Topo == nil {
 		return nil
 	}
@@ -75,10 +82,16 @@ func (n *Node) CheckSharedCapacity(a int64) error {
 	s, m := c.S+a, max(c.M, a)
 	h, r := n.Limits.SharedHeadroom, n.Limits.SharedOvercommit
 	if byHeadroom := floorDiv(int64(c.P)*1000-int64(h)*m, 1000); c.E > byHeadroom {
+		if !explain {
+			return errNoFit
+		}
 		return fmt.Errorf("shared headroom too small (needs %s CPUs; %d exclusive CPUs held, %d allowed beside a largest shared pod of %s with headroom %d)",
 			formatMilli(a), c.E, byHeadroom, formatMilli(m), h)
 	}
 	if bySum := c.P - sharedCPUs(s, r); c.E > bySum {
+		if !explain {
+			return errNoFit
+		}
 		return fmt.Errorf("shared pool too small (needs %s CPUs; %d exclusive CPUs held, %d allowed with shared total %s at overcommit %g)",
 			formatMilli(a), c.E, bySum, formatMilli(s), r)
 	}

@@ -1,10 +1,16 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/corepin/corepin/api"
 )
+
+// errNoFit is what the checks return, in place of a reason, when nobody will
+// read the reason: Victims tries many removals on a private copy, and
+// building a message for each failed try cost more than the try itself.
+var errNoFit = errors.New("does not fit")
 
 // Fit runs every hard rule for req on the node and returns the first reason
 // it does not fit, in words a person can act on.
@@ -14,15 +20,25 @@ func (n *Node) Fit(req Request) error {
 
 // Check runs the named filters (api.Filter*) in order.
 func (n *Node) Check(req Request, filters []string) error {
+	return n.check(req, filters, true)
+}
+
+// fits is Fit without the reason.
+func (n *Node) fits(req Request) bool {
+	return n.check(req, api.AllFilters, false) == nil
+}
+
+// check runs the filters; with explain false a failure is errNoFit.
+func (n *Node) check(req Request, filters []string, explain bool) error {
 	for _, f := range filters {
 		var err error
 		switch f {
 		case api.FilterTopology:
-			err = n.CheckTopology(req)
+			err = n.checkTopology(req, explain)
 		case api.FilterCapacity:
-			err = n.CheckCapacity(req)
+			err = n.checkCapacity(req, explain)
 		case api.FilterAppSpread:
-			err = n.CheckAppSpread(req)
+			err = n.checkAppSpread(req, explain)
 		case api.FilterIOQueue:
 			err = n.CheckIOQueue(req)
 		default:
@@ -37,37 +53,49 @@ func (n *Node) Check(req Request, filters []string) error {
 
 // CheckTopology reports whether the node's topology can give an exclusive
 // pod its CPUs under its cpu and numa policies. Shared pods always pass.
-func (n *Node) CheckTopology(req Request) error {
+func (n *Node) CheckTopology(req Request) error { return n.checkTopology(req, true) }
+
+func (n *Node) checkTopology(req Request, explain bool) error {
 	if !req.Exclusive() {
 		return nil
 	}
 	switch {
+	case !explain && (n.Attention != "" || n.Topo == nil):
+		return errNoFit
 	case n.Attention != "":
 		return fmt.Errorf("node needs attention, no new exclusive pods: %s", n.Attention)
 	case n.Topo == nil:
 		return fmt.Errorf("node has no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
 	}
 	acc := newAccumulator(n, req, false)
+	acc.quiet = !explain
 	var buf [8]int
 	_, err := acc.chooseNUMANodes(buf[:0])
 	return err
 }
 
 // CheckCapacity applies the capacity formula of contract section 4.
-func (n *Node) CheckCapacity(req Request) error {
+func (n *Node) CheckCapacity(req Request) error { return n.checkCapacity(req, true) }
+
+func (n *Node) checkCapacity(req Request, explain bool) error {
 	if req.Exclusive() {
-		if n.Topo == nil {
+		switch {
+		case n.Topo == nil && !explain:
+			return errNoFit
+		case n.Topo == nil:
 			return fmt.Errorf("node has no %s annotation, so no exclusive capacity", api.AnnotationTopology)
 		}
-		return n.CheckExclusiveCapacity(req.ExclusiveCPUs())
+		return n.checkExclusiveCapacity(req.ExclusiveCPUs(), explain)
 	}
-	return n.CheckSharedCapacity(req.SharedMilli())
+	return n.checkSharedCapacity(req.SharedMilli(), explain)
 }
 
 // CheckAppSpread applies max-per-node: at most N pods of one app on the node,
 // where N is the smallest limit among the incoming pod and the same-app pods
 // already there.
-func (n *Node) CheckAppSpread(req Request) error {
+func (n *Node) CheckAppSpread(req Request) error { return n.checkAppSpread(req, true) }
+
+func (n *Node) checkAppSpread(req Request, explain bool) error {
 	app := req.Intent.App
 	if app == "" {
 		return nil
@@ -87,6 +115,9 @@ func (n *Node) CheckAppSpread(req Request) error {
 		}
 	}
 	if limit > 0 && count >= limit {
+		if !explain {
+			return errNoFit
+		}
 		return fmt.Errorf("max-per-node %d reached for app %q (%d on the node)", limit, app, count)
 	}
 	return nil

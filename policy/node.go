@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
@@ -27,6 +28,16 @@ type Placement struct {
 	SharedMilli int64
 	// MaxPerNode is the pod's own max-per-node limit, 0 for none.
 	MaxPerNode int
+	// Priority is the pod's spec.priority (0 when unset): preemption takes
+	// only pods of a lower priority than the preemptor's (Victims).
+	Priority int32
+	// Terminating marks a pod being deleted: it holds its CPUs until it is
+	// gone, which the extender confirms with the API server for the node
+	// a preemptor waits for.
+	Terminating bool
+	// UID is the pod's UID where Key is not (the extender's placements),
+	// so that a preemption answer can name the pod to kube-scheduler.
+	UID types.UID
 }
 
 // name is how messages name the pod.
@@ -67,6 +78,9 @@ type Node struct {
 	held  int   // E
 	sumS  int64 // S, millicores
 	maxS  int64 // M, millicores
+	// maxCount is how many pods have SharedMilli == maxS: M is recomputed
+	// only when the last of them goes.
+	maxCount int
 	// apps counts the pods of each app, for max-per-node.
 	apps map[string]int
 	// free summarises, per NUMA node, what filters need without a scan of
@@ -76,6 +90,10 @@ type Node struct {
 	// which saves a cache miss per node when thousands are filtered.
 	free    []numaSummary
 	freeBuf [4]numaSummary
+	// lazy marks a private copy (Victims' scratch node): Add and Remove
+	// only mark the summary stale (dirty) and its owner rebuilds it before
+	// reading. Nodes others read concurrently are never lazy.
+	lazy, dirty bool
 }
 
 // numaSummary counts the free capacity of one NUMA node.
@@ -113,6 +131,14 @@ func (n *Node) Pods() []*Placement {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out
+}
+
+// AppendPods appends the placements, in no particular order, to dst.
+func (n *Node) AppendPods(dst []*Placement) []*Placement {
+	for _, p := range n.pods {
+		dst = append(dst, p)
+	}
+	return dst
 }
 
 // Len is the number of pods placed.
@@ -166,26 +192,48 @@ func (n *Node) Add(p *Placement) error {
 	if _, ok := n.pods[p.Key]; ok {
 		return fmt.Errorf("pod %s is already placed on node %s", p.Key, n.Name)
 	}
+	var idx []int
 	if p.Exclusive() {
-		idx, err := n.checkFree(p, p.CPUs)
-		if err != nil {
+		var err error
+		if idx, err = n.checkFree(p, p.CPUs); err != nil {
 			return err
 		}
-		for _, i := range idx {
-			n.owner[i] = p
-		}
-		n.held += len(idx)
 	}
+	n.attach(p, idx)
+	return nil
+}
+
+// attach records p holding the cpu indexes idx, which must be free (Add
+// checks them; Victims puts back what it took off).
+func (n *Node) attach(p *Placement, idx []int) {
+	for _, i := range idx {
+		n.owner[i] = p
+	}
+	n.held += len(idx)
 	n.pods[p.Key] = p
 	n.sumS += p.SharedMilli
-	n.maxS = max(n.maxS, p.SharedMilli)
+	switch {
+	case len(n.pods) == 1 || p.SharedMilli > n.maxS:
+		n.maxS, n.maxCount = p.SharedMilli, 1
+	case p.SharedMilli == n.maxS:
+		n.maxCount++
+	}
 	if p.App != "" {
 		n.apps[p.App]++
 	}
-	if p.Exclusive() {
-		n.summarise()
+	if len(idx) > 0 {
+		n.changed()
 	}
-	return nil
+}
+
+// changed brings the summary up to date after a change of owners, or marks
+// it stale on a lazy copy.
+func (n *Node) changed() {
+	if n.lazy {
+		n.dirty = true
+		return
+	}
+	n.summarise()
 }
 
 // checkFree returns the cpu indexes of cpus if every one of them may be
@@ -221,31 +269,48 @@ func (n *Node) Remove(key string) bool {
 	if !ok {
 		return false
 	}
+	n.detach(p, nil)
+	return true
+}
+
+// detach forgets the placed pod p, frees its CPUs and returns their cpu
+// indexes appended to idx.
+func (n *Node) detach(p *Placement, idx []int) []int {
+	freed := 0
 	if p.Exclusive() {
 		for i, holder := range n.owner {
 			if holder == p {
 				n.owner[i] = nil
-				n.held--
+				idx = append(idx, i)
+				freed++
 			}
 		}
+		n.held -= freed
 	}
 	n.sumS -= p.SharedMilli
-	delete(n.pods, key)
+	delete(n.pods, p.Key)
 	if p.App != "" {
 		if n.apps[p.App]--; n.apps[p.App] == 0 {
 			delete(n.apps, p.App)
 		}
 	}
 	if p.SharedMilli == n.maxS {
-		n.maxS = 0
-		for _, q := range n.pods {
-			n.maxS = max(n.maxS, q.SharedMilli)
+		if n.maxCount--; n.maxCount <= 0 {
+			n.maxS, n.maxCount = 0, 0
+			for _, q := range n.pods {
+				switch {
+				case q.SharedMilli > n.maxS || n.maxCount == 0:
+					n.maxS, n.maxCount = q.SharedMilli, 1
+				case q.SharedMilli == n.maxS:
+					n.maxCount++
+				}
+			}
 		}
 	}
-	if p.Exclusive() {
-		n.summarise()
+	if freed > 0 {
+		n.changed()
 	}
-	return true
+	return idx
 }
 
 // summarise rebuilds the per-NUMA summary from the owners.

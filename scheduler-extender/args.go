@@ -25,8 +25,8 @@ type extenderArgs struct {
 	NodeNames *nodeNameList `json:"nodenames"`
 }
 
-// wirePod holds what policy.NewRequest, the pipelines' selectors and the
-// events on the pod read.
+// wirePod holds what policy.NewRequest, the pipelines' selectors, the
+// events on the pod and preemption (the priority, the nominated node) read.
 type wirePod struct {
 	Metadata struct {
 		Name            string            `json:"name"`
@@ -38,9 +38,13 @@ type wirePod struct {
 	} `json:"metadata"`
 	Spec struct {
 		NodeName       string          `json:"nodeName"`
+		Priority       *int32          `json:"priority"`
 		Containers     []wireContainer `json:"containers"`
 		InitContainers []wireContainer `json:"initContainers"`
 	} `json:"spec"`
+	Status struct {
+		NominatedNodeName string `json:"nominatedNodeName"`
+	} `json:"status"`
 }
 
 type wireContainer struct {
@@ -54,7 +58,8 @@ func (w *wirePod) pod() *v1.Pod {
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
 			Labels: m.Labels, Annotations: m.Annotations},
-		Spec: v1.PodSpec{NodeName: w.Spec.NodeName, Containers: make([]v1.Container, len(w.Spec.Containers))},
+		Spec:   v1.PodSpec{NodeName: w.Spec.NodeName, Priority: w.Spec.Priority, Containers: make([]v1.Container, len(w.Spec.Containers))},
+		Status: v1.PodStatus{NominatedNodeName: w.Status.NominatedNodeName},
 	}
 	for i, c := range w.Spec.Containers {
 		pod.Spec.Containers[i] = v1.Container{Name: c.Name, Resources: c.Resources}

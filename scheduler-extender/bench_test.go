@@ -152,8 +152,11 @@ func apiNode(tb testing.TB, name, topology string) *v1.Node {
 	return decoded(tb, n)
 }
 
+func ptrTo[T any](v T) *T { return &v }
+
 // apiPod is a Deployment's pod as kube-apiserver serves it once it runs:
-// generated name, labels, owner, a container with image, env, requests and
+// generated name, labels, owner, a priority class (admission sets
+// spec.priority from it), a container with image, env, requests and
 // limits, and a status with conditions.
 func apiPod(tb testing.TB, i int, node, status string) *v1.Pod {
 	app := fmt.Sprintf("app-%d", i%50)
@@ -163,11 +166,12 @@ func apiPod(tb testing.TB, i int, node, status string) *v1.Pod {
 			Labels:          map[string]string{"app": app, "pod-template-hash": "7d9f8c6b5", "tier": "backend"},
 			Annotations:     map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: app + "-7d9f8c6b5", UID: "0a1b2c3d-0000-4000-8000-000000000000"}}},
-		Spec: v1.PodSpec{NodeName: node, ServiceAccountName: "default", Containers: []v1.Container{{Name: "main", Image: "registry.example/" + app + ":1.2.3",
-			Env: []v1.EnvVar{{Name: "LOG_LEVEL", Value: "info"}},
-			Resources: v1.ResourceRequirements{
-				Requests: v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(500, resource.DecimalSI), v1.ResourceMemory: resource.MustParse("1Gi")},
-				Limits:   v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(500, resource.DecimalSI), v1.ResourceMemory: resource.MustParse("1Gi")}}}}},
+		Spec: v1.PodSpec{NodeName: node, ServiceAccountName: "default", PriorityClassName: "tier-" + fmt.Sprint(i%3), Priority: ptrTo(int32(i%3) * 1000),
+			Containers: []v1.Container{{Name: "main", Image: "registry.example/" + app + ":1.2.3",
+				Env: []v1.EnvVar{{Name: "LOG_LEVEL", Value: "info"}},
+				Resources: v1.ResourceRequirements{
+					Requests: v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(500, resource.DecimalSI), v1.ResourceMemory: resource.MustParse("1Gi")},
+					Limits:   v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(500, resource.DecimalSI), v1.ResourceMemory: resource.MustParse("1Gi")}}}}},
 		Status: v1.PodStatus{Phase: v1.PodRunning, PodIP: "10.1.2.3", HostIP: "10.0.0.1", QOSClass: v1.PodQOSGuaranteed,
 			Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue}, {Type: v1.PodScheduled, Status: v1.ConditionTrue}}},
 	}

@@ -38,6 +38,14 @@ type PodRecord struct {
 	// would cost more than it saves.
 	allocStatus    string
 	hasAllocStatus bool
+	// priority is spec.priority, which preemption compares (hasPriority:
+	// set at all). It fits in the padding after hasAllocStatus: a record
+	// is no larger for it.
+	hasPriority bool
+	// terminating: the pod has a deletionTimestamp (preemption's victims
+	// while they go). Also in the padding.
+	terminating bool
+	priority    int32
 	// annotations are the other corepin.io/* annotations, sorted by key.
 	annotations []internedPair
 	containers  []containerCPU
@@ -121,6 +129,10 @@ func NewPodRecord(pod *v1.Pod) *PodRecord {
 		appName:         intern(pod.Labels[api.LabelAppName]),
 		app:             intern(pod.Labels[api.LabelApp]),
 	}
+	if pod.Spec.Priority != nil {
+		r.priority, r.hasPriority = *pod.Spec.Priority, true
+	}
+	r.terminating = pod.DeletionTimestamp != nil
 	for k, v := range pod.Annotations {
 		switch {
 		case k == api.AnnotationAllocStatus:
@@ -151,14 +163,23 @@ func (r *PodRecord) namespaceName() (string, string) {
 }
 
 // Pod rebuilds the pod as the engine sees it: name, namespace, UID, node,
-// phase, the app labels, the corepin.io annotations and each container's
-// (and native sidecar's) name and CPU limit and request. The result is the caller's.
+// priority, phase, the app labels, the corepin.io annotations and each
+// container's (and native sidecar's) name and CPU limit and request; a
+// pod being deleted has a DeletionTimestamp, of the zero time (the record
+// keeps only that it has one). The result is the caller's.
 func (r *PodRecord) Pod() *v1.Pod {
 	ns, name := r.namespaceName()
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: r.uid, ResourceVersion: r.resourceVersion},
 		Spec:       v1.PodSpec{NodeName: str(r.node)},
 		Status:     v1.PodStatus{Phase: r.phase},
+	}
+	if r.hasPriority {
+		priority := r.priority
+		pod.Spec.Priority = &priority
+	}
+	if r.terminating {
+		pod.DeletionTimestamp = &metav1.Time{}
 	}
 	if r.appName != noHandle || r.app != noHandle {
 		pod.Labels = map[string]string{}

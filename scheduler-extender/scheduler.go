@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/corepin/corepin/api"
@@ -273,7 +274,17 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 }
 
 func samePlacement(a, b *policy.Placement) bool {
-	return a.CPUs.Equals(b.CPUs) && a.SharedMilli == b.SharedMilli && a.App == b.App && a.MaxPerNode == b.MaxPerNode && a.Policy == b.Policy
+	return a.CPUs.Equals(b.CPUs) && a.SharedMilli == b.SharedMilli && a.App == b.App && a.MaxPerNode == b.MaxPerNode && a.Policy == b.Policy &&
+		a.Priority == b.Priority && a.UID == b.UID && a.Terminating == b.Terminating
+}
+
+// PodPriority is the pod's spec.priority, 0 when unset (as kube-scheduler
+// reads it).
+func PodPriority(pod *v1.Pod) int32 {
+	if pod.Spec.Priority != nil {
+		return *pod.Spec.Priority
+	}
+	return 0
 }
 
 // DeletePod forgets a pod and frees its CPUs. It reports whether it was known.
@@ -281,6 +292,44 @@ func (s *Scheduler) DeletePod(key string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.removeLocked(key)
+}
+
+// PodRef names a placed pod.
+type PodRef struct {
+	Key string
+	UID types.UID
+}
+
+// TerminatingOn lists the pods on a node that are being deleted.
+func (s *Scheduler) TerminatingOn(node string) []PodRef {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n, ok := s.engines[node]
+	if !ok {
+		return nil
+	}
+	var out []PodRef
+	for _, p := range n.AppendPods(nil) {
+		if p.Terminating {
+			out = append(out, PodRef{Key: p.Key, UID: p.UID})
+		}
+	}
+	return out
+}
+
+// ForgetGone forgets a pod the API server no longer has (the informer
+// will say so shortly), if the cache still holds that very pod (same UID).
+func (s *Scheduler) ForgetGone(ref PodRef) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name, ok := s.podNode[ref.Key]
+	if !ok || s.nodes[name] == nil {
+		return false
+	}
+	if p, ok := s.nodes[name].node.Pod(ref.Key); !ok || p.UID != ref.UID {
+		return false
+	}
+	return s.removeLocked(ref.Key)
 }
 
 // place adds a placement to the node, or keeps it unplaced while the node
@@ -320,6 +369,7 @@ func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
 		return unparsedPlacement(pod), err
 	}
 	placement := policy.PlacementFor(req, policy.NoCPUs())
+	placement.UID, placement.Priority, placement.Terminating = pod.UID, PodPriority(pod), pod.DeletionTimestamp != nil
 	if !req.Exclusive() {
 		return placement, nil
 	}
@@ -346,7 +396,8 @@ func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
 // be given them. The containers it names are exclusive; every other
 // container, native sidecars included, counts in the shared amount.
 func unparsedPlacement(pod *v1.Pod) *policy.Placement {
-	p := &policy.Placement{Key: PodKey(pod), App: api.AppOf(pod.Annotations, pod.Labels), CPUs: policy.NoCPUs()}
+	p := &policy.Placement{Key: PodKey(pod), App: api.AppOf(pod.Annotations, pod.Labels), CPUs: policy.NoCPUs(),
+		UID: pod.UID, Priority: PodPriority(pod), Terminating: pod.DeletionTimestamp != nil}
 	exclusive := map[string]bool{}
 	if value, ok := pod.Annotations[api.AnnotationAllocStatus]; ok {
 		if status, err := api.ParseAllocStatus(value); err == nil && (pod.Spec.NodeName == "" || status.Node == pod.Spec.NodeName) {
@@ -476,8 +527,11 @@ const chunkNodes = 1024
 // for filter and prioritize once per pod with thousands of candidate nodes;
 // splitting the walk is what keeps that wait short on large clusters.
 // fn must only read shared state and write to its own indexes.
-func eachChunk(n int, fn func(lo, hi int)) {
-	parts := min(runtime.GOMAXPROCS(0), n/chunkNodes)
+func eachChunk(n int, fn func(lo, hi int)) { eachChunkOf(n, chunkNodes, fn) }
+
+// eachChunkOf is eachChunk with chunks of at least least items.
+func eachChunkOf(n, least int, fn func(lo, hi int)) {
+	parts := min(runtime.GOMAXPROCS(0), n/least)
 	if parts <= 1 {
 		fn(0, n)
 		return
@@ -562,7 +616,9 @@ func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*a
 	if err != nil {
 		return nil, conflictError{fmt.Errorf("pod %s does not fit on %s: %w", req.Key, nodeName, err)}
 	}
-	if err := st.node.Add(policy.PlacementFor(req, alloc.CPUs)); err != nil {
+	placement := policy.PlacementFor(req, alloc.CPUs)
+	placement.UID, placement.Priority = pod.UID, PodPriority(pod)
+	if err := st.node.Add(placement); err != nil {
 		return nil, err
 	}
 	s.podNode[req.Key] = nodeName

@@ -9,10 +9,12 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -62,6 +64,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /filter", s.whenReady("filter", s.timed("filter", s.filter)))
 	mux.HandleFunc("POST /prioritize", s.whenReady("prioritize", s.timed("prioritize", s.prioritize)))
 	mux.HandleFunc("POST /bind", s.whenReady("bind", s.timed("bind", s.bind)))
+	mux.HandleFunc("POST /preempt", s.whenReady("preempt", s.timed("preempt", s.preempt)))
 	s.serveHealth(mux)
 	return mux
 }
@@ -176,6 +179,7 @@ func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.confirmTerminating(r.Context(), pod)
 	fits, failed, err := s.Sched.Filter(pod, names)
 	if err != nil {
 		// The pod itself is malformed: no node can help, so every node is
@@ -297,6 +301,37 @@ func (s *Server) bindPod(ctx context.Context, args *extenderv1.ExtenderBindingAr
 		klog.V(2).InfoS("Bound shared pod", "pod", podRef, "node", args.Node)
 	}
 	return extenderv1.ExtenderBindingResult{}
+}
+
+// confirmTerminating asks the API server about the pods being deleted on
+// the node a preemptor was nominated for, and forgets those it no longer
+// has. kube-scheduler retries a preemptor as soon as its own informer shows
+// the last victim gone; the extender's informer may show it a few
+// milliseconds later, and a filter answered meanwhile rejected the node
+// (the victim's CPUs still held), so that kube-scheduler, seeing no
+// terminating victim left, preempted pods on another node instead (found by
+// TestPreemption). Victims that are still there keep their CPUs. This costs
+// one GET per terminating pod on that node, only for a nominated pod.
+func (s *Server) confirmTerminating(ctx context.Context, pod *v1.Pod) {
+	node := pod.Status.NominatedNodeName
+	if node == "" || s.Client == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for _, ref := range s.Sched.TerminatingOn(node) {
+		ns, name, _ := strings.Cut(ref.Key, "/")
+		got, err := s.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err), err == nil && got.UID != ref.UID:
+			if s.Sched.ForgetGone(ref) {
+				klog.V(2).InfoS("Terminating pod already gone from the API server, forgotten before the informer says so",
+					"pod", ref.Key, "node", node, "preemptor", klog.KObj(pod))
+			}
+		case err != nil:
+			klog.V(2).InfoS("Checking a terminating pod", "pod", ref.Key, "err", err.Error())
+		}
+	}
 }
 
 func (s *Server) countBind(result string) {

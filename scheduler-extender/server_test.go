@@ -255,7 +255,7 @@ func TestHealthHandlerHasNoVerbs(t *testing.T) {
 			t.Errorf("GET %s: %d", path, got)
 		}
 	}
-	for _, verb := range []string{"/filter", "/prioritize", "/bind"} {
+	for _, verb := range []string{"/filter", "/prioritize", "/bind", "/preempt"} {
 		if got := do(http.MethodPost, verb); got != http.StatusNotFound {
 			t.Errorf("POST %s on the health address: %d, want 404", verb, got)
 		}
@@ -295,6 +295,8 @@ func TestTransformKeepsWhatTheEngineReads(t *testing.T) {
 	pod.Annotations["kubectl.kubernetes.io/last-applied-configuration"] = strings.Repeat("x", 4096)
 	pod.Annotations[api.AnnotationAllocStatus] = `{"node":"n1","cpus":"2-3","containers":{"main":"2-3"},"mems":"0"}`
 	pod.Spec.NodeName = "n1"
+	priority := int32(1000)
+	pod.Spec.Priority, pod.Spec.PriorityClassName = &priority, "high"
 	pod.Spec.Containers[0].Image = "postgres"
 	pod.Spec.Containers[0].Env = []v1.EnvVar{{Name: "A", Value: "b"}}
 	pod.Spec.Containers[0].Resources.Requests = v1.ResourceList{v1.ResourceCPU: resource.MustParse("1500m"), v1.ResourceMemory: resource.MustParse("1Gi")}
@@ -313,7 +315,7 @@ func TestTransformKeepsWhatTheEngineReads(t *testing.T) {
 			Labels: map[string]string{api.LabelApp: "pg"},
 			Annotations: map[string]string{api.AnnotationCPUMode: "exclusive",
 				api.AnnotationAllocStatus: `{"node":"n1","cpus":"2-3","containers":{"main":"2-3"},"mems":"0"}`}},
-		Spec: v1.PodSpec{NodeName: "n1", Containers: []v1.Container{
+		Spec: v1.PodSpec{NodeName: "n1", Priority: &priority, Containers: []v1.Container{
 			{Name: "main", Resources: v1.ResourceRequirements{
 				Limits:   v1.ResourceList{v1.ResourceCPU: resource.MustParse("2")},
 				Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1500m")}}},

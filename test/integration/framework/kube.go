@@ -134,6 +134,9 @@ type SchedulerExtender struct {
 	// TLS, when set, makes kube-scheduler call the extender over HTTPS
 	// (URL must then be https://).
 	TLS *ExtenderTLS
+	// PreemptVerb, when set, is the extender entry's preemptVerb:
+	// kube-scheduler then asks the extender which victims to preempt.
+	PreemptVerb string
 }
 
 // ExtenderTLS is kube-scheduler's side of HTTPS to the extender: the CA
@@ -157,6 +160,9 @@ func (cp *ControlPlane) StartScheduler(t testing.TB, name, schedulerName string,
 		tls := "  enableHTTPS: false\n"
 		if t := ext.TLS; t != nil {
 			tls = fmt.Sprintf("  enableHTTPS: true\n  tlsConfig:\n    caFile: %q\n    certFile: %q\n    keyFile: %q\n", t.CAFile, t.CertFile, t.KeyFile)
+		}
+		if ext.PreemptVerb != "" {
+			tls += fmt.Sprintf("  preemptVerb: %s\n", ext.PreemptVerb)
 		}
 		extenders = fmt.Sprintf(`extenders:
 - urlPrefix: %q
