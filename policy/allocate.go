@@ -202,7 +202,7 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	}
 	// Which NUMA nodes hold the app only orders those that fit: a quiet
 	// check (feasibility alone) skips it.
-	if app := a.req.Intent.App; app != "" && !a.quiet && a.node.apps[app] > 0 {
+	if app := a.req.Intent.App; app != "" && !a.quiet && a.node.appCount(app) > 0 {
 		for i, p := range a.node.owner {
 			if p != nil && p.App == app {
 				sameApp[a.topo.numaOf[i]] = true

@@ -100,8 +100,8 @@ func (n *Node) checkAppSpread(req Request, explain bool) error {
 	if app == "" {
 		return nil
 	}
-	count := n.apps[app]
-	if _, ok := n.pods[req.Key]; ok {
+	count := n.appCount(app)
+	if n.hasPod(req.Key) {
 		count-- // the pod itself (a re-check of a placed pod)
 	}
 	if count == 0 {
@@ -109,11 +109,11 @@ func (n *Node) checkAppSpread(req Request, explain bool) error {
 	}
 	limit := req.Intent.MaxPerNode
 	// The pods there may carry a lower limit than the incoming one.
-	for _, p := range n.pods {
+	n.eachPod(func(p *Placement) {
 		if p.App == app && p.Key != req.Key && p.MaxPerNode > 0 && (limit == 0 || p.MaxPerNode < limit) {
 			limit = p.MaxPerNode
 		}
-	}
+	})
 	if limit > 0 && count >= limit {
 		if !explain {
 			return errNoFit

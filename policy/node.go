@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -90,10 +91,62 @@ type Node struct {
 	// which saves a cache miss per node when thousands are filtered.
 	free    []numaSummary
 	freeBuf [4]numaSummary
-	// lazy marks a private copy (Victims' scratch node): Add and Remove
+	// lazy marks a private copy (Victims' scratch node): attach and detach
 	// only mark the summary stale (dirty) and its owner rebuilds it before
 	// reading. Nodes others read concurrently are never lazy.
 	lazy, dirty bool
+	// base, on Victims' scratch node, is the node it is a view of: pods
+	// and apps are base's (read only) less the placements in gone; only
+	// attach, detach and the checks are used on such a view.
+	base *Node
+	gone []*Placement
+}
+
+// hasPod reports whether a pod of that key is placed.
+func (n *Node) hasPod(key string) bool {
+	if n.base == nil {
+		_, ok := n.pods[key]
+		return ok
+	}
+	p, ok := n.base.pods[key]
+	return ok && !slices.Contains(n.gone, p)
+}
+
+// appCount is how many pods of the app are placed.
+func (n *Node) appCount(app string) int {
+	if n.base == nil {
+		return n.apps[app]
+	}
+	count := n.base.apps[app]
+	for _, p := range n.gone {
+		if p.App == app {
+			count--
+		}
+	}
+	return count
+}
+
+// eachPod calls fn with every placement, in no particular order.
+func (n *Node) eachPod(fn func(*Placement)) {
+	if n.base == nil {
+		for _, p := range n.pods {
+			fn(p)
+		}
+		return
+	}
+	for _, p := range n.base.pods {
+		if !slices.Contains(n.gone, p) {
+			fn(p)
+		}
+	}
+}
+
+// podCount is the number of pods placed.
+func (n *Node) podCount() int {
+	if n.base == nil {
+		return len(n.pods)
+	}
+	return len(n.base.pods) - len(n.gone)
 }
 
 // numaSummary counts the free capacity of one NUMA node.
@@ -210,16 +263,22 @@ func (n *Node) attach(p *Placement, idx []int) {
 		n.owner[i] = p
 	}
 	n.held += len(idx)
-	n.pods[p.Key] = p
+	if n.base != nil {
+		if i := slices.Index(n.gone, p); i >= 0 {
+			n.gone = slices.Delete(n.gone, i, i+1)
+		}
+	} else {
+		n.pods[p.Key] = p
+		if p.App != "" {
+			n.apps[p.App]++
+		}
+	}
 	n.sumS += p.SharedMilli
 	switch {
-	case len(n.pods) == 1 || p.SharedMilli > n.maxS:
+	case n.podCount() == 1 || p.SharedMilli > n.maxS:
 		n.maxS, n.maxCount = p.SharedMilli, 1
 	case p.SharedMilli == n.maxS:
 		n.maxCount++
-	}
-	if p.App != "" {
-		n.apps[p.App]++
 	}
 	if len(idx) > 0 {
 		n.changed()
@@ -288,23 +347,27 @@ func (n *Node) detach(p *Placement, idx []int) []int {
 		n.held -= freed
 	}
 	n.sumS -= p.SharedMilli
-	delete(n.pods, p.Key)
-	if p.App != "" {
-		if n.apps[p.App]--; n.apps[p.App] == 0 {
-			delete(n.apps, p.App)
+	if n.base != nil {
+		n.gone = append(n.gone, p)
+	} else {
+		delete(n.pods, p.Key)
+		if p.App != "" {
+			if n.apps[p.App]--; n.apps[p.App] == 0 {
+				delete(n.apps, p.App)
+			}
 		}
 	}
 	if p.SharedMilli == n.maxS {
 		if n.maxCount--; n.maxCount <= 0 {
 			n.maxS, n.maxCount = 0, 0
-			for _, q := range n.pods {
+			n.eachPod(func(q *Placement) {
 				switch {
 				case q.SharedMilli > n.maxS || n.maxCount == 0:
 					n.maxS, n.maxCount = q.SharedMilli, 1
 				case q.SharedMilli == n.maxS:
 					n.maxCount++
 				}
-			}
+			})
 		}
 	}
 	if freed > 0 {

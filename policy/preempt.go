@@ -89,7 +89,7 @@ func (v *VictimSearch) Victims(n *Node, req Request, candidates []*Placement) ([
 	}
 	v.req, v.checks, v.aborted = req, 0, false
 	n.copyInto(&v.scratch)
-	defer func() { v.req, v.cands = Request{}, v.cands[:0] }()
+	defer func() { v.req, v.cands, v.scratch.base = Request{}, v.cands[:0], nil }()
 	// Greedy: the shortest prefix of the candidates that makes room. If all
 	// of them do not, no set does.
 	last := -1
@@ -204,25 +204,15 @@ func (v *VictimSearch) find(size, hi, first int) bool {
 	return false
 }
 
-// copyInto makes c a private, lazy copy of the node for trying removals
-// on, reusing c's maps and slices: its own pods, apps, owners and summary,
-// sharing the (immutable) placements and topology.
+// copyInto makes c a private, lazy view of the node for trying removals
+// on, reusing c's slices: its own owners, counters and summary; the pods
+// and apps of n less those it takes off (base, gone); the (immutable)
+// placements and topology shared. n must not change while c is in use.
 func (n *Node) copyInto(c *Node) {
-	pods, apps, owner, free, freeBuf := c.pods, c.apps, c.owner, c.free, c.freeBuf
+	owner, free, freeBuf, gone := c.owner, c.free, c.freeBuf, c.gone
 	*c = Node{Name: n.Name, Limits: n.Limits, Topo: n.Topo, Attention: n.Attention,
-		held: n.held, sumS: n.sumS, maxS: n.maxS, maxCount: n.maxCount, lazy: true}
-	if pods == nil {
-		pods, apps = make(map[string]*Placement, len(n.pods)), make(map[string]int, len(n.apps))
-	}
-	clear(pods)
-	clear(apps)
-	for k, p := range n.pods {
-		pods[k] = p
-	}
-	for k, a := range n.apps {
-		apps[k] = a
-	}
-	c.pods, c.apps, c.free, c.freeBuf = pods, apps, free, freeBuf
+		held: n.held, sumS: n.sumS, maxS: n.maxS, maxCount: n.maxCount, lazy: true, base: n, gone: gone[:0]}
+	c.free, c.freeBuf = free, freeBuf
 	if n.Topo == nil {
 		return
 	}

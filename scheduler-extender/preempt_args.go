@@ -153,22 +153,28 @@ func (s *jsonScanner) metaPods(node string, l *[]*extenderv1.MetaPod) error {
 	if s.peek() != '[' {
 		return s.typeError(fmt.Sprintf("NodeNameToMetaVictims[%q].Pods", node), `an array of {"UID": ...}`)
 	}
-	type entry struct {
-		uid  string
-		null bool
-	}
-	var entries []entry
+	entries := s.entries[:0]
+	defer func() { s.entries = entries[:0] }()
 	err := s.array(func(i int) error {
 		s.ws()
 		switch s.peek() {
 		case 'n':
-			entries = append(entries, entry{null: true})
+			entries = append(entries, metaPodEntry{null: true})
 			return s.literal("null")
 		case '{':
 		default:
 			return s.typeError(fmt.Sprintf("NodeNameToMetaVictims[%q].Pods[%d]", node, i), `an object {"UID": ...}`)
 		}
-		var e entry
+		// What kube-scheduler sends, {"UID":"..."} with a plain UID, is
+		// read at once; anything else as any object.
+		if rest, ok := strings.CutPrefix(s.s[s.i:], `{"UID":"`); ok {
+			if end := strings.IndexByte(rest, '"'); end >= 0 && end+1 < len(rest) && rest[end+1] == '}' && plainString(rest[:end]) {
+				entries = append(entries, metaPodEntry{uid: rest[:end]})
+				s.i += len(`{"UID":"`) + end + 2
+				return nil
+			}
+		}
+		var e metaPodEntry
 		err := s.object(func(key string) error {
 			if !strings.EqualFold(key, "UID") {
 				return s.skip()
@@ -202,11 +208,30 @@ func (s *jsonScanner) metaPods(node string, l *[]*extenderv1.MetaPod) error {
 	return nil
 }
 
+// metaPodEntry is one element of a Pods array while it is read.
+type metaPodEntry struct {
+	uid  string
+	null bool
+}
+
+// plainString reports whether s, the inside of a JSON string, is its own
+// value: printable ASCII without escapes.
+func plainString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
 // jsonScanner reads JSON from s, validating as it goes: what it accepts is
-// what encoding/json accepts (FuzzJSONScanner).
+// what encoding/json accepts (FuzzPreemptionArgs).
 type jsonScanner struct {
 	s string
 	i int
+	// entries is reused from one Pods array to the next.
+	entries []metaPodEntry
 	// depth counts the objects and arrays open; like encoding/json, more
 	// than maxDepth is an error.
 	depth int
