@@ -245,11 +245,11 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 				most = u
 			}
 		}
-		return nil, fmt.Errorf("no NUMA node has %d %s (numa Required; most: %d on NUMA node %d)",
+		return nil, Reasonf(CodeNUMARequired, "no NUMA node has %d %s (numa Required; most: %d on NUMA node %d)",
 			a.need, a.unitName(), capacity[most], a.topo.numas[most])
 	}
 	if total < a.need {
-		return nil, fmt.Errorf("not enough %s (needs %d, %d available)", a.unitName(), a.need, total)
+		return nil, Reasonf(a.unitCode(), "not enough %s (needs %d, %d available)", a.unitName(), a.need, total)
 	}
 	order := make([]int, numas)
 	for u := range order {
@@ -278,6 +278,14 @@ func (a *cpuAccumulator) unitName() string {
 		return "physical cores eligible for Spread"
 	}
 	return "free CPUs on cores no pod holds"
+}
+
+// unitCode is the Code of a shortage of the units unitName names.
+func (a *cpuAccumulator) unitCode() Code {
+	if a.spread {
+		return CodeSpread
+	}
+	return CodeCores
 }
 
 // keep restricts the candidates to the chosen NUMA nodes, in their order,

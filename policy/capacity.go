@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"fmt"
 	"math"
 )
 
@@ -64,7 +63,7 @@ func (n *Node) checkExclusiveCapacity(k int, explain bool) error {
 		if !explain {
 			return errNoFit
 		}
-		return fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, k, c.E)
+		return Reasonf(CodeExclusiveLimit, "exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, k, c.E)
 	}
 	return nil
 }
@@ -85,14 +84,14 @@ func (n *Node) checkSharedCapacity(a int64, explain bool) error {
 		if !explain {
 			return errNoFit
 		}
-		return fmt.Errorf("shared headroom too small (needs %s CPUs; %d exclusive CPUs held, %d allowed beside a largest shared pod of %s with headroom %d)",
+		return Reasonf(CodeSharedHeadroom, "shared headroom too small (needs %s CPUs; %d exclusive CPUs held, %d allowed beside a largest shared pod of %s with headroom %d)",
 			formatMilli(a), c.E, byHeadroom, formatMilli(m), h)
 	}
 	if bySum := c.P - sharedCPUs(s, r); c.E > bySum {
 		if !explain {
 			return errNoFit
 		}
-		return fmt.Errorf("shared pool too small (needs %s CPUs; %d exclusive CPUs held, %d allowed with shared total %s at overcommit %g)",
+		return Reasonf(CodeSharedPool, "shared pool too small (needs %s CPUs; %d exclusive CPUs held, %d allowed with shared total %s at overcommit %g)",
 			formatMilli(a), c.E, bySum, formatMilli(s), r)
 	}
 	return nil

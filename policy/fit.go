@@ -2,7 +2,6 @@ package policy
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/corepin/corepin/api"
 )
@@ -42,7 +41,7 @@ func (n *Node) check(req Request, filters []string, explain bool) error {
 		case api.FilterIOQueue:
 			err = n.CheckIOQueue(req)
 		default:
-			err = fmt.Errorf("unknown filter %q", f)
+			err = Reasonf(CodeUnknownFilter, "unknown filter %q", f)
 		}
 		if err != nil {
 			return err
@@ -63,9 +62,9 @@ func (n *Node) checkTopology(req Request, explain bool) error {
 	case !explain && (n.Attention != "" || n.Topo == nil):
 		return errNoFit
 	case n.Attention != "":
-		return fmt.Errorf("node needs attention, no new exclusive pods: %s", n.Attention)
+		return Reasonf(CodeAttention, "node needs attention, no new exclusive pods: %s", n.Attention)
 	case n.Topo == nil:
-		return fmt.Errorf("node has no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
+		return Reasonf(CodeNoTopology, "node has no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology)
 	}
 	acc := newAccumulator(n, req, false)
 	acc.quiet = !explain
@@ -83,7 +82,7 @@ func (n *Node) checkCapacity(req Request, explain bool) error {
 		case n.Topo == nil && !explain:
 			return errNoFit
 		case n.Topo == nil:
-			return fmt.Errorf("node has no %s annotation, so no exclusive capacity", api.AnnotationTopology)
+			return Reasonf(CodeNoTopology, "node has no %s annotation, so no exclusive capacity", api.AnnotationTopology)
 		}
 		return n.checkExclusiveCapacity(req.ExclusiveCPUs(), explain)
 	}
@@ -118,7 +117,7 @@ func (n *Node) checkAppSpread(req Request, explain bool) error {
 		if !explain {
 			return errNoFit
 		}
-		return fmt.Errorf("max-per-node %d reached for app %q (%d on the node)", limit, app, count)
+		return Reasonf(CodeMaxPerNode, "max-per-node %d reached for app %q (%d on the node)", limit, app, count)
 	}
 	return nil
 }
@@ -130,7 +129,7 @@ func (n *Node) CheckIOQueue(req Request) error {
 		return nil
 	}
 	if n.Topo == nil || !n.Topo.HasIOQueues() {
-		return fmt.Errorf("node publishes no IO queues but the pod asks for ioQueueSpread")
+		return Reasonf(CodeIOQueue, "node publishes no IO queues but the pod asks for ioQueueSpread")
 	}
 	return nil
 }

@@ -299,15 +299,15 @@ func (n *Node) changed() {
 // given to pod p.
 func (n *Node) checkFree(p *Placement, cpus cpuset.CPUSet) ([]int, error) {
 	if n.Topo == nil {
-		return nil, fmt.Errorf("node %s has no CPU topology, so it cannot hold exclusive CPUs %s", n.Name, cpus)
+		return nil, Reasonf(CodeNoTopology, "node %s has no CPU topology, so it cannot hold exclusive CPUs %s", n.Name, cpus)
 	}
 	idx, err := n.Topo.indexes(cpus)
 	if err != nil {
-		return nil, fmt.Errorf("CPUs %s for pod %s on node %s: %w", cpus, p.name(), n.Name, err)
+		return nil, Reasonf(CodeConflict, "CPUs %s for pod %s on node %s: %v", cpus, p.name(), n.Name, err)
 	}
 	for _, i := range idx {
 		if n.Topo.reserved[i] {
-			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is reserved", cpus, p.name(), n.Name, n.Topo.cpus[i].ID)
+			return nil, Reasonf(CodeConflict, "CPUs %s for pod %s on node %s: CPU %d is reserved", cpus, p.name(), n.Name, n.Topo.cpus[i].ID)
 		}
 		if holder := n.owner[i]; holder != nil {
 			held := "pod " + holder.name()
@@ -316,7 +316,7 @@ func (n *Node) checkFree(p *Placement, cpus cpuset.CPUSet) ([]int, error) {
 				// while the old one's containers still run.
 				held = fmt.Sprintf("pod %s (another pod of the same name, %s, whose containers still run)", holder.name(), holder.Key)
 			}
-			return nil, fmt.Errorf("CPUs %s for pod %s on node %s: CPU %d is held by %s", cpus, p.name(), n.Name, n.Topo.cpus[i].ID, held)
+			return nil, Reasonf(CodeConflict, "CPUs %s for pod %s on node %s: CPU %d is held by %s", cpus, p.name(), n.Name, n.Topo.cpus[i].ID, held)
 		}
 	}
 	return idx, nil

@@ -84,7 +84,7 @@ func NewRequest(pod *v1.Pod) (Request, error) {
 	key := pod.Namespace + "/" + pod.Name
 	intent, err := api.ParsePodIntent(pod.Annotations, pod.Labels)
 	if err != nil {
-		return Request{}, fmt.Errorf("pod %s: %w", key, err)
+		return Request{}, &Reason{Code: CodeBadAnnotation, Message: fmt.Sprintf("pod %s: %v", key, err), Err: err}
 	}
 	req := Request{Key: key, Namespace: pod.Namespace, Intent: intent}
 	for i := range pod.Spec.Containers {
@@ -100,7 +100,7 @@ func NewRequest(pod *v1.Pod) (Request, error) {
 		return req, nil
 	}
 	if err := req.markExclusive(); err != nil {
-		return Request{}, fmt.Errorf("pod %s: %w", key, err)
+		return Request{}, &Reason{Code: CodeBadAnnotation, Message: fmt.Sprintf("pod %s: %v", key, err), Err: err}
 	}
 	return req, nil
 }

@@ -360,64 +360,18 @@ func (s *Scheduler) removeLocked(key string) bool {
 	return true
 }
 
-// PlacementFromPod builds a pod's placement from its annotations and
-// containers. A pod whose annotations do not parse is still counted (see
-// unparsedPlacement), and the error says why.
+// PlacementFromPod builds a pod's placement by the engine's one reading of
+// a bound pod (policy.ReadBound). A pod whose annotations cannot be honoured
+// as written is still counted, its valid alloc-status' CPUs held, and the
+// error says why.
 func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
-	req, err := policy.NewRequest(pod)
-	if err != nil {
-		return unparsedPlacement(pod), err
-	}
-	placement := policy.PlacementFor(req, policy.NoCPUs())
+	bound := policy.ReadBound(policy.BoundPodOf(pod), nil)
+	placement := bound.Placement()
 	placement.UID, placement.Priority, placement.Terminating = pod.UID, PodPriority(pod), pod.DeletionTimestamp != nil
-	if !req.Exclusive() {
-		return placement, nil
+	if bound.Reason != nil {
+		return placement, bound.Reason
 	}
-	value, ok := pod.Annotations[api.AnnotationAllocStatus]
-	if !ok {
-		// An exclusive pod not placed by corepin runs in the shared pool.
-		return placement, fmt.Errorf("pod %s: exclusive but has no %s (not placed by the corepin scheduler extender)", PodKey(pod), api.AnnotationAllocStatus)
-	}
-	status, err := api.ParseAllocStatus(value)
-	if err != nil {
-		return placement, fmt.Errorf("pod %s: %w", PodKey(pod), err)
-	}
-	if pod.Spec.NodeName != "" && status.Node != pod.Spec.NodeName {
-		return placement, fmt.Errorf("pod %s: %s names node %s but the pod is on %s", PodKey(pod), api.AnnotationAllocStatus, status.Node, pod.Spec.NodeName)
-	}
-	placement.CPUs = status.CPUs.Set()
 	return placement, nil
-}
-
-// unparsedPlacement counts a pod whose corepin annotations do not parse
-// (edited after it was bound, or written under rules since made stricter).
-// The node plugin keeps enforcing a valid alloc-status whatever the other
-// annotations say, so its CPUs stay held here too: another pod must never
-// be given them. The containers it names are exclusive; every other
-// container, native sidecars included, counts in the shared amount.
-func unparsedPlacement(pod *v1.Pod) *policy.Placement {
-	p := &policy.Placement{Key: PodKey(pod), App: api.AppOf(pod.Annotations, pod.Labels), CPUs: policy.NoCPUs(),
-		UID: pod.UID, Priority: PodPriority(pod), Terminating: pod.DeletionTimestamp != nil}
-	exclusive := map[string]bool{}
-	if value, ok := pod.Annotations[api.AnnotationAllocStatus]; ok {
-		if status, err := api.ParseAllocStatus(value); err == nil && (pod.Spec.NodeName == "" || status.Node == pod.Spec.NodeName) {
-			p.CPUs = status.CPUs.Set()
-			for name := range status.Containers {
-				exclusive[name] = true
-			}
-		}
-	}
-	for i := range pod.Spec.Containers {
-		if c := &pod.Spec.Containers[i]; !exclusive[c.Name] {
-			p.SharedMilli += policy.ContainerAmount(c)
-		}
-	}
-	for i := range pod.Spec.InitContainers {
-		if c := &pod.Spec.InitContainers[i]; policy.IsNativeSidecar(c) {
-			p.SharedMilli += policy.ContainerAmount(c)
-		}
-	}
-	return p
 }
 
 // pipeline returns the filters for a pod: those of the first pipeline whose

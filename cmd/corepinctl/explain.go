@@ -237,6 +237,24 @@ func (e *explainer) sharedCPUs(intent api.PodIntent, v nodeView) {
 	}
 }
 
+// orReason is a check's detail: the reason it failed, else what holds.
+func orReason(r *policy.Reason, format string, args ...any) string {
+	if r != nil {
+		return r.Message
+	}
+	return fmt.Sprintf(format, args...)
+}
+
+// containerCounts lists an alloc-status' containers and CPU counts.
+func containerCounts(status api.AllocStatus) string {
+	var got []string
+	for name, set := range status.Containers {
+		got = append(got, fmt.Sprintf("%s=%d", name, set.Set().Size()))
+	}
+	sort.Strings(got)
+	return strings.Join(got, " ")
+}
+
 // consistency checks alloc-status against the node's topology and the other
 // pods on it, by the rules of the contract.
 func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v nodeView) {
@@ -262,35 +280,23 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 	reserved := cpus.Intersection(topo.Reserved.Set())
 	e.check(reserved.IsEmpty(), checkNotReserved, "CPUs %s are not reserved (reserved: %s, of them in the pod: %s)", cpus, orNone(topo.Reserved.Set().String()), orNone(reserved.String()))
 
-	// the exclusive containers and their amounts
+	// the exclusive containers and their amounts, and the mems rule: the
+	// engine's own checks of a bound pod (policy.ReadBound), not a copy.
 	if req, err := policy.NewRequest(pod); err == nil {
-		var want, got []string
-		for _, c := range req.Containers {
-			if c.Exclusive {
-				want = append(want, fmt.Sprintf("%s=%d", c.Name, c.Milli/1000))
-			}
-		}
-		for name, set := range status.Containers {
-			got = append(got, fmt.Sprintf("%s=%d", name, set.Set().Size()))
-		}
-		sort.Strings(want)
-		sort.Strings(got)
-		e.check(strings.Join(want, ",") == strings.Join(got, ","), checkContainers, "exclusive containers and CPU counts match the pod's spec (spec %s, alloc-status %s)",
-			strings.Join(want, " "), strings.Join(got, " "))
+		r := policy.CheckContainers(req, status)
+		e.check(r == nil, checkContainers, "%s", orReason(r, "exclusive containers and CPU counts match the pod's spec (alloc-status %s)", containerCounts(status)))
 	}
-
-	var numas []int
-	for _, id := range cpus.List() {
-		if c, ok := info[id]; ok {
-			numas = append(numas, c.NUMA)
-		}
+	numaOf := func(cpu int) (int, bool) {
+		c, ok := info[cpu]
+		return c.NUMA, ok
 	}
-	numaSet := cpuset.New(numas...)
+	numaSet := policy.MemsOf(cpus, numaOf)
 	mems := status.Mems.Set()
-	if intent.Spec.NUMA == api.NUMANone {
-		e.check(mems.IsEmpty(), checkMems, "numa None: no mems set (mems %s)", orNone(mems.String()))
+	r := policy.CheckMems(policy.BoundPodOf(pod).Key(), status, numaOf)
+	if mems.IsEmpty() {
+		e.check(r == nil, checkMems, "no mems: no memory binding (numa %s)", intent.Spec.NUMA)
 	} else {
-		e.check(mems.Equals(numaSet), checkMems, "mems %s are the NUMA nodes of the CPUs (%s)", orNone(mems.String()), numaSet)
+		e.check(r == nil, checkMems, "%s", orReason(r, "mems %s are the NUMA nodes of the CPUs (%s)", mems, numaSet))
 	}
 	if intent.Spec.NUMA == api.NUMARequired {
 		e.check(numaSet.Size() == 1, checkNUMARequired, "numa Required: all CPUs in one NUMA node (NUMA nodes %s)", numaSet)
