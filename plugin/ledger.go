@@ -361,91 +361,85 @@ func (l *Ledger) wide(excludeReserve bool) cpuset.CPUSet {
 // pod, the container, the CPUs and the reason, and starts with "corepin:".
 type Refusal struct {
 	Pod, Container, CPUs, Reason string
-	// Kind classifies the reason for metrics.
-	Kind string
+	// Code classifies the reason for metrics and events.
+	Code policy.Code
 }
 
 func (r *Refusal) Error() string {
 	return fmt.Sprintf("corepin: pod %s container %s cpus %q: %s", r.Pod, r.Container, r.CPUs, r.Reason)
 }
 
+// read is the engine's one reading of a pod sandbox on this node.
+func (l *Ledger) read(pod Pod) policy.Bound {
+	return policy.ReadBound(policy.BoundPod{Namespace: pod.Namespace, Name: pod.Name, Node: l.cfg.NodeName,
+		Annotations: pod.Annotations, Labels: pod.Labels}, l.topo)
+}
+
 // Classify decides how a new container is pinned, from its pod's
-// annotations. It changes nothing.
+// annotations read by the engine (policy.ReadBound). It changes nothing.
 func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error) {
 	c := &Container{Pod: pod, podKey: pod.Key(), Name: name, Milli: milli, CPUs: cpuset.New(), Mems: cpuset.New()}
-	refuse := func(kind, cpus, reason string) error {
-		return &Refusal{Pod: pod.Key(), Container: name, CPUs: cpus, Reason: reason, Kind: kind}
+	refuse := func(code policy.Code, cpus, reason string) error {
+		return &Refusal{Pod: pod.Key(), Container: name, CPUs: cpus, Reason: reason, Code: code}
 	}
-	intent, err := api.ParsePodIntent(pod.Annotations, pod.Labels)
-	if err != nil {
-		return nil, refuse("bad-annotation", "", err.Error())
+	b := l.read(pod)
+	intent := b.Request.Intent
+	switch {
+	case b.Reason != nil && b.Reason.Code == policy.CodeNotPlaced && l.cfg.UnplacedToShared:
+		c.Class = l.sharedClass(pod)
+		return c, nil
+	case b.Reason != nil:
+		cpus, _ := b.ContainerCPUs(name)
+		return nil, refuse(b.Reason.Code, cpus.String(), b.Reason.Message)
 	}
 	c.sandboxRelease = Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}
-	switch {
-	case intent.BindAll():
+	if intent.BindAll() {
 		// Refused rather than sent to the shared pool: the contract rejects
 		// it, as the extender does, and a pod that asks for every CPU and
 		// silently gets the pool would hide the misconfiguration.
 		if !slices.Contains(l.cfg.BindAllNamespaces, pod.Namespace) {
-			return nil, refuse("bindall-namespace", "", fmt.Sprintf("%s BindAllCPUs is not allowed in namespace %q (the plugin's --bind-all-namespaces: [%s]; set it as the extender's bindAllNamespaces)",
+			return nil, refuse(policy.CodeBindAllNamespace, "", fmt.Sprintf("%s BindAllCPUs is not allowed in namespace %q (the plugin's --bind-all-namespaces: [%s]; set it as the extender's bindAllNamespaces)",
 				api.AnnotationAllocSpec, pod.Namespace, strings.Join(l.cfg.BindAllNamespaces, ", ")))
 		}
 		c.Class = BindAll
 		return c, nil
-	case !intent.Exclusive():
-		c.Class = l.sharedClass(pod)
-		return c, nil
 	}
-	value, ok := pod.Annotations[api.AnnotationAllocStatus]
-	if !ok {
-		if l.cfg.UnplacedToShared {
-			c.Class = l.sharedClass(pod)
-			return c, nil
-		}
-		return nil, refuse("not-placed", "", "exclusive pod not placed by the corepin scheduler extender (no "+api.AnnotationAllocStatus+")")
-	}
-	status, err := api.ParseAllocStatus(value)
-	if err != nil {
-		return nil, refuse("bad-annotation", "", err.Error())
-	}
-	cpus, mine := status.Containers[name]
+	cpus, mine := b.ContainerCPUs(name)
 	if !mine {
-		c.Class = l.sharedClass(pod) // a sidecar of an exclusive pod
+		c.Class = l.sharedClass(pod) // a shared pod, or a sidecar of an exclusive one
 		return c, nil
 	}
-	if status.Node != l.cfg.NodeName {
-		return nil, refuse("wrong-node", cpus.String(), fmt.Sprintf("alloc-status is for node %q, this is %q", status.Node, l.cfg.NodeName))
-	}
-	c.Class, c.CPUs, c.Mems = Exclusive, cpus.Set(), status.Mems.Set()
+	c.Class, c.CPUs, c.Mems = Exclusive, cpus, b.Status.Mems.Set()
 	return c, nil
 }
 
 // ClassifyExisting classifies a container found at synchronize. A pod
-// whose other annotations no longer parse (an upgrade that refuses a value
-// the old version took) is still enforced as its valid alloc-status for
-// this node says, as the extender keeps counting it: the containers it
-// names are exclusive, the others shared. The parse error is returned in
-// unparsed, for the caller to report; err is Classify's otherwise.
+// whose annotations cannot be honoured as written but that holds a valid
+// alloc-status for this node (an upgrade that refuses a value the old
+// version took) is still enforced as that alloc-status says, as the
+// extender keeps counting it: the containers it names are exclusive, the
+// others shared. The reason is returned in unparsed, for the caller to
+// report; err is Classify's otherwise.
 func (l *Ledger) ClassifyExisting(pod Pod, name string, milli int64) (c *Container, unparsed, err error) {
 	c, err = l.Classify(pod, name, milli)
 	if err == nil {
 		return c, nil, nil
 	}
-	_, unparsed = api.ParsePodIntent(pod.Annotations, pod.Labels)
-	status, ok := l.enforced(pod)
-	if unparsed == nil || !ok {
+	b := l.read(pod)
+	if !b.Held {
 		return nil, nil, err
 	}
-	// The release switches are not read from annotations that do not
-	// parse: the contract's defaults, until the API server says otherwise.
+	// Release switches that do not parse are the contract's defaults
+	// (ReadBound's), until the API server says otherwise.
+	intent := b.Request.Intent
 	c = &Container{Pod: pod, podKey: pod.Key(), Name: name, Milli: milli, CPUs: cpuset.New(), Mems: cpuset.New(),
-		sandboxRelease: Release{ExcludeReserve: true}}
-	if cpus, mine := status.Containers[name]; mine {
-		c.Class, c.CPUs, c.Mems = Exclusive, cpus.Set(), status.Mems.Set()
+		sandboxRelease: Release{Isolate: intent.ReleaseIsolate, ExcludeReserve: intent.ExcludeReserve}}
+	if cpus, mine := b.ContainerCPUs(name); mine {
+		c.Class, c.CPUs, c.Mems = Exclusive, cpus, b.Status.Mems.Set()
 	} else {
 		c.Class = l.sharedClass(pod)
 	}
-	return c, unparsed, nil
+	return c, b.Reason, nil
 }
 
 // sharedClass is the class of a pod's containers that run in the shared
@@ -486,15 +480,7 @@ func (c *Container) keyed(id string) {
 func (l *Ledger) admit(id string, c *Container, checkCapacity bool) error {
 	c.keyed(id)
 	refuse := func(reason string) error {
-		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Kind: "conflict"}
-	}
-	// mems are checked on requests only: a container that exists runs with
-	// whatever mems the kernel accepted, and its CPUs must stay held.
-	if checkCapacity && c.Class == Exclusive {
-		if numa := l.numaNodes(); !c.Mems.IsSubsetOf(numa) {
-			return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Kind: "bad-annotation",
-				Reason: fmt.Sprintf("%s mems %q: this node has no NUMA node %s (its NUMA nodes: %s)", api.AnnotationAllocStatus, c.Mems, c.Mems.Difference(numa), numa)}
-		}
+		return &Refusal{Pod: c.podKey, Container: c.Name, CPUs: c.CPUs.String(), Reason: reason, Code: policy.CodeConflict}
 	}
 	if c.Class == Exclusive && len(l.quarantine) > 0 {
 		if q := l.quarantinedBy(c.CPUs, c.podID); q != nil {
@@ -530,23 +516,12 @@ func (l *Ledger) GrantSandbox(sandboxID string, pod Pod) {
 	}
 }
 
-// enforced is the alloc-status the node enforces for a pod: a valid one
-// for this node, unless the pod's annotations say it is not exclusive.
-// Annotations that do not parse do not void it: the extender keeps
-// counting its CPUs (unparsedPlacement), and so does the node.
+// enforced is the alloc-status the node enforces for a pod (policy.ReadBound):
+// a valid one for this node, unless the pod's annotations say it is not
+// exclusive; annotations that do not parse do not void it.
 func (l *Ledger) enforced(pod Pod) (api.AllocStatus, bool) {
-	if intent, err := api.ParsePodIntent(pod.Annotations, pod.Labels); err == nil && (intent.BindAll() || !intent.Exclusive()) {
-		return api.AllocStatus{}, false
-	}
-	value, ok := pod.Annotations[api.AnnotationAllocStatus]
-	if !ok {
-		return api.AllocStatus{}, false
-	}
-	status, err := api.ParseAllocStatus(value)
-	if err != nil || status.Node != l.cfg.NodeName {
-		return api.AllocStatus{}, false
-	}
-	return status, true
+	b := l.read(pod)
+	return b.Status, b.Held
 }
 
 func (l *Ledger) grant(c *Container) {

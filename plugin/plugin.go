@@ -529,7 +529,7 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	if err != nil {
 		var r *Refusal
 		if errors.As(err, &r) {
-			p.metrics.refusals.WithLabelValues(r.Kind).Inc()
+			p.metrics.refusals.WithLabelValues(string(r.Code)).Inc()
 			p.log.Warn("Refused container", "pod", r.Pod, "container", r.Container, "cpus", r.CPUs, "reason", r.Reason)
 		}
 		p.event(pod, "CorepinRefused", err.Error())

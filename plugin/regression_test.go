@@ -312,8 +312,9 @@ func TestLiftedQuotaFoundAtSynchronize(t *testing.T) {
 }
 
 // TestAllocStatusMemsMustBeNUMANodesOfTheNode: an exclusive container's
-// alloc-status mems must name NUMA nodes the node has (the test node has
-// NUMA node 0 only); otherwise it is refused and nothing is held.
+// alloc-status mems are empty or exactly the NUMA nodes of its CPUs (the
+// engine's one mems rule; the test node has NUMA node 0 only); otherwise it
+// is refused and nothing is held.
 func TestAllocStatusMemsMustBeNUMANodesOfTheNode(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -324,8 +325,8 @@ func TestAllocStatusMemsMustBeNUMANodesOfTheNode(t *testing.T) {
 		{name: "no mems (numa None)", mems: `""`},
 		{name: "mems absent", mems: ""},
 		{name: "NUMA nodes the node does not have", mems: `"5-7"`,
-			refused: `corepin: pod default/m container engine cpus "2-3": corepin.io/alloc-status mems "5-7": this node has no NUMA node 5-7 (its NUMA nodes: 0)`},
-		{name: "one of them missing", mems: `"0-1"`, refused: `mems "0-1": this node has no NUMA node 1 (its NUMA nodes: 0)`},
+			refused: `corepin: pod default/m container engine cpus "2-3": corepin.io/alloc-status mems "5-7" are not the NUMA nodes of its CPUs 2-3 (0)`},
+		{name: "one of them missing", mems: `"0-1"`, refused: `mems "0-1" are not the NUMA nodes of its CPUs 2-3 (0)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)

@@ -111,7 +111,7 @@ func ReadBound(pod BoundPod, topo *Topology) Bound {
 		// Annotations that do not parse (edited after bind, or written
 		// under rules since made stricter) do not void a valid alloc-status:
 		// its CPUs stay held, its containers exclusive, the rest shared.
-		b.Reason = &Reason{Code: CodeBadAnnotation, Message: fmt.Sprintf("pod %s: %v", key, err), Err: err}
+		b.Reason = &Reason{Code: CodeBadAnnotation, Message: err.Error(), Err: err}
 		defaults, _ := api.ParsePodIntent(nil, pod.Labels)
 		defaults.App = api.AppOf(pod.Annotations, pod.Labels)
 		b.Request = Request{Key: key, Namespace: pod.Namespace, Intent: defaults, Containers: pod.Containers}
@@ -127,22 +127,22 @@ func ReadBound(pod BoundPod, topo *Topology) Bound {
 	}
 	value, ok := pod.Annotations[api.AnnotationAllocStatus]
 	if !ok {
-		b.Reason = Reasonf(CodeNotPlaced, "pod %s: exclusive but has no %s (not placed by the corepin scheduler extender)", key, api.AnnotationAllocStatus)
+		b.Reason = Reasonf(CodeNotPlaced, "exclusive pod not placed by the corepin scheduler extender (no %s)", api.AnnotationAllocStatus)
 		return b
 	}
 	status, err := api.ParseAllocStatus(value)
 	if err != nil {
-		b.Reason = &Reason{Code: CodeBadAnnotation, Message: fmt.Sprintf("pod %s: %v", key, err), Err: err}
+		b.Reason = &Reason{Code: CodeBadAnnotation, Message: err.Error(), Err: err}
 		return b
 	}
 	if pod.Node != "" && status.Node != pod.Node {
-		b.Reason = Reasonf(CodeWrongNode, "pod %s: %s names node %s but the pod is on %s", key, api.AnnotationAllocStatus, status.Node, pod.Node)
+		b.Reason = Reasonf(CodeWrongNode, "alloc-status is for node %q, the pod is on %q", status.Node, pod.Node)
 		return b
 	}
 	b.Status, b.Held = status, true
 	if r := CheckContainers(b.Request, status); r != nil {
 		b.Reason = r
-	} else if r := CheckMems(key, status, topo.numaFunc()); r != nil {
+	} else if r := CheckMems(status, topo.numaFunc()); r != nil {
 		b.Reason = r
 	}
 	return b
@@ -168,21 +168,26 @@ func CheckContainers(req Request, status api.AllocStatus) *Reason {
 	sort.Strings(want)
 	sort.Strings(got)
 	if w, g := strings.Join(want, " "), strings.Join(got, " "); w != g {
-		return Reasonf(CodeBadAnnotation, "pod %s: %s gives containers %s but the spec's exclusive containers are %s", req.Key, api.AnnotationAllocStatus, g, w)
+		return Reasonf(CodeBadAnnotation, "%s gives containers %s but the spec's exclusive containers are %s", api.AnnotationAllocStatus, g, w)
 	}
 	return nil
 }
 
 // CheckMems applies the mems rule (see ReadBound); numaOf gives a CPU's
 // NUMA node (nil: the topology is not known, nothing is checked).
-func CheckMems(key string, status api.AllocStatus, numaOf func(cpu int) (int, bool)) *Reason {
+func CheckMems(status api.AllocStatus, numaOf func(cpu int) (int, bool)) *Reason {
 	mems := status.Mems.Set()
 	if numaOf == nil || mems.IsEmpty() {
 		return nil
 	}
+	for _, id := range status.CPUs.Set().UnsortedList() {
+		if _, ok := numaOf(id); !ok {
+			return nil // an offline CPU: the engine's conflict check names it
+		}
+	}
 	numa := MemsOf(status.CPUs.Set(), numaOf)
 	if !mems.Equals(numa) {
-		return Reasonf(CodeBadAnnotation, "pod %s: %s mems %q are not the NUMA nodes of its CPUs %s (%s)", key, api.AnnotationAllocStatus, mems, status.CPUs.Set(), numa)
+		return Reasonf(CodeBadAnnotation, "%s mems %q are not the NUMA nodes of its CPUs %s (%s)", api.AnnotationAllocStatus, mems, status.CPUs.Set(), numa)
 	}
 	return nil
 }

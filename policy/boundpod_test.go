@@ -43,7 +43,7 @@ func TestReadBound(t *testing.T) {
 			held: "0-1"},
 		{name: "not placed", annotations: exclusive(nil), containers: spec, code: CodeNotPlaced, message: "no corepin.io/alloc-status", sharedMilli: 750},
 		{name: "another node's", annotations: exclusive(map[string]string{api.AnnotationAllocStatus: status("n2", "0-1", "0")}), containers: spec,
-			code: CodeWrongNode, message: "names node n2 but the pod is on n1", sharedMilli: 750},
+			code: CodeWrongNode, message: `alloc-status is for node "n2", the pod is on "n1"`, sharedMilli: 750},
 		{name: "alloc-status does not parse", annotations: exclusive(map[string]string{api.AnnotationAllocStatus: `{"node":`}), containers: spec,
 			code: CodeBadAnnotation, message: api.AnnotationAllocStatus, sharedMilli: 750},
 		{name: "other annotations do not parse: the valid alloc-status is kept",

@@ -369,7 +369,7 @@ func PlacementFromPod(pod *v1.Pod) (*policy.Placement, error) {
 	placement := bound.Placement()
 	placement.UID, placement.Priority, placement.Terminating = pod.UID, PodPriority(pod), pod.DeletionTimestamp != nil
 	if bound.Reason != nil {
-		return placement, bound.Reason
+		return placement, fmt.Errorf("pod %s: %w", PodKey(pod), bound.Reason)
 	}
 	return placement, nil
 }

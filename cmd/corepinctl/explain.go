@@ -292,7 +292,7 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 	}
 	numaSet := policy.MemsOf(cpus, numaOf)
 	mems := status.Mems.Set()
-	r := policy.CheckMems(policy.BoundPodOf(pod).Key(), status, numaOf)
+	r := policy.CheckMems(status, numaOf)
 	if mems.IsEmpty() {
 		e.check(r == nil, checkMems, "no mems: no memory binding (numa %s)", intent.Spec.NUMA)
 	} else {
