@@ -86,16 +86,7 @@ func NewRequest(pod *v1.Pod) (Request, error) {
 	if err != nil {
 		return Request{}, &Reason{Code: CodeBadAnnotation, Message: fmt.Sprintf("pod %s: %v", key, err), Err: err}
 	}
-	req := Request{Key: key, Namespace: pod.Namespace, Intent: intent}
-	for i := range pod.Spec.Containers {
-		c := &pod.Spec.Containers[i]
-		req.Containers = append(req.Containers, Container{Name: c.Name, Milli: ContainerAmount(c)})
-	}
-	for i := range pod.Spec.InitContainers {
-		if c := &pod.Spec.InitContainers[i]; IsNativeSidecar(c) {
-			req.Containers = append(req.Containers, Container{Name: c.Name, Milli: ContainerAmount(c), Sidecar: true})
-		}
-	}
+	req := Request{Key: key, Namespace: pod.Namespace, Intent: intent, Containers: BoundPodOf(pod).Containers}
 	if !intent.Exclusive() {
 		return req, nil
 	}
