@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
-	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
 
 // Reasons of the events the extender records on pods.
@@ -118,7 +117,7 @@ type podEventItem struct {
 	// turns them into msg and sum (the message and its hash) and drops
 	// the map before holding the item until due.
 	total  int
-	failed extenderv1.FailedNodesMap
+	failed Rejections
 	msg    string
 	sum    uint64
 	due    time.Time
@@ -183,7 +182,7 @@ func podRef(pod *v1.Pod) v1.ObjectReference {
 // total nodes were asked about and failed are those rejected. It is
 // recorded if the pod still has no node after the delay. It never blocks;
 // failed must not be changed afterwards.
-func (e *PodEvents) NodesRejected(pod *v1.Pod, total int, failed extenderv1.FailedNodesMap) {
+func (e *PodEvents) NodesRejected(pod *v1.Pod, total int, failed Rejections) {
 	e.send(podEventItem{kind: kindRejected, ref: podRef(pod), total: total, failed: failed}, ReasonNodesRejected)
 }
 
@@ -367,15 +366,15 @@ func (e *PodEvents) Len() int {
 // first. A group whose nodes all gave the same reason quotes it; otherwise
 // it names the class and quotes one node's reason as an example. The
 // message is at most 1 KiB: groups that do not fit are counted at the end.
-func RejectionSummary(total int, failed extenderv1.FailedNodesMap) string {
+func RejectionSummary(total int, failed Rejections) string {
 	type group struct {
 		class, example, node string
 		n                    int
 		same                 bool
 	}
 	byClass := map[string]*group{}
-	for node, reason := range failed {
-		class := reasonClass(reason)
+	for node, r := range failed {
+		class, reason := string(r.Code), r.Message
 		g := byClass[class]
 		if g == nil {
 			byClass[class] = &group{class: class, example: reason, node: node, n: 1, same: true}

@@ -24,6 +24,7 @@ import (
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
 )
 
 // flush waits until the worker has handled everything queued before it,
@@ -146,13 +147,14 @@ func TestFilterRecordsNodesRejected(t *testing.T) {
 // all the group's nodes share, names the class and one example otherwise,
 // and stays within 1 KiB whatever the number of nodes and reasons.
 func TestRejectionSummary(t *testing.T) {
-	failed := extenderv1.FailedNodesMap{
-		"a": "exclusive limit 32 reached (needs 8, holds 28)",
-		"b": "exclusive limit 32 reached (needs 8, holds 28)",
-		"c": "no NUMA node has 4 free CPUs on cores no pod holds (numa Required; most: 2 on NUMA node 1)",
-		"d": "max-per-node 1 reached for app \"pg\" (1 on the node)",
-		"e": "max-per-node 2 reached for app \"pg\" (2 on the node)",
-		"f": "max-per-node 1 reached for app \"pg\" (1 on the node)",
+	limit, numa, mpn := policy.CodeExclusiveLimit, policy.CodeNUMARequired, policy.CodeMaxPerNode
+	failed := Rejections{
+		"a": policy.Reasonf(limit, "exclusive limit 32 reached (needs 8, holds 28)"),
+		"b": policy.Reasonf(limit, "exclusive limit 32 reached (needs 8, holds 28)"),
+		"c": policy.Reasonf(numa, "no NUMA node has 4 free CPUs on cores no pod holds (numa Required; most: 2 on NUMA node 1)"),
+		"d": policy.Reasonf(mpn, "max-per-node 1 reached for app \"pg\" (1 on the node)"),
+		"e": policy.Reasonf(mpn, "max-per-node 2 reached for app \"pg\" (2 on the node)"),
+		"f": policy.Reasonf(mpn, "max-per-node 1 reached for app \"pg\" (1 on the node)"),
 	}
 	got := RejectionSummary(9, failed)
 	want := "6 of 9 nodes rejected: 3 max-per-node, e.g. d: max-per-node 1 reached for app \"pg\" (1 on the node); " +
@@ -162,14 +164,16 @@ func TestRejectionSummary(t *testing.T) {
 		t.Fatalf("summary\n%s\nwant\n%s", got, want)
 	}
 	// 5,000 nodes, each with its own long reason, in every class.
-	big := extenderv1.FailedNodesMap{}
+	big := Rejections{}
 	reasons := []string{"exclusive limit %d reached (needs 8, holds %d)", "node needs attention, no new exclusive pods: %d %d " + strings.Repeat("x", 2000),
 		"shared headroom too small (needs %d CPUs; %d)", "shared pool too small (needs %d; %d)", "max-per-node %d reached for app (%d)",
 		"node has no corepin.io/topology annotation %d %d", "not enough physical cores eligible for Spread (needs %d, %d available)",
 		"not enough free CPUs on cores no pod holds (needs %d, %d available)", "node publishes no IO queues %d %d",
 		"node unknown to the corepin extender %d %d", "mystery %d %d", "no NUMA node has %d CPUs (numa Required; %d)"}
+	codes := []policy.Code{limit, policy.CodeAttention, policy.CodeSharedHeadroom, policy.CodeSharedPool, mpn, policy.CodeNoTopology, policy.CodeSpread,
+		policy.CodeCores, policy.CodeIOQueue, policy.CodeUnknownNode, policy.CodeOther, numa}
 	for i := 0; i < 5000; i++ {
-		big[fmt.Sprintf("node-%05d", i)] = fmt.Sprintf(reasons[i%len(reasons)], i, i)
+		big[fmt.Sprintf("node-%05d", i)] = policy.Reasonf(codes[i%len(codes)], reasons[i%len(reasons)], i, i)
 	}
 	got = RejectionSummary(5000, big)
 	if len(got) > maxEventMessage || !strings.HasPrefix(got, "5000 of 5000 nodes rejected: ") || !strings.Contains(got, "more for") {
@@ -185,7 +189,7 @@ func TestPodEventsBounded(t *testing.T) {
 	e := NewPodEvents(recorder, nil, PodEventsConfig{Entries: 3, Window: time.Minute})
 	now := time.Unix(1000, 0)
 	e.now = func() time.Time { return now }
-	failed := extenderv1.FailedNodesMap{"n1": "exclusive limit 4 reached (needs 8, holds 0)"}
+	failed := Rejections{"n1": policy.Reasonf(policy.CodeExclusiveLimit, "exclusive limit 4 reached (needs 8, holds 0)")}
 	reject := func(name string, uid string) {
 		pod := testPod(name, 8, true)
 		pod.UID = types.UID("uid-" + uid)
@@ -222,7 +226,7 @@ func TestPodEventsBounded(t *testing.T) {
 	// A pod placed meanwhile, or gone from the cache (deleted, maybe after
 	// it was bound), gets no event and leaves no entry.
 	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("p9", 8, true)), total: 1,
-		failed: extenderv1.FailedNodesMap{"n2": "other"}}, func(string, string, types.UID) PodState { return PodDone })
+		failed: Rejections{"n2": policy.Reasonf(policy.CodeOther, "other")}}, func(string, string, types.UID) PodState { return PodDone })
 	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("new", 8, true)), total: 1, failed: failed},
 		func(string, string, types.UID) PodState { return PodUnknown })
 	if got := drain(recorder); e.Len() != 0 || len(got) != 0 {
@@ -509,7 +513,7 @@ func TestNodesRejectedOverdueFreesItsPlace(t *testing.T) {
 	e := NewPodEvents(recorder, nil, PodEventsConfig{Delay: time.Second, Held: 1})
 	now := time.Unix(1000, 0)
 	e.now = func() time.Time { return now }
-	failed := extenderv1.FailedNodesMap{"n1": "exclusive limit 4 reached (needs 8, holds 0)"}
+	failed := Rejections{"n1": policy.Reasonf(policy.CodeExclusiveLimit, "exclusive limit 4 reached (needs 8, holds 0)")}
 	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("a", 8, true)), total: 1, failed: failed}, nil)
 	now = now.Add(2 * time.Second)
 	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("b", 8, true)), total: 1, failed: failed}, nil)

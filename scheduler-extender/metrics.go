@@ -1,8 +1,6 @@
 package extender
 
 import (
-	"strings"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -63,26 +61,4 @@ func NewMetrics(s *Scheduler) *Metrics {
 	m.Registry.MustRegister(m.RequestSeconds, m.Rejections, m.Binds, m.CacheNodes, m.CachePods, m.CacheAssumed,
 		m.NotReady, m.PodEvents, m.PodEventEntries)
 	return m
-}
-
-// reasonClass maps an engine reason to a low-cardinality label.
-func reasonClass(reason string) string {
-	for _, c := range []struct{ substr, class string }{
-		{"exclusive limit", "exclusive-limit"},
-		{"shared headroom", "shared-headroom"},
-		{"shared pool too small", "shared-pool"},
-		{"max-per-node", "max-per-node"},
-		{"needs attention", "attention"},
-		{"no corepin.io/topology", "no-topology"},
-		{"numa Required", "numa-required"},
-		{"eligible for Spread", "spread"},
-		{"free CPUs on cores", "cores"},
-		{"IO queues", "io-queue"},
-		{"unknown to the corepin extender", "unknown-node"},
-	} {
-		if strings.Contains(reason, c.substr) {
-			return c.class
-		}
-	}
-	return "other"
 }

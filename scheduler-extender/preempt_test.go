@@ -379,7 +379,7 @@ func TestVictimsKeepTheirCPUs(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := preemptor(4, 10)
-	if fits, failed, err := s.Filter(pod, []string{"n1"}); err != nil || len(fits) != 0 || !strings.Contains(failed["n1"], "not enough free CPUs") {
+	if fits, failed, err := s.Filter(pod, []string{"n1"}); err != nil || len(fits) != 0 || !strings.Contains(failed["n1"].Message, "not enough free CPUs") {
 		t.Fatalf("filter while the victim terminates: fits %v, failed %v, %v", fits, failed, err)
 	}
 	binder := newRecordingBinder()

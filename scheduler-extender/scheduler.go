@@ -417,7 +417,7 @@ func contains(list []string, s string) bool {
 // Filter splits the candidate nodes into those where the pod fits and those
 // where it does not, with the engine's reason for each. A pod that is itself
 // malformed gets an error and no node.
-func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, extenderv1.FailedNodesMap, error) {
+func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, Rejections, error) {
 	req, err := s.request(pod)
 	if err != nil {
 		return nil, nil, err
@@ -437,10 +437,10 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, extenderv
 	})
 	s.mu.RUnlock()
 	fits := make([]string, 0, len(nodeNames))
-	failed := extenderv1.FailedNodesMap{}
+	failed := Rejections{}
 	for i, name := range nodeNames {
 		if reasons[i] != nil {
-			failed[name] = reasons[i].Error()
+			failed[name] = asReason(reasons[i])
 			continue
 		}
 		fits = append(fits, name)
@@ -448,7 +448,29 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, extenderv
 	return fits, failed, nil
 }
 
-var errUnknownNode = errors.New("node unknown to the corepin extender (not in its cache yet)")
+var errUnknownNode = policy.Reasonf(policy.CodeUnknownNode, "node unknown to the corepin extender (not in its cache yet)")
+
+// Rejections are the filter's reasons by node: the Code labels metrics and
+// groups the CorepinNodesRejected event, the message goes to kube-scheduler.
+type Rejections map[string]*policy.Reason
+
+// FailedNodes is the rejections as kube-scheduler reads them.
+func (r Rejections) FailedNodes() extenderv1.FailedNodesMap {
+	out := make(extenderv1.FailedNodesMap, len(r))
+	for node, reason := range r {
+		out[node] = reason.Message
+	}
+	return out
+}
+
+// asReason is err's Reason, or err under CodeOther.
+func asReason(err error) *policy.Reason {
+	var r *policy.Reason
+	if errors.As(err, &r) && r.Message == err.Error() {
+		return r
+	}
+	return &policy.Reason{Code: policy.CodeOf(err), Message: err.Error(), Err: err}
+}
 
 // Prioritize scores each node 0-10 for the pod.
 func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.HostPriorityList, error) {

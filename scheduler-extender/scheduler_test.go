@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/policy"
 )
 
 // topologyJSON is a node without SMT with cpus CPUs on one NUMA node.
@@ -256,7 +257,7 @@ func TestIncompatibleTopologyChange(t *testing.T) {
 		t.Fatalf("attention %q", upd.Attention)
 	}
 	fits, failed, err := s.Filter(testPod("a", 1, true), []string{"n1"})
-	if err != nil || len(fits) != 0 || !strings.Contains(failed["n1"], "needs attention") {
+	if err != nil || len(fits) != 0 || !strings.Contains(failed["n1"].Message, "needs attention") || failed["n1"].Code != policy.CodeAttention {
 		t.Fatalf("filter on an attention node: %v %v %v", fits, failed, err)
 	}
 	if fits, _, _ := s.Filter(testPod("b", 1, false), []string{"n1"}); len(fits) != 1 {
@@ -338,12 +339,12 @@ func TestFilterPrioritizeInChunks(t *testing.T) {
 		n, ok := s.engines[name]
 		switch {
 		case !ok:
-			if failed[name] == "" {
+			if failed[name] == nil || failed[name].Code != policy.CodeUnknownNode {
 				t.Errorf("%s: unknown node not in failed", name)
 			}
 		case n.Check(req, api.AllFilters) != nil:
-			if want := n.Check(req, api.AllFilters).Error(); failed[name] != want {
-				t.Errorf("%s: failed %q, want %q", name, failed[name], want)
+			if want := n.Check(req, api.AllFilters); failed[name] == nil || failed[name].Message != want.Error() || failed[name].Code != policy.CodeOf(want) {
+				t.Errorf("%s: failed %v, want %q", name, failed[name], want)
 			}
 		default:
 			wantFits = append(wantFits, name)

@@ -197,11 +197,11 @@ func (s *Server) filter(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.Metrics != nil {
 		for _, reason := range failed {
-			s.Metrics.Rejections.WithLabelValues(reasonClass(reason)).Inc()
+			s.Metrics.Rejections.WithLabelValues(string(reason.Code)).Inc()
 		}
 	}
 	klog.V(4).InfoS("Filtered", "pod", klog.KObj(pod), "fit", len(fits), "failed", len(failed))
-	reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &fits, FailedNodes: failed})
+	reply(w, &extenderv1.ExtenderFilterResult{NodeNames: &fits, FailedNodes: failed.FailedNodes()})
 	// The summary is built by the events worker: here only a
 	// non-blocking send, and only for an exclusive pod with rejections.
 	if len(failed) > 0 && s.Events != nil && pod.Annotations[api.AnnotationCPUMode] == string(api.ModeExclusive) {

@@ -209,11 +209,11 @@ func simulateCreate(s *Scheduler, binder *memoryBinder, names []string, pod *v1.
 }
 
 // unschedulable renders the reasons the way kube-scheduler summarises them.
-func unschedulable(total int, failed extenderv1.FailedNodesMap) string {
+func unschedulable(total int, failed Rejections) string {
 	names := slices.Sorted(maps.Keys(failed))
 	parts := make([]string, len(names))
 	for i, n := range names {
-		parts[i] = n + ": " + failed[n]
+		parts[i] = n + ": " + failed[n].Message
 	}
 	if len(parts) == 0 {
 		return fmt.Sprintf("0/%d nodes fit", total)

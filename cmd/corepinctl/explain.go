@@ -400,8 +400,11 @@ func (e *explainer) pending() error {
 	}
 	d.Nodes = make([]nodeVerdict, 0, len(names))
 	for _, n := range names {
-		reason, refused := failed[n]
-		d.Nodes = append(d.Nodes, nodeVerdict{Node: n, Fits: !refused, Reason: reason})
+		v := nodeVerdict{Node: n, Fits: true}
+		if r, refused := failed[n]; refused {
+			v.Fits, v.Reason, v.Code = false, r.Message, string(r.Code)
+		}
+		d.Nodes = append(d.Nodes, v)
 	}
 	return nil
 }

@@ -169,6 +169,8 @@ type nodeVerdict struct {
 	Fits bool   `json:"fits"`
 	// Reason is why the pod does not fit, "" when it fits.
 	Reason string `json:"reason"`
+	// Code classifies Reason (the engine's policy.Code, the metrics label).
+	Code string `json:"code,omitempty"`
 }
 
 // newExplainDoc fills what every pod has.
