@@ -98,7 +98,8 @@ type NodeUpdate struct {
 	// Attention is set when this update made the node need attention: the
 	// caller records it on the node (annotation and event).
 	Attention string
-	// Problems are non-fatal issues with the node's annotations.
+	// Problems are non-fatal issues with the node's annotations, each
+	// saying what is wrong ("invalid corepin.io/topology: ...").
 	Problems []string
 }
 
@@ -113,7 +114,7 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 	limits := s.cfg.Limits()
 	policyErr := ""
 	if p, err := api.ParseNodePolicy(obj.Annotations[api.AnnotationNodePolicy]); err != nil {
-		policyErr = err.Error()
+		policyErr = "invalid " + err.Error()
 		upd.Problems = append(upd.Problems, policyErr)
 	} else {
 		limits = p.Apply(limits)
@@ -122,7 +123,7 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 	old := s.nodes[obj.Name]
 	topo, topoErr := s.internTopology(value)
 	if topoErr != nil {
-		upd.Problems = append(upd.Problems, topoErr.Error())
+		upd.Problems = append(upd.Problems, "invalid "+topoErr.Error())
 	}
 	attention := obj.Annotations[api.AnnotationNodeAttention]
 	// The operator resolves an attention by removing the annotation the
@@ -149,7 +150,7 @@ func (s *Scheduler) UpsertNode(obj *v1.Node) NodeUpdate {
 	case topoErr != nil && node.Topo == nil:
 		node.Attention = "invalid " + topoErr.Error()
 	case policyErr != "":
-		node.Attention = "invalid " + policyErr
+		node.Attention = policyErr
 	}
 	st := &nodeState{node: node, topology: value, attentionSeen: obj.Annotations[api.AnnotationNodeAttention] != ""}
 	if old != nil {

@@ -46,12 +46,7 @@ func (st *clusterState) view(name string) nodeView {
 	} else {
 		v.warnings = append(v.warnings, fmt.Sprintf("no %s annotation (is the corepin node plugin running there?)", api.AnnotationTopology))
 	}
-	for _, p := range st.problems[name] {
-		if strings.HasPrefix(p, api.AnnotationTopology) || strings.HasPrefix(p, api.AnnotationNodePolicy) {
-			p = "invalid " + p
-		}
-		v.warnings = append(v.warnings, p)
-	}
+	v.warnings = append(v.warnings, st.problems[name]...)
 	if a := n.Annotations[api.AnnotationNodeAttention]; a != "" {
 		v.warnings = append(v.warnings, "attention: "+a)
 	}
