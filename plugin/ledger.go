@@ -420,13 +420,13 @@ func (l *Ledger) Classify(pod Pod, name string, milli int64) (*Container, error)
 // extender keeps counting it: the containers it names are exclusive, the
 // others shared. The reason is returned in unparsed, for the caller to
 // report; err is Classify's otherwise.
-func (l *Ledger) ClassifyExisting(pod Pod, name string, milli int64) (c *Container, unparsed, err error) {
+func (l *Ledger) ClassifyExisting(pod Pod, name string, milli int64) (c *Container, unparsed *policy.Reason, err error) {
 	c, err = l.Classify(pod, name, milli)
 	if err == nil {
 		return c, nil, nil
 	}
 	b := l.read(pod)
-	if !b.Held {
+	if !b.Held || b.Reason == nil {
 		return nil, nil, err
 	}
 	// Release switches that do not parse are the contract's defaults

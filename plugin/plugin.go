@@ -424,9 +424,9 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		}
 		if unparsed != nil {
 			p.metrics.conflicts.Inc()
-			p.log.Error("Pod annotations do not parse: container kept as its alloc-status says", "pod", pod.Key(), "container", c.GetName(),
-				"class", classified.Class, "cpus", classified.CPUs.String(), "err", unparsed)
-			p.event(pod, "CorepinConflict", fmt.Sprintf("annotations do not parse (%v): container %s kept as %s says (%s, cpus %q); a new container of the pod is refused until they are fixed",
+			p.log.Error("Pod annotations cannot be honoured as written: container kept as its alloc-status says", "pod", pod.Key(), "container", c.GetName(),
+				"class", classified.Class, "cpus", classified.CPUs.String(), "code", unparsed.Code, "err", unparsed)
+			p.event(pod, "CorepinConflict", fmt.Sprintf("annotations cannot be honoured as written (%v): container %s kept as %s says (%s, cpus %q); a new container of the pod is refused until they are fixed",
 				unparsed, c.GetName(), corepin.AnnotationAllocStatus, classified.Class, classified.CPUs.String()))
 		}
 		describe(classified, c)
