@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/testtopo"
 )
 
 func TestAllocate(t *testing.T) {
@@ -77,6 +78,20 @@ func TestAllocate(t *testing.T) {
 			{req: exclusiveReq("a", "db", 2, scf), want: "0,16"},
 			{req: exclusiveReq("b", "db", 2, scf), want: "8,24"},
 			{req: exclusiveReq("c", "web", 2, scf), want: "1,17"},
+		}},
+		{"adjacent siblings: whole cores are pairs of neighbours", "azure-d16s-v5", []step{
+			{req: exclusiveReq("a", "", 4, scf), want: "0-3", mems: "0"},
+			{req: exclusiveReq("b", "", 3, scf), want: "4-6"},
+			// CPU 7 is the sibling of b's partial core.
+			{req: exclusiveReq("c", "", 1, scf), want: "8"},
+		}},
+		{"an offline CPU leaves its sibling the best fit for a remainder", "xeon-4208-2s-cpu5-offline", []step{
+			{req: exclusiveReq("a", "", 3, scf), want: "0,16,21"},
+			{req: exclusiveReq("b", "", 2, scf), want: "1,17"},
+		}},
+		{"sparse ids are taken in order", "kvm-hotplug-sparse", []step{
+			{req: exclusiveReq("a", "", 5, scf), want: "0-3,8", mems: "0"},
+			{req: exclusiveReq("b", "", 1, spread), want: "error: exclusive limit 5 reached (needs 1, holds 5)"},
 		}},
 		{"capacity limit", "2s-smt-server", []step{
 			{req: exclusiveReq("a", "", 20, scf), want: "0-9,16-25"},
@@ -252,11 +267,19 @@ func TestAddRefusesConflicts(t *testing.T) {
 }
 
 // The filter's summary-based check and the allocator's candidate listing
-// must agree on feasibility, whatever the node's state.
+// must agree on feasibility, whatever the node's state, on every named
+// topology (L3 groups inside NUMA nodes, adjacent siblings, sparse ids, a
+// core left with one thread).
 func TestFeasibilityMatchesAllocation(t *testing.T) {
+	for _, name := range testtopo.Names() {
+		t.Run(name, func(t *testing.T) { feasibilityMatchesAllocation(t, name) })
+	}
+}
+
+func feasibilityMatchesAllocation(t *testing.T, name string) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for round := 0; round < 30; round++ {
-		n := newTestNode(t, "2s-smt-server")
+		n := newTestNode(t, name)
 		n.Limits.MaxExclusiveRatio = 1
 		for i := 0; i < 60; i++ {
 			spec := api.AllocSpec{}

@@ -7,46 +7,17 @@ import (
 	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/testtopo"
 )
 
-// synthetic builds a topology numbered the way Linux numbers x86 servers:
-// thread t of core c (counting cores across sockets) is CPU c + t*cores. Each
-// socket is split into numaPerSocket NUMA nodes, each with its own L3.
-func synthetic(sockets, coresPerSocket, threads, numaPerSocket int, reserved string, queues ...api.IOQueue) api.Topology {
-	cores := sockets * coresPerSocket
-	topo := api.Topology{Version: api.TopologyVersion, IOQueues: queues}
-	coresPerNUMA := coresPerSocket / numaPerSocket
-	for t := 0; t < threads; t++ {
-		for c := 0; c < cores; c++ {
-			socket := c / coresPerSocket
-			numa := c / coresPerNUMA
-			topo.CPUs = append(topo.CPUs, api.CPUInfo{ID: c + t*cores, Core: c, Socket: socket, NUMA: numa, L3: numa})
-		}
-	}
-	set, err := cpuset.Parse(reserved)
-	if err != nil {
-		panic(err)
-	}
-	topo.Reserved = api.NewCPUList(set)
-	return topo
-}
-
-// Named topologies used across the tests and benchmarks.
-var namedTopologies = map[string]func() api.Topology{
-	// 2 sockets x 8 cores x 2 threads, one NUMA node per socket: CPUs 0-31,
-	// siblings N and N+16.
-	"2s-smt-server": func() api.Topology { return synthetic(2, 8, 2, 1, "") },
-	// 1 socket, 8 CPUs, no SMT.
-	"1s-vm": func() api.Topology { return synthetic(1, 8, 1, 1, "") },
-	// 2 sockets x 64 cores x 2 threads, 2 NUMA nodes per socket: 256 CPUs.
-	"256-cpu": func() api.Topology { return synthetic(2, 64, 2, 2, "") },
-	// The contract's seed: 104 CPUs, 8 reserved, so P = 96.
-	"seed-104": func() api.Topology { return synthetic(2, 26, 2, 1, "0-3,52-55") },
-}
-
+// newTestNode builds a node of a named topology (internal/testtopo: the
+// layouts of real machines, described in its README), after mutate.
 func newTestNode(t testing.TB, name string, mutate ...func(*api.Topology)) *Node {
 	t.Helper()
-	src := namedTopologies[name]()
+	src, err := testtopo.Load(name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, m := range mutate {
 		m(&src)
 	}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -412,21 +413,23 @@ func TestNodesRejectedEventOnThePod(t *testing.T) {
 	if events.Len() != 1 {
 		t.Fatalf("%d entries, want 1", events.Len())
 	}
-	var got []v1.Event
-	for deadline := time.Now().Add(10 * time.Second); len(got) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no event on the pod")
-		}
-		list, err := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = list.Items
+	// The broadcaster hands events to the sink one at a time, in order: once
+	// a sentinel recorded after the filters is written, everything the two
+	// filters caused (a second event, or a count update) is written too.
+	sentinel := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sentinel", Namespace: "sentinel", UID: "uid-sentinel"}}
+	recorder.Event(sentinel, v1.EventTypeNormal, "Sentinel", "recorded after the filters")
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err := client.CoreV1().Events("sentinel").List(ctx, metav1.ListOptions{})
+		return err == nil && len(list.Items) == 1, err
+	}); err != nil {
+		t.Fatalf("sentinel event not written: %v", err)
 	}
-	time.Sleep(200 * time.Millisecond) // a second event would be an update of the count by now
-	list, _ := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+	list, err := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(list.Items) != 1 {
-		t.Fatalf("%d events", len(list.Items))
+		t.Fatalf("%d events on the pod, want 1: %+v", len(list.Items), list.Items)
 	}
 	e := list.Items[0]
 	want := "1 of 2 nodes rejected: 1 not enough free CPUs on cores no pod holds (needs 6, 4 available)"

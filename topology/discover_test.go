@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/reference"
 )
 
 // cpu is (id, core, socket, numa, l3).
@@ -149,14 +151,30 @@ func FuzzParseInterrupts(f *testing.F) {
 	})
 }
 
+// FuzzReadCPUList compares readCPUList with internal/reference's expansion
+// of the file's list (sysfs ends it with a newline) and its printed form.
 func FuzzReadCPUList(f *testing.F) {
-	f.Add("0-3,8")
-	f.Add("0-99999999")
+	for _, s := range []string{"0-3,8\n", "0-99999999", "", "\n", "0-1,1-2", "3-1", "0--0", "+1", "1,,2", " 4 \n"} {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, s string) {
 		path := t.TempDir() + "/list"
 		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, _ = readCPUList(path)
+		set, err := readCPUList(path)
+		ids, ok := reference.CPUList(strings.TrimSpace(s), api.MaxCPUID)
+		if (err == nil) != ok {
+			t.Fatalf("%q: error %v, reference accepts: %v", s, err, ok)
+		}
+		if err != nil {
+			return
+		}
+		if got := set.List(); !slices.Equal(got, ids) {
+			t.Fatalf("%q: read %v, reference %v", s, got, ids)
+		}
+		if got, want := set.String(), reference.FormatCPUList(ids); got != want {
+			t.Fatalf("%q: printed %q, reference %q", s, got, want)
+		}
 	})
 }

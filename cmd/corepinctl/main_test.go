@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -39,6 +41,28 @@ func TestSimulateSeed(t *testing.T) {
 	}
 	if lines[8]["cpus"] != lines[2]["cpus"] {
 		t.Errorf("db-4 did not get db-0's freed CPUs: %v vs %v", lines[8]["cpus"], lines[2]["cpus"])
+	}
+}
+
+// A malformed scenario prints exactly its reviewed message (the extender's
+// golden file for it), prefixed with the command and the file.
+func TestSimulateMalformedMessage(t *testing.T) {
+	files, err := filepath.Glob(scenarios + "malformed-*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no malformed scenarios: %v", err)
+	}
+	for _, file := range files {
+		want, err := os.ReadFile(strings.TrimSuffix(file, ".yaml") + ".golden")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		if code := run([]string{"simulate", "--scenario", file}, &out, &errOut); code != 2 {
+			t.Errorf("%s: exit %d, want 2", file, code)
+		}
+		if got, want := errOut.String(), "corepinctl simulate: "+file+": "+string(want); got != want {
+			t.Errorf("%s: stderr\n%q, want\n%q", file, got, want)
+		}
 	}
 }
 
