@@ -196,8 +196,8 @@ type Ledger struct {
 
 // grant is what a pod sandbox was admitted with (see Ledger.granted).
 type grant struct {
-	podID string
-	cpus  cpuset.CPUSet
+	podID, name string
+	cpus        cpuset.CPUSet
 }
 
 // NewLedger returns an empty ledger for a node's topology.
@@ -555,36 +555,12 @@ func (l *Ledger) grant(c *Container) {
 		return
 	}
 	g := l.granted[c.SandboxID]
-	g.podID, g.cpus = c.podID, g.cpus.Union(c.CPUs)
+	if c.CPUs.IsSubsetOf(g.cpus) {
+		return
+	}
+	g.podID, g.name, g.cpus = c.podID, c.podKey, g.cpus.Union(c.CPUs)
 	l.granted[c.SandboxID] = g
-}
-
-// grantedTo is the union of the CPUs granted to a pod (by identity) in
-// its live sandboxes.
-func (l *Ledger) grantedTo(podID string) cpuset.CPUSet {
-	out := cpuset.New()
-	for _, g := range l.granted {
-		if g.podID == podID {
-			out = out.Union(g.cpus)
-		}
-	}
-	return out
-}
-
-// dormant counts the granted CPUs that no placement holds now (their
-// containers are stopped and will be restarted), except those in but.
-func (l *Ledger) dormant(but cpuset.CPUSet) int {
-	out := cpuset.New()
-	for _, g := range l.granted {
-		out = out.Union(g.cpus)
-	}
-	n := 0
-	for _, cpu := range out.Difference(but).UnsortedList() {
-		if _, held := l.node.Holder(cpu); !held {
-			n++
-		}
-	}
-	return n
+	_ = l.replacePod(c.podID, false)
 }
 
 // numaNodes are the NUMA nodes of the node's online CPUs.
@@ -647,8 +623,11 @@ func (l *Ledger) quarantined() []*Container {
 // ForgetSandbox drops every container of a pod sandbox, and what the
 // sandbox was granted, and reports whether exclusive CPUs were freed.
 func (l *Ledger) ForgetSandbox(sandboxID string) bool {
-	delete(l.granted, sandboxID)
 	freed := false
+	if g, ok := l.granted[sandboxID]; ok {
+		delete(l.granted, sandboxID)
+		_ = l.replacePod(g.podID, false)
+	}
 	for id, c := range l.containers {
 		if c.SandboxID == sandboxID {
 			l.Forget(id)
@@ -682,12 +661,13 @@ func (l *Ledger) Forget(id string) (*Container, bool) {
 }
 
 // replacePod rebuilds one pod's placement (by identity) from its live
-// containers: the union of their exclusive CPUs and the sum of their
-// shared amounts. With checkCapacity, a pod whose exclusive CPUs grew must
-// fit the formula.
-func (l *Ledger) replacePod(key string, checkCapacity bool) error {
-	var cpus []int
-	var milli int64
+// containers (the union of their exclusive CPUs, the sum of their shared
+// amounts) and what its sandboxes were granted. With request, the engine
+// refuses exclusive CPUs beyond what the pod held and was granted that do
+// not fit the formula (policy.Node.Grow).
+func (l *Ledger) replacePod(key string, request bool) error {
+	l.pool = nil // recomputed on demand
+	p := &policy.Placement{Key: key, CPUs: cpuset.New(), Granted: cpuset.New()}
 	var pod *Pod
 	for _, c := range l.containers {
 		if c.podID != key {
@@ -696,49 +676,31 @@ func (l *Ledger) replacePod(key string, checkCapacity bool) error {
 		pod = &c.Pod
 		switch {
 		case c.Class == Exclusive:
-			cpus = append(cpus, c.CPUs.List()...)
+			p.CPUs = p.CPUs.Union(c.CPUs)
 		case l.runsToCompletion(c):
 			// An init container runs before the others and ends: as the
 			// extender, the formula does not count it.
 		default:
-			milli += c.Milli
+			p.SharedMilli += c.Milli
 		}
 	}
-	l.pool = nil // recomputed on demand
-	old, had := l.node.Pod(key)
-	l.node.Remove(key)
-	if pod == nil {
+	for _, g := range l.granted {
+		if g.podID == key {
+			p.Granted, p.Name = p.Granted.Union(g.cpus), g.name
+		}
+	}
+	switch {
+	case pod != nil:
+		intent, _ := api.ParsePodIntent(pod.Annotations, pod.Labels)
+		p.Name, p.App, p.Policy, p.MaxPerNode = pod.Key(), intent.App, intent.Spec.CPU, intent.MaxPerNode
+	case p.Granted.IsEmpty():
+		l.node.Remove(key)
 		return nil
 	}
-	restore := func(err error) error {
-		if had {
-			_ = l.node.Add(old)
-		}
-		return err
+	if request {
+		return l.node.Grow(p)
 	}
-	intent, _ := api.ParsePodIntent(pod.Annotations, pod.Labels)
-	p := &policy.Placement{Key: key, Name: pod.Key(), App: intent.App, Policy: intent.Spec.CPU, CPUs: cpuset.New(cpus...), SharedMilli: milli, MaxPerNode: intent.MaxPerNode}
-	if err := l.node.Add(p); err != nil { // online, not reserved, not held by another pod
-		return restore(err)
-	}
-	// Only growth is checked against the formula: a pod is never refused
-	// CPUs it already holds, nor those its sandbox was granted before (a
-	// container the kubelet restarts).
-	held := l.grantedTo(key)
-	if had {
-		held = held.Union(old.CPUs)
-	}
-	if checkCapacity && p.Exclusive() && !p.CPUs.IsSubsetOf(held) {
-		if c, dormant := l.node.Capacity(), l.dormant(p.CPUs); c.E+dormant > c.ExclusiveLimit {
-			l.node.Remove(key)
-			added := p.CPUs.Size()
-			if had {
-				added -= old.CPUs.Size()
-			}
-			return restore(fmt.Errorf("exclusive limit %d reached (needs %d, holds %d)", c.ExclusiveLimit, added, c.E-added+dormant))
-		}
-	}
-	return nil
+	return l.node.Replace(p)
 }
 
 // Holder names (namespace/name) the pod holding a CPU exclusively, if any.

@@ -703,6 +703,9 @@ func (p *Plugin) SetTopology(src corepin.Topology) error {
 	for _, q := range old.quarantined() {
 		l.Quarantine(q.ID, q)
 	}
+	for _, g := range l.granted {
+		_ = l.replacePod(g.podID, false) // stopped containers' grants count
+	}
 	p.ledger = l
 	p.changed()
 	notify(p.pending)
