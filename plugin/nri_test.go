@@ -193,7 +193,7 @@ func TestResyncAfterRestart(t *testing.T) {
 	if u := waitSync(); len(u) != 0 {
 		t.Fatalf("a resync with every cpuset right issued %v", u)
 	}
-	if e := p.Ledger().Capacity().E; e != 2 {
+	if e := p.Capacity().E; e != 2 {
 		t.Fatalf("after resync the ledger holds %d exclusive CPUs, want 2", e)
 	}
 	ctx := context.Background()

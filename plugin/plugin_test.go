@@ -33,6 +33,23 @@ func newTestPlugin(t *testing.T) *Plugin {
 	return New(NewLedger(cfg, topo), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
+// inLedger runs f on the plugin's ledger under the plugin's lock.
+func inLedger[T any](p *Plugin, f func(*Ledger) T) T {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return f(p.ledger)
+}
+
+// containerOf is a copy of a tracked container, taken under the lock.
+func containerOf(p *Plugin, id string) (Container, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.ledger.Container(id); ok {
+		return *c, true
+	}
+	return Container{}, false
+}
+
 func sandbox(id, ns, name string, annotations map[string]string) *api.PodSandbox {
 	return &api.PodSandbox{Id: id, Namespace: ns, Name: name, Annotations: annotations}
 }
@@ -106,8 +123,8 @@ func TestCreateExclusiveShrinksSharedFirst(t *testing.T) {
 			t.Fatalf("after stop, %s -> %s: pool not grown back to %s", u.GetContainerId(), cpusOf(u), grown[u.GetContainerId()])
 		}
 	}
-	if len(upd) != 3 || p.Ledger().SharedPool().String() != "1-7" {
-		t.Fatalf("after stop: %d updates, pool %s", len(upd), p.Ledger().SharedPool())
+	if len(upd) != 3 || p.SharedPool().String() != "1-7" {
+		t.Fatalf("after stop: %d updates, pool %s", len(upd), p.SharedPool())
 	}
 }
 
@@ -142,8 +159,8 @@ func TestRefusals(t *testing.T) {
 		}
 	}
 	// Nothing refused changed anybody's cores.
-	if pool := p.Ledger().SharedPool().String(); pool != "1,4-7" || len(p.Ledger().Containers()) != 1 {
-		t.Fatalf("after refusals: pool %s, %d containers", pool, len(p.Ledger().Containers()))
+	if pool := p.SharedPool().String(); pool != "1,4-7" || len(inLedger(p, (*Ledger).Containers)) != 1 {
+		t.Fatalf("after refusals: pool %s, %d containers", pool, len(inLedger(p, (*Ledger).Containers)))
 	}
 }
 
@@ -162,8 +179,8 @@ func TestSynchronizeRepairs(t *testing.T) {
 	if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
 		t.Fatalf("synchronize updates %v", upd)
 	}
-	if p.Ledger().Capacity().E != 2 {
-		t.Fatalf("E = %d after synchronize, want 2", p.Ledger().Capacity().E)
+	if p.Capacity().E != 2 {
+		t.Fatalf("E = %d after synchronize, want 2", p.Capacity().E)
 	}
 }
 
@@ -407,9 +424,12 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 				t.Errorf("web -> %q, want %q (updates %v)", got["c-web"], tc.web, got)
 			}
 			// No shared container may be given a CPU a running exclusive container is on.
-			running := cpuset.New()
+			running, exclusive := cpuset.New(), map[string]bool{}
+			for _, sb := range tc.pods {
+				exclusive[sb.GetId()] = sb.GetAnnotations()[corepin.AnnotationCPUMode] == "exclusive"
+			}
 			for _, c := range tc.containers {
-				if p.pods[c.GetPodSandboxId()].Annotations[corepin.AnnotationCPUMode] == "exclusive" {
+				if exclusive[c.GetPodSandboxId()] {
 					cur, _ := currentCPUs(c)
 					running = running.Union(cur)
 				}
@@ -417,11 +437,11 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 			if pool := p.SharedPool(); !pool.Intersection(running).IsEmpty() {
 				t.Errorf("shared pool %s includes CPUs %s of running exclusive containers", pool, pool.Intersection(running))
 			}
-			if e := p.Ledger().Capacity().E; e != tc.e {
+			if e := p.Capacity().E; e != tc.e {
 				t.Errorf("E = %d, want %d", e, tc.e)
 			}
 			for cpu, pod := range tc.kept {
-				if h, ok := p.Ledger().Holder(cpu); !ok || h != pod {
+				if h := inLedger(p, func(l *Ledger) string { h, _ := l.Holder(cpu); return h }); h != pod {
 					t.Errorf("CPU %d held by %v, want %s", cpu, h, pod)
 				}
 			}
@@ -623,14 +643,14 @@ func TestClassesAtCreation(t *testing.T) {
 				if (cpu.GetQuota().Get() != nil) != tc.lifted {
 					t.Fatalf("quota adjusted: %v", cpu.GetQuota())
 				}
-				if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+				if c, _ := containerOf(p, "c-x"); c.Class != tc.class {
 					t.Fatalf("class %v, want %v", c.Class, tc.class)
 				}
 				if tc.class != Exclusive && len(upd) != 0 {
 					t.Fatalf("a %v container moved others: %v", tc.class, upd)
 				}
 			}
-			if e := p.Ledger().Capacity().E; e != tc.exclusive {
+			if e := p.Capacity().E; e != tc.exclusive {
 				t.Fatalf("E = %d, want %d", e, tc.exclusive)
 			}
 		})
@@ -693,7 +713,7 @@ func TestPoolGrowsBack(t *testing.T) {
 				got[u.GetContainerId()] = cpusOf(u)
 			}
 			want := map[string]string{"c-web": "1-7", "c-dns": "0-7"}
-			if _, ok := p.Ledger().Container("c-side"); ok {
+			if _, ok := containerOf(p, "c-side"); ok {
 				want["c-side"] = "1-7" // its sandbox is still there
 			}
 			if len(got) != len(want) {
@@ -704,8 +724,8 @@ func TestPoolGrowsBack(t *testing.T) {
 					t.Fatalf("updates %v, want %v", got, want)
 				}
 			}
-			if pool := p.SharedPool().String(); pool != "1-7" || p.Ledger().Capacity().E != 0 {
-				t.Fatalf("pool %s, E %d after the exclusive container went", pool, p.Ledger().Capacity().E)
+			if pool := p.SharedPool().String(); pool != "1-7" || p.Capacity().E != 0 {
+				t.Fatalf("pool %s, E %d after the exclusive container went", pool, p.Capacity().E)
 			}
 		})
 	}
