@@ -577,25 +577,22 @@ func (p *Plugin) RemoveContainer(_ context.Context, _ *api.PodSandbox, c *api.Co
 
 // StopPodSandbox frees the CPUs of every container of the pod: a pod
 // deleted by the kubelet stops its sandbox without a StopContainer per
-// container.
+// container. Its grant goes with it.
 func (p *Plugin) StopPodSandbox(_ context.Context, sb *api.PodSandbox) error {
-	defer p.metrics.observe("StopPodSandbox", time.Now())
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ledger.ForgetSandbox(sb.GetId()) {
-		p.log.Info("Freed exclusive CPUs of a stopped pod", "pod", podOf(sb).Key())
-		notify(p.pending)
-	}
-	p.changed()
-	return nil
+	return p.forgetSandbox("StopPodSandbox", sb)
 }
 
-// RemovePodSandbox forgets the sandbox.
+// RemovePodSandbox forgets the sandbox (StopPodSandbox usually did already).
 func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
-	defer p.metrics.observe("RemovePodSandbox", time.Now())
+	return p.forgetSandbox("RemovePodSandbox", sb)
+}
+
+func (p *Plugin) forgetSandbox(handler string, sb *api.PodSandbox) error {
+	defer p.metrics.observe(handler, time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ledger.ForgetSandbox(sb.GetId()) {
+		p.log.Info("Freed exclusive CPUs of a gone pod sandbox", "pod", podOf(sb).Key(), "handler", handler)
 		notify(p.pending)
 	}
 	p.changed()

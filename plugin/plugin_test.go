@@ -50,6 +50,25 @@ func containerOf(p *Plugin, id string) (Container, bool) {
 	return Container{}, false
 }
 
+// goneWay is one way a container goes; gone returns the handler's updates,
+// pending says the plugin's own goroutine sends them instead.
+type goneWay struct {
+	name    string
+	gone    func(p *Plugin) []*api.ContainerUpdate
+	pending bool
+}
+
+// goneWays are the ways container c of sandbox sb goes: stopped, removed
+// without a stop, its sandbox stopped or removed.
+func goneWays(ctx context.Context, sb *api.PodSandbox, c *api.Container) []goneWay {
+	return []goneWay{
+		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate { upd, _ := p.StopContainer(ctx, sb, c); return upd }, false},
+		{"RemoveContainer without a stop", func(p *Plugin) []*api.ContainerUpdate { _ = p.RemoveContainer(ctx, sb, c); return nil }, true},
+		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate { _ = p.StopPodSandbox(ctx, sb); return nil }, true},
+		{"RemovePodSandbox", func(p *Plugin) []*api.ContainerUpdate { _ = p.RemovePodSandbox(ctx, sb); return nil }, true},
+	}
+}
+
 func sandbox(id, ns, name string, annotations map[string]string) *api.PodSandbox {
 	return &api.PodSandbox{Id: id, Namespace: ns, Name: name, Annotations: annotations}
 }
@@ -457,23 +476,7 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 // shared pool only when it goes; a node found over its limit is reported.
 func TestQuarantineUntilGone(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		gone func(p *Plugin) []*api.ContainerUpdate
-	}{
-		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
-			upd, _ := p.StopContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
-			return upd
-		}},
-		{"RemoveContainer", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.RemoveContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
-			return p.PendingUpdates()
-		}},
-		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.StopPodSandbox(ctx, exclusivePod("s-b", "b", "3-4"))
-			return p.PendingUpdates()
-		}},
-	} {
+	for _, tc := range goneWays(ctx, exclusivePod("s-b", "b", "3-4"), ctr("c-b", "s-b", "engine", 2000, "3-4"))[:3] {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
 			events := record.NewFakeRecorder(10)
@@ -497,6 +500,9 @@ func TestQuarantineUntilGone(t *testing.T) {
 				t.Fatalf("an exclusive container on a quarantined CPU: %v", err)
 			}
 			upd := tc.gone(p)
+			if tc.pending {
+				upd = p.PendingUpdates()
+			}
 			if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
 				t.Fatalf("after the quarantined container went: %v, want c-web grown to 1,4-7", upd)
 			}
@@ -661,29 +667,7 @@ func TestClassesAtCreation(t *testing.T) {
 // containers are grown back over its CPUs.
 func TestPoolGrowsBack(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		gone func(p *Plugin) []*api.ContainerUpdate
-		// pending: the updates are sent by the plugin's own goroutine.
-		pending bool
-	}{
-		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
-			upd, _ := p.StopContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
-			return upd
-		}, false},
-		{"RemoveContainer without a stop", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.RemoveContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
-			return nil
-		}, true},
-		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.StopPodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
-			return nil
-		}, true},
-		{"RemovePodSandbox", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.RemovePodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
-			return nil
-		}, true},
-	} {
+	for _, tc := range goneWays(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3")) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
 			for _, step := range []struct {
