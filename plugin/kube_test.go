@@ -369,7 +369,7 @@ func TestWatchPodsRecreatedPodUnderTheSameName(t *testing.T) {
 	}
 	client := fake.NewClientset(pod("uid-old", map[string]string{corepin.AnnotationReleaseIsolateMode: "true"}))
 	WatchPods(ctx, client, "node-a", p, log)
-	if r := p.Ledger().release["default/db"]; r.UID != "uid-old" || !r.Isolate {
+	if r := inLedger(p, func(l *Ledger) Release { return l.release["default/db"] }); r.UID != "uid-old" || !r.Isolate {
 		t.Fatalf("switch from the informer %+v, want uid-old released", r)
 	}
 	adj, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-new", "db", "2-3"), "uid-new"), ctr("c-new", "s-new", "engine", 2000, ""))

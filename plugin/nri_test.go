@@ -16,25 +16,17 @@ import (
 	corepin "github.com/corepin/corepin/api"
 )
 
-// TestOverNRI runs the plugin against the runtime side of NRI
-// (pkg/adaptation, as containerd embeds it) over a real socket: the
-// exclusive container's adjustment and the shared containers' updates come
-// back in the CreateContainer reply, and a stop grows the pool back.
-func TestOverNRI(t *testing.T) {
+// startRuntime starts NRI's runtime side, as containerd embeds it, on a
+// socket in a temporary directory, stopped when the test ends.
+func startRuntime(t *testing.T, syncFn adaptation.SyncFn, updateFn adaptation.UpdateFn) (*adaptation.Adaptation, string) {
+	t.Helper()
 	dir := t.TempDir()
-	socket := filepath.Join(dir, "nri.sock")
 	for _, d := range []string{"plugins", "conf.d"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
-		_, err := cb(ctx, nil, nil)
-		return err
-	}
-	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
-		return nil, nil
-	}
+	socket := filepath.Join(dir, "nri.sock")
 	runtime, err := adaptation.New("corepin-test", "v1", syncFn, updateFn,
 		adaptation.WithSocketPath(socket), adaptation.WithPluginPath(filepath.Join(dir, "plugins")),
 		adaptation.WithPluginConfigPath(filepath.Join(dir, "conf.d")))
@@ -44,7 +36,23 @@ func TestOverNRI(t *testing.T) {
 	if err := runtime.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer runtime.Stop()
+	t.Cleanup(runtime.Stop)
+	return runtime, socket
+}
+
+// TestOverNRI runs the plugin against the runtime side of NRI
+// (pkg/adaptation, as containerd embeds it) over a real socket: the
+// exclusive container's adjustment and the shared containers' updates come
+// back in the CreateContainer reply, and a stop grows the pool back.
+func TestOverNRI(t *testing.T) {
+	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
+		_, err := cb(ctx, nil, nil)
+		return err
+	}
+	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
+		return nil, nil
+	}
+	runtime, socket := startRuntime(t, syncFn, updateFn)
 
 	p := newTestPlugin(t)
 	s, err := stub.New(p, stub.WithSocketPath(socket), stub.WithPluginIdx("10"), stub.WithPluginName("corepin"))
@@ -117,13 +125,6 @@ func TestOverNRI(t *testing.T) {
 // overlap, and its unsolicited updates (a pod removed without
 // StopContainer) reach the runtime's update function.
 func TestResyncAfterRestart(t *testing.T) {
-	dir := t.TempDir()
-	socket := filepath.Join(dir, "nri.sock")
-	for _, d := range []string{"plugins", "conf.d"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	db, web := exclusivePod("s-db", "db", "2-3"), sandbox("s-web", "default", "web", nil)
 	// What the runtime holds: db pinned, web created while no plugin ran.
 	pods := []*api.PodSandbox{db, web}
@@ -139,16 +140,7 @@ func TestResyncAfterRestart(t *testing.T) {
 		unsolicited <- u
 		return nil, nil
 	}
-	runtime, err := adaptation.New("corepin-test", "v1", syncFn, updateFn,
-		adaptation.WithSocketPath(socket), adaptation.WithPluginPath(filepath.Join(dir, "plugins")),
-		adaptation.WithPluginConfigPath(filepath.Join(dir, "conf.d")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := runtime.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer runtime.Stop()
+	runtime, socket := startRuntime(t, syncFn, updateFn)
 	<-synced // Start synchronizes the (no) pre-installed plugins
 
 	connect := func() (*Plugin, context.CancelFunc) {
@@ -193,7 +185,7 @@ func TestResyncAfterRestart(t *testing.T) {
 	if u := waitSync(); len(u) != 0 {
 		t.Fatalf("a resync with every cpuset right issued %v", u)
 	}
-	if e := p.Ledger().Capacity().E; e != 2 {
+	if e := p.Capacity().E; e != 2 {
 		t.Fatalf("after resync the ledger holds %d exclusive CPUs, want 2", e)
 	}
 	ctx := context.Background()

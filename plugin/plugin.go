@@ -29,8 +29,6 @@ type Plugin struct {
 	ledger  *Ledger
 	log     *slog.Logger
 	metrics *Metrics
-	// pods caches the sandboxes NRI told us about, by sandbox ID.
-	pods map[string]Pod
 	// pending asks the plugin's own goroutine to push updates that no
 	// handler could return (a pod removed without a StopContainer, a
 	// release switch flipped, drift found).
@@ -62,7 +60,7 @@ func New(ledger *Ledger, log *slog.Logger, metrics *Metrics) *Plugin {
 	if metrics == nil {
 		metrics = NewMetrics()
 	}
-	p := &Plugin{ledger: ledger, log: log, metrics: metrics, pods: map[string]Pod{},
+	p := &Plugin{ledger: ledger, log: log, metrics: metrics,
 		pending: make(chan struct{}, 1), poolChanged: make(chan struct{}, 1), baseLimits: ledger.Limits(), health: newHealth(time.Now),
 		releaseChanged: make(chan struct{}, 1)}
 	p.changed()
@@ -383,14 +381,11 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	defer p.metrics.observe("Synchronize", time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	release, releaseAll := p.ledger.release, p.ledger.releaseAll
-	p.ledger = NewLedger(p.ledger.cfg, p.ledger.topo)
-	// The API server's view survives a reconnect.
-	p.ledger.release, p.ledger.releaseAll = release, releaseAll
-	p.pods = map[string]Pod{}
+	p.ledger = p.ledger.renewed()
+	sandboxes := make(map[string]Pod, len(pods))
 	for _, sb := range pods {
 		pod := podOf(sb)
-		p.pods[sb.GetId()] = pod
+		sandboxes[sb.GetId()] = pod
 		// What each sandbox was granted survives the reconnect: its
 		// stopped containers are not listed, and may be restarted.
 		p.ledger.GrantSandbox(sb.GetId(), pod)
@@ -398,7 +393,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 	ordered := slices.Clone(containers)
 	slices.SortStableFunc(ordered, func(a, b *api.Container) int {
 		return cmp.Or(cmp.Compare(a.GetCreatedAt(), b.GetCreatedAt()),
-			strings.Compare(p.pods[a.GetPodSandboxId()].Key(), p.pods[b.GetPodSandboxId()].Key()),
+			strings.Compare(sandboxes[a.GetPodSandboxId()].Key(), sandboxes[b.GetPodSandboxId()].Key()),
 			strings.Compare(a.GetId(), b.GetId()))
 	})
 	// Containers whose annotations do not say where they belong, decided
@@ -416,7 +411,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		if c.GetState() == api.ContainerState_CONTAINER_STOPPED {
 			continue
 		}
-		pod := p.pods[c.GetPodSandboxId()]
+		pod := sandboxes[c.GetPodSandboxId()]
 		classified, unparsed, err := p.ledger.ClassifyExisting(pod, c.GetName(), amount(c))
 		if err != nil {
 			unknowns = append(unknowns, unknown{c, err})
@@ -469,7 +464,7 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, containe
 		// untracked. Found outside the CPUs the pooled containers are on,
 		// it was pinned there (by an earlier version that read its
 		// annotations): quarantined, so they stay out of the pool.
-		c, pod := u.c, p.pods[u.c.GetPodSandboxId()]
+		c, pod := u.c, sandboxes[u.c.GetPodSandboxId()]
 		p.metrics.conflicts.Inc()
 		if cur, ok := currentCPUs(c); ok && !pooled.IsEmpty() && cur.Intersection(pooled).IsEmpty() {
 			q := &Container{Pod: pod, Name: c.GetName(), Class: Exclusive, CPUs: cur, Mems: cpuset.New()}
@@ -516,7 +511,6 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pod := podOf(sb)
-	p.pods[sb.GetId()] = pod
 	if p.ledger.ReleaseAll() {
 		return p.createReleasedAll(pod, sb, c), nil, nil
 	}
@@ -583,26 +577,22 @@ func (p *Plugin) RemoveContainer(_ context.Context, _ *api.PodSandbox, c *api.Co
 
 // StopPodSandbox frees the CPUs of every container of the pod: a pod
 // deleted by the kubelet stops its sandbox without a StopContainer per
-// container.
+// container. Its grant goes with it.
 func (p *Plugin) StopPodSandbox(_ context.Context, sb *api.PodSandbox) error {
-	defer p.metrics.observe("StopPodSandbox", time.Now())
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ledger.ForgetSandbox(sb.GetId()) {
-		p.log.Info("Freed exclusive CPUs of a stopped pod", "pod", podOf(sb).Key())
-		notify(p.pending)
-	}
-	p.changed()
-	return nil
+	return p.forgetSandbox("StopPodSandbox", sb)
 }
 
-// RemovePodSandbox forgets the sandbox.
+// RemovePodSandbox forgets the sandbox (StopPodSandbox usually did already).
 func (p *Plugin) RemovePodSandbox(_ context.Context, sb *api.PodSandbox) error {
-	defer p.metrics.observe("RemovePodSandbox", time.Now())
+	return p.forgetSandbox("RemovePodSandbox", sb)
+}
+
+func (p *Plugin) forgetSandbox(handler string, sb *api.PodSandbox) error {
+	defer p.metrics.observe(handler, time.Now())
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.pods, sb.GetId())
 	if p.ledger.ForgetSandbox(sb.GetId()) {
+		p.log.Info("Freed exclusive CPUs of a gone pod sandbox", "pod", podOf(sb).Key(), "handler", handler)
 		notify(p.pending)
 	}
 	p.changed()
@@ -689,20 +679,10 @@ func (p *Plugin) SetTopology(src corepin.Topology) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	old := p.ledger
-	if err := corepin.CompatibleGrow(old.topo.Source, src); err != nil {
+	if err := corepin.CompatibleGrow(p.ledger.topo.Source, src); err != nil {
 		return fmt.Errorf("not a compatible grow (%w): enforcing the previous topology until the plugin restarts", err)
 	}
-	l := NewLedger(old.cfg, topo)
-	l.release, l.granted, l.releaseAll = old.release, old.granted, old.releaseAll
-	for _, c := range old.Containers() {
-		if err := l.AdmitExisting(c.ID, c); err != nil {
-			l.Quarantine(c.ID, c) // cannot happen on a grow; never free its CPUs
-		}
-	}
-	for _, q := range old.quarantined() {
-		l.Quarantine(q.ID, q)
-	}
+	l := p.ledger.regrown(topo)
 	p.ledger = l
 	p.changed()
 	notify(p.pending)
@@ -715,13 +695,6 @@ func (p *Plugin) Capacity() policy.Capacity {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.ledger.Capacity()
-}
-
-// Ledger returns the ledger (for tests and status).
-func (p *Plugin) Ledger() *Ledger {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.ledger
 }
 
 func (c Class) String() string {

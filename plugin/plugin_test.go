@@ -33,6 +33,42 @@ func newTestPlugin(t *testing.T) *Plugin {
 	return New(NewLedger(cfg, topo), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
+// inLedger runs f on the plugin's ledger under the plugin's lock.
+func inLedger[T any](p *Plugin, f func(*Ledger) T) T {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return f(p.ledger)
+}
+
+// containerOf is a copy of a tracked container, taken under the lock.
+func containerOf(p *Plugin, id string) (Container, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.ledger.Container(id); ok {
+		return *c, true
+	}
+	return Container{}, false
+}
+
+// goneWay is one way a container goes; gone returns the handler's updates,
+// pending says the plugin's own goroutine sends them instead.
+type goneWay struct {
+	name    string
+	gone    func(p *Plugin) []*api.ContainerUpdate
+	pending bool
+}
+
+// goneWays are the ways container c of sandbox sb goes: stopped, removed
+// without a stop, its sandbox stopped or removed.
+func goneWays(ctx context.Context, sb *api.PodSandbox, c *api.Container) []goneWay {
+	return []goneWay{
+		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate { upd, _ := p.StopContainer(ctx, sb, c); return upd }, false},
+		{"RemoveContainer without a stop", func(p *Plugin) []*api.ContainerUpdate { _ = p.RemoveContainer(ctx, sb, c); return nil }, true},
+		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate { _ = p.StopPodSandbox(ctx, sb); return nil }, true},
+		{"RemovePodSandbox", func(p *Plugin) []*api.ContainerUpdate { _ = p.RemovePodSandbox(ctx, sb); return nil }, true},
+	}
+}
+
 func sandbox(id, ns, name string, annotations map[string]string) *api.PodSandbox {
 	return &api.PodSandbox{Id: id, Namespace: ns, Name: name, Annotations: annotations}
 }
@@ -106,8 +142,8 @@ func TestCreateExclusiveShrinksSharedFirst(t *testing.T) {
 			t.Fatalf("after stop, %s -> %s: pool not grown back to %s", u.GetContainerId(), cpusOf(u), grown[u.GetContainerId()])
 		}
 	}
-	if len(upd) != 3 || p.Ledger().SharedPool().String() != "1-7" {
-		t.Fatalf("after stop: %d updates, pool %s", len(upd), p.Ledger().SharedPool())
+	if len(upd) != 3 || p.SharedPool().String() != "1-7" {
+		t.Fatalf("after stop: %d updates, pool %s", len(upd), p.SharedPool())
 	}
 }
 
@@ -136,14 +172,14 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
 		}
 	}
-	for kind, want := range map[string]float64{"conflict": 4, "not-placed": 1, "bad-annotation": 1, "wrong-node": 1} {
+	for kind, want := range map[string]float64{"conflict": 3, "exclusive-limit": 1, "not-placed": 1, "bad-annotation": 1, "wrong-node": 1} {
 		if got := testutil.ToFloat64(p.metrics.refusals.WithLabelValues(kind)); got != want {
 			t.Errorf("corepin_nri_refusals_total{reason=%q} = %v, want %v", kind, got, want)
 		}
 	}
 	// Nothing refused changed anybody's cores.
-	if pool := p.Ledger().SharedPool().String(); pool != "1,4-7" || len(p.Ledger().Containers()) != 1 {
-		t.Fatalf("after refusals: pool %s, %d containers", pool, len(p.Ledger().Containers()))
+	if pool := p.SharedPool().String(); pool != "1,4-7" || len(inLedger(p, (*Ledger).Containers)) != 1 {
+		t.Fatalf("after refusals: pool %s, %d containers", pool, len(inLedger(p, (*Ledger).Containers)))
 	}
 }
 
@@ -162,8 +198,8 @@ func TestSynchronizeRepairs(t *testing.T) {
 	if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
 		t.Fatalf("synchronize updates %v", upd)
 	}
-	if p.Ledger().Capacity().E != 2 {
-		t.Fatalf("E = %d after synchronize, want 2", p.Ledger().Capacity().E)
+	if p.Capacity().E != 2 {
+		t.Fatalf("E = %d after synchronize, want 2", p.Capacity().E)
 	}
 }
 
@@ -407,9 +443,12 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 				t.Errorf("web -> %q, want %q (updates %v)", got["c-web"], tc.web, got)
 			}
 			// No shared container may be given a CPU a running exclusive container is on.
-			running := cpuset.New()
+			running, exclusive := cpuset.New(), map[string]bool{}
+			for _, sb := range tc.pods {
+				exclusive[sb.GetId()] = sb.GetAnnotations()[corepin.AnnotationCPUMode] == "exclusive"
+			}
 			for _, c := range tc.containers {
-				if p.pods[c.GetPodSandboxId()].Annotations[corepin.AnnotationCPUMode] == "exclusive" {
+				if exclusive[c.GetPodSandboxId()] {
 					cur, _ := currentCPUs(c)
 					running = running.Union(cur)
 				}
@@ -417,11 +456,11 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 			if pool := p.SharedPool(); !pool.Intersection(running).IsEmpty() {
 				t.Errorf("shared pool %s includes CPUs %s of running exclusive containers", pool, pool.Intersection(running))
 			}
-			if e := p.Ledger().Capacity().E; e != tc.e {
+			if e := p.Capacity().E; e != tc.e {
 				t.Errorf("E = %d, want %d", e, tc.e)
 			}
 			for cpu, pod := range tc.kept {
-				if h, ok := p.Ledger().Holder(cpu); !ok || h != pod {
+				if h := inLedger(p, func(l *Ledger) string { h, _ := l.Holder(cpu); return h }); h != pod {
 					t.Errorf("CPU %d held by %v, want %s", cpu, h, pod)
 				}
 			}
@@ -437,23 +476,7 @@ func TestSynchronizeKeepsRunningExclusive(t *testing.T) {
 // shared pool only when it goes; a node found over its limit is reported.
 func TestQuarantineUntilGone(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		gone func(p *Plugin) []*api.ContainerUpdate
-	}{
-		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
-			upd, _ := p.StopContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
-			return upd
-		}},
-		{"RemoveContainer", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.RemoveContainer(ctx, nil, ctr("c-b", "s-b", "engine", 2000, "3-4"))
-			return p.PendingUpdates()
-		}},
-		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.StopPodSandbox(ctx, exclusivePod("s-b", "b", "3-4"))
-			return p.PendingUpdates()
-		}},
-	} {
+	for _, tc := range goneWays(ctx, exclusivePod("s-b", "b", "3-4"), ctr("c-b", "s-b", "engine", 2000, "3-4"))[:3] {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
 			events := record.NewFakeRecorder(10)
@@ -477,6 +500,9 @@ func TestQuarantineUntilGone(t *testing.T) {
 				t.Fatalf("an exclusive container on a quarantined CPU: %v", err)
 			}
 			upd := tc.gone(p)
+			if tc.pending {
+				upd = p.PendingUpdates()
+			}
 			if len(upd) != 1 || upd[0].GetContainerId() != "c-web" || cpusOf(upd[0]) != "1,4-7" {
 				t.Fatalf("after the quarantined container went: %v, want c-web grown to 1,4-7", upd)
 			}
@@ -623,14 +649,14 @@ func TestClassesAtCreation(t *testing.T) {
 				if (cpu.GetQuota().Get() != nil) != tc.lifted {
 					t.Fatalf("quota adjusted: %v", cpu.GetQuota())
 				}
-				if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+				if c, _ := containerOf(p, "c-x"); c.Class != tc.class {
 					t.Fatalf("class %v, want %v", c.Class, tc.class)
 				}
 				if tc.class != Exclusive && len(upd) != 0 {
 					t.Fatalf("a %v container moved others: %v", tc.class, upd)
 				}
 			}
-			if e := p.Ledger().Capacity().E; e != tc.exclusive {
+			if e := p.Capacity().E; e != tc.exclusive {
 				t.Fatalf("E = %d, want %d", e, tc.exclusive)
 			}
 		})
@@ -641,29 +667,7 @@ func TestClassesAtCreation(t *testing.T) {
 // containers are grown back over its CPUs.
 func TestPoolGrowsBack(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		gone func(p *Plugin) []*api.ContainerUpdate
-		// pending: the updates are sent by the plugin's own goroutine.
-		pending bool
-	}{
-		{"StopContainer", func(p *Plugin) []*api.ContainerUpdate {
-			upd, _ := p.StopContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
-			return upd
-		}, false},
-		{"RemoveContainer without a stop", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.RemoveContainer(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3"))
-			return nil
-		}, true},
-		{"StopPodSandbox", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.StopPodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
-			return nil
-		}, true},
-		{"RemovePodSandbox", func(p *Plugin) []*api.ContainerUpdate {
-			_ = p.RemovePodSandbox(ctx, exclusivePod("s-db", "db", "2-3"))
-			return nil
-		}, true},
-	} {
+	for _, tc := range goneWays(ctx, exclusivePod("s-db", "db", "2-3"), ctr("c-db", "s-db", "engine", 2000, "2-3")) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlugin(t)
 			for _, step := range []struct {
@@ -693,7 +697,7 @@ func TestPoolGrowsBack(t *testing.T) {
 				got[u.GetContainerId()] = cpusOf(u)
 			}
 			want := map[string]string{"c-web": "1-7", "c-dns": "0-7"}
-			if _, ok := p.Ledger().Container("c-side"); ok {
+			if _, ok := containerOf(p, "c-side"); ok {
 				want["c-side"] = "1-7" // its sandbox is still there
 			}
 			if len(got) != len(want) {
@@ -704,8 +708,8 @@ func TestPoolGrowsBack(t *testing.T) {
 					t.Fatalf("updates %v, want %v", got, want)
 				}
 			}
-			if pool := p.SharedPool().String(); pool != "1-7" || p.Ledger().Capacity().E != 0 {
-				t.Fatalf("pool %s, E %d after the exclusive container went", pool, p.Ledger().Capacity().E)
+			if pool := p.SharedPool().String(); pool != "1-7" || p.Capacity().E != 0 {
+				t.Fatalf("pool %s, E %d after the exclusive container went", pool, p.Capacity().E)
 			}
 		})
 	}

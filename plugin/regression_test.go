@@ -215,7 +215,7 @@ func TestRecreatedPodIsNotMergedWithTheOldOne(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if q := p.Ledger().Quarantined().String(); q != tc.quarantined {
+			if q := inLedger(p, (*Ledger).Quarantined).String(); q != tc.quarantined {
 				t.Fatalf("quarantined %q, want %q", q, tc.quarantined)
 			}
 			if e := p.Capacity().E; e != tc.e {
@@ -398,7 +398,7 @@ func TestSystemNamespaceGetsTheReservedCPUsWheneverShared(t *testing.T) {
 			if got := adj.GetLinux().GetResources().GetCpu().GetCpus(); got != tc.cpus {
 				t.Fatalf("cpuset %q, want %q", got, tc.cpus)
 			}
-			if c, _ := p.Ledger().Container("c-x"); c.Class != tc.class {
+			if c, _ := containerOf(p, "c-x"); c.Class != tc.class {
 				t.Fatalf("class %v, want %v", c.Class, tc.class)
 			}
 		})
@@ -549,7 +549,7 @@ func TestInitContainersAreNotCountedInTheSharedSum(t *testing.T) {
 				t.Fatalf("exclusive 2 CPUs: %v, want admitted %v", err, tc.admitted)
 			}
 			// The init container still runs in the shared pool.
-			if c, ok := p.Ledger().Container("c-init"); !ok || c.Class != Shared {
+			if c, ok := containerOf(p, "c-init"); !ok || c.Class != Shared {
 				t.Fatalf("init container not tracked as shared: %v", c)
 			}
 		})
@@ -656,8 +656,8 @@ func TestAnotherPodsSwitchIsIgnored(t *testing.T) {
 			if _, _, err := p.CreateContainer(ctx, withUID(exclusivePod("s-db", "db", "2-3"), "uid-a"), ctr("c-init", "s-db", "migrate", 3000, "")); err != nil {
 				t.Fatal(err)
 			}
-			c, _ := p.Ledger().Container("c-db")
-			if got := p.Ledger().Lifted(c); got != tc.lifted {
+			lifted := inLedger(p, func(l *Ledger) bool { c, _ := l.Container("c-db"); return l.Lifted(c) })
+			if got := lifted; got != tc.lifted {
 				t.Fatalf("lifted %v, want %v", got, tc.lifted)
 			}
 			if s := p.Capacity().S; s != tc.initS {
@@ -737,7 +737,7 @@ func TestForgetRelease(t *testing.T) {
 			if got := updateMap(p.PendingUpdates()); !equalMaps(got, tc.want) {
 				t.Fatalf("pending batch %v, want %v", got, tc.want)
 			}
-			if _, known := p.Ledger().release["default/db"]; known != tc.stillKnown {
+			if known := inLedger(p, func(l *Ledger) bool { _, ok := l.release["default/db"]; return ok }); known != tc.stillKnown {
 				t.Fatalf("switch still recorded %v, want %v", known, tc.stillKnown)
 			}
 		})
@@ -1017,7 +1017,7 @@ func TestUpdateThatKeepsFailingBacksOff(t *testing.T) {
 			if n := pushAll(); n != 1 || rt.applied["c-web"] != "1-7" {
 				t.Fatalf("after the runtime recovered: %d batches, applied %v", n, rt.applied)
 			}
-			if c, _ := p.Ledger().Container("c-web"); c.failures != 0 {
+			if c, _ := containerOf(p, "c-web"); c.failures != 0 {
 				t.Fatalf("failures %d after a success, want 0", c.failures)
 			}
 		})
@@ -1243,7 +1243,7 @@ func TestGrantedAtSynchronizeOnlyByAValidAllocStatus(t *testing.T) {
 			if _, err := p.Synchronize(context.Background(), []*api.PodSandbox{sandbox("s-db", "default", "db", tc.annotations)}, nil); err != nil {
 				t.Fatal(err)
 			}
-			if got := p.Ledger().granted["s-db"].cpus.String(); got != tc.want {
+			if got := inLedger(p, func(l *Ledger) string { return l.granted["s-db"].cpus.String() }); got != tc.want {
 				t.Fatalf("granted %q, want %q", got, tc.want)
 			}
 		})
@@ -1312,10 +1312,10 @@ func TestUnparsedPodKeepsItsCPUsAtSynchronize(t *testing.T) {
 			if got := p.SharedPool().String(); got != tc.pool {
 				t.Fatalf("shared pool %s, want %s (updates %v)", got, tc.pool, updateMap(upd))
 			}
-			if e, q := p.Capacity().E, p.Ledger().Quarantined().String(); e != tc.e || q != tc.quarantine {
+			if e, q := p.Capacity().E, inLedger(p, (*Ledger).Quarantined).String(); e != tc.e || q != tc.quarantine {
 				t.Fatalf("E = %d, quarantined %q; want %d, %q", e, q, tc.e, tc.quarantine)
 			}
-			if got := len(p.Ledger().Containers()); got != tc.tracked {
+			if got := len(inLedger(p, (*Ledger).Containers)); got != tc.tracked {
 				t.Fatalf("%d containers tracked, want %d", got, tc.tracked)
 			}
 			if got := updateMap(upd)["c-web"]; got != "" && got != tc.pool {

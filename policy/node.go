@@ -23,8 +23,15 @@ type Placement struct {
 	App  string
 	// Policy is the alloc-spec cpu policy; it matters for stacking.
 	Policy api.CPUPolicy
-	// CPUs are the exclusive CPUs; empty for shared and BindAllCPUs pods.
+	// CPUs are the exclusive CPUs its running containers hold; empty for
+	// shared and BindAllCPUs pods.
 	CPUs cpuset.CPUSet
+	// Granted are the exclusive CPUs the pod was admitted with, its stopped
+	// containers' included (the node plugin's pod sandboxes). Those no
+	// running container holds count against the exclusive limit
+	// (Capacity.Dormant), since the kubelet restarts a container on them,
+	// but stay in the shared pool; taking them back is not growth (Grow).
+	Granted cpuset.CPUSet
 	// SharedMilli is the pod's shared amount in millicores.
 	SharedMilli int64
 	// MaxPerNode is the pod's own max-per-node limit, 0 for none.
@@ -76,9 +83,12 @@ type Node struct {
 	pods map[string]*Placement
 	// owner maps a cpu index to the placement holding it exclusively.
 	owner []*Placement
-	held  int   // E
-	sumS  int64 // S, millicores
-	maxS  int64 // M, millicores
+	held  int // E
+	// grants counts, per cpu index, the placements granted it; nil until a
+	// placement with Granted CPUs is added (the extender never has one).
+	grants []int
+	sumS   int64 // S, millicores
+	maxS   int64 // M, millicores
 	// maxCount is how many pods have SharedMilli == maxS: M is recomputed
 	// only when the last of them goes.
 	maxCount int
@@ -273,6 +283,7 @@ func (n *Node) attach(p *Placement, idx []int) {
 			n.apps[p.App]++
 		}
 	}
+	n.grant(p, 1)
 	n.sumS += p.SharedMilli
 	switch {
 	case n.podCount() == 1 || p.SharedMilli > n.maxS:
@@ -346,6 +357,7 @@ func (n *Node) detach(p *Placement, idx []int) []int {
 		}
 		n.held -= freed
 	}
+	n.grant(p, -1)
 	n.sumS -= p.SharedMilli
 	if n.base != nil {
 		n.gone = append(n.gone, p)
