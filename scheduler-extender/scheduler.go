@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/corepin/corepin/api"
@@ -539,7 +540,9 @@ const chunkNodes = 1024
 // fn must only read shared state and write to its own indexes.
 func eachChunk(n int, fn func(lo, hi int)) { eachChunkOf(n, chunkNodes, fn) }
 
-// eachChunkOf is eachChunk with chunks of at least least items.
+// eachChunkOf is eachChunk with chunks of at least least items. The chunks
+// go to workqueue.ParallelizeUntil as its pieces; a walk too short to split
+// runs on the caller's goroutine, without a handoff.
 func eachChunkOf(n, least int, fn func(lo, hi int)) {
 	parts := min(runtime.GOMAXPROCS(0), n/least)
 	if parts <= 1 {
@@ -547,16 +550,10 @@ func eachChunkOf(n, least int, fn func(lo, hi int)) {
 		return
 	}
 	size := (n + parts - 1) / parts
-	var wg sync.WaitGroup
-	for lo := size; lo < n; lo += size {
-		wg.Add(1)
-		go func(lo int) {
-			defer wg.Done()
-			fn(lo, min(lo+size, n))
-		}(lo)
-	}
-	fn(0, min(size, n))
-	wg.Wait()
+	workqueue.ParallelizeUntil(context.Background(), parts, (n+size-1)/size, func(chunk int) {
+		lo := chunk * size
+		fn(lo, min(lo+size, n))
+	})
 }
 
 // Bind chooses the pod's CPUs on the node against everything placed or
