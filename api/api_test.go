@@ -102,7 +102,7 @@ func TestParseTopology(t *testing.T) {
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0},{"id":1,"core":0,"socket":1,"numa":0,"l3":0}],"reserved":""}`, "different sockets"},
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0}],"reserved":"1"}`, "not online"},
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0}],"reserved":"","ioQueues":[{"name":"q","cpus":"3"}]}`, "not online"},
-		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0,"smt":1}],"reserved":""}`, `unknown field "smt"`},
+		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0,"smt":1}],"reserved":""}`, `unknown field "cpus[0].smt"`},
 		{`{"version":1,"cpus":[{"id":0,"core":0,"socket":0,"numa":0,"l3":0,"Id":5}],"reserved":""}`, `unknown field "cpus[0].Id"`},
 		{`{"version":1,"cpus":[{"id":0,"id":1,"core":0,"socket":0,"numa":0,"l3":0}],"reserved":""}`, `duplicate field "cpus[0].id"`},
 	} {

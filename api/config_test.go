@@ -23,10 +23,12 @@ func TestParseConfig(t *testing.T) {
 		{"MaxExclusiveRatio: 0.5", `unknown field "MaxExclusiveRatio"`},
 		{"pipelines: [{name: a, Filters: [capacity]}]", `unknown field "pipelines[0].Filters"`},
 		{"sharedHeadroom: 1\nsharedHeadroom: 2", `"sharedHeadroom" already set`},
-		// A number where a string goes (converted by the YAML reader) must
-		// not hide a key in the wrong case elsewhere.
-		{"pipelines: [{name: a, selector: {matchLabels: {tier: 1}}, Filters: [capacity]}]", `unknown field "pipelines[0].Filters"`},
-		{"systemNamespaces: [2024]\nsharedHeadroom: 1\nSharedHeadroom: 3", `unknown field "SharedHeadroom"`},
+		// A key in the wrong case is found below a map of strings too.
+		{"pipelines: [{name: a, selector: {matchLabels: {tier: \"1\"}}, Filters: [capacity]}]", `unknown field "pipelines[0].Filters"`},
+		{"systemNamespaces: [\"2024\"]\nsharedHeadroom: 1\nSharedHeadroom: 3", `unknown field "SharedHeadroom"`},
+		// A number where a string goes is refused naming the field, as the
+		// API server refuses it in a manifest.
+		{"pipelines: [{name: a, selector: {matchLabels: {tier: 1}}}]", `field "pipelines.selector.matchLabels": want string, got JSON number`},
 	} {
 		_, err := ParseConfig("cfg", []byte(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -1,14 +1,9 @@
 package api
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"reflect"
-	"slices"
-	"strconv"
 	"strings"
 
 	sigsjson "sigs.k8s.io/json"
@@ -25,40 +20,36 @@ const maxAnnotationValue = 256 << 10
 //
 // encoding/json alone matches field names case-insensitively and lets a
 // repeated field overwrite the first, so {"CPU":"Spread"} or
-// {"cpu":"Spread","cpu":"SameCoreFirst"} would pass. sigs.k8s.io/json, the
-// API server's decoder, reads exactly; encoding/json then only words the
-// error of a value it refuses (it names the field and the wanted type).
+// {"cpu":"Spread","cpu":"SameCoreFirst"} would pass; sigs.k8s.io/json, the
+// API server's decoder, reads exactly and names the field in each case.
 func decodeStrict(key, value string, v any) error {
 	if len(value) > maxAnnotationValue {
 		return fmt.Errorf("%s: value is %d bytes, more than %d", key, len(value), maxAnnotationValue)
 	}
-	strictErrs, err := sigsjson.UnmarshalStrict([]byte(value), v)
-	if err == nil && len(strictErrs) == 0 {
-		return nil
+	if err := unmarshalJSONStrict([]byte(value), v); err != nil {
+		return fmt.Errorf("%s=%s: %w", key, quoteShort(value), err)
 	}
-	if err := decodeStdlib(key, value, v); err != nil {
-		return err
+	return nil
+}
+
+// unmarshalJSONStrict is sigs.k8s.io/json's strict decode with its errors
+// on one line (the text ends up in FailedNodes and events), each naming
+// the field.
+func unmarshalJSONStrict(data []byte, v any) error {
+	strictErrs, err := sigsjson.UnmarshalStrict(data, v)
+	if isSyntax, offset := sigsjson.SyntaxErrorOffset(err); isSyntax && offset > 0 && json.Valid(data[:offset-1]) {
+		// A complete value followed by more than space.
+		return errors.New("trailing data after the JSON value")
 	}
-	if err == nil {
-		// One line: the text ends up in FailedNodes and events.
+	if err != nil {
+		return errors.New(describeJSONError(err))
+	}
+	if len(strictErrs) > 0 {
 		msgs := make([]string, len(strictErrs))
 		for i, e := range strictErrs {
 			msgs[i] = e.Error()
 		}
-		err = errors.New(strings.Join(msgs, "; "))
-	}
-	return fmt.Errorf("%s=%s: %s", key, quoteShort(value), describeJSONError(err))
-}
-
-// decodeStdlib is encoding/json's strict decode, for its error messages.
-func decodeStdlib(key, value string, v any) error {
-	dec := json.NewDecoder(bytes.NewReader([]byte(value)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%s=%s: %s", key, quoteShort(value), describeJSONError(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s=%s: trailing data after the JSON value", key, quoteShort(value))
+		return errors.New(strings.Join(msgs, "; "))
 	}
 	return nil
 }
@@ -92,115 +83,15 @@ func fieldError(key, field string, value any, why string) error {
 	return fmt.Errorf("%s: field %q: %s (got %v)", key, field, why, value)
 }
 
-// UnmarshalYAMLStrict reads YAML (or JSON) into v strictly: unknown and
-// repeated keys are errors (sigs.k8s.io/yaml's UnmarshalStrict), and so are
-// keys in another case than the field's, which its encoding/json decoder
-// would take ("MaxExclusiveRatio" for maxExclusiveRatio).
+// UnmarshalYAMLStrict reads YAML (or JSON) into v strictly, as the API
+// server reads a manifest: repeated keys are errors when converting to JSON
+// (sigs.k8s.io/yaml's YAMLToJSONStrict), and unknown, repeated and
+// case-mismatched fields when decoding it (sigs.k8s.io/json), so
+// "MaxExclusiveRatio" does not pass for maxExclusiveRatio.
 func UnmarshalYAMLStrict(data []byte, v any) error {
-	if err := yaml.UnmarshalStrict(data, v); err != nil {
-		return err
-	}
-	// The document decoded; now look for keys that only matched a field
-	// case-insensitively, walking the document against v's type (a typed
-	// exact-case decode would stop at the first number written for a
-	// string, which the YAML reader above converts).
-	j, err := yaml.YAMLToJSON(data)
+	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return err
 	}
-	var doc any
-	if err := json.Unmarshal(j, &doc); err != nil {
-		return err
-	}
-	var wrong []string
-	fieldCase(doc, reflect.TypeOf(v), "", &wrong)
-	if len(wrong) > 0 {
-		slices.Sort(wrong)
-		return fmt.Errorf("unknown field %s", strings.Join(wrong, ", unknown field "))
-	}
-	return nil
-}
-
-var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
-
-// fieldCase appends to wrong the paths of the object keys in doc that name
-// a field of t only in another case.
-func fieldCase(doc any, t reflect.Type, path string, wrong *[]string) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
-		return // its own format (quantities, times, raw objects)
-	}
-	switch t.Kind() {
-	case reflect.Struct:
-		obj, ok := doc.(map[string]any)
-		if !ok {
-			return
-		}
-		fields := jsonFields(t)
-		for key, value := range obj {
-			if f, ok := fields[key]; ok {
-				fieldCase(value, f, join(path, key), wrong)
-				continue
-			}
-			for name := range fields {
-				if strings.EqualFold(name, key) {
-					*wrong = append(*wrong, strconv.Quote(join(path, key)))
-					break
-				}
-			}
-		}
-	case reflect.Slice, reflect.Array:
-		if list, ok := doc.([]any); ok {
-			for i, item := range list {
-				fieldCase(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), wrong)
-			}
-		}
-	case reflect.Map:
-		if obj, ok := doc.(map[string]any); ok {
-			for key, value := range obj {
-				fieldCase(value, t.Elem(), join(path, key), wrong)
-			}
-		}
-	}
-}
-
-// jsonFields maps a struct's JSON field names to their types, with the
-// fields of embedded structs without a name promoted, as encoding/json does.
-func jsonFields(t reflect.Type) map[string]reflect.Type {
-	out := map[string]reflect.Type{}
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "-" || (!f.IsExported() && !f.Anonymous) {
-			continue
-		}
-		if f.Anonymous && name == "" {
-			ft := f.Type
-			if ft.Kind() == reflect.Pointer {
-				ft = ft.Elem()
-			}
-			if ft.Kind() == reflect.Struct {
-				for k, v := range jsonFields(ft) {
-					if _, ok := out[k]; !ok {
-						out[k] = v
-					}
-				}
-				continue
-			}
-		}
-		if name == "" {
-			name = f.Name
-		}
-		out[name] = f.Type
-	}
-	return out
-}
-
-func join(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
+	return unmarshalJSONStrict(j, v)
 }

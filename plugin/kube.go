@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -172,13 +174,20 @@ func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
 	return r
 }
 
+// apiBackoff is the retry schedule of a failed write to the API server:
+// 1 s doubling to a minute, jittered so that the nodes of a cluster that
+// lost its API server do not all retry at the same instant.
+func apiBackoff() wait.Backoff {
+	return wait.Backoff{Duration: time.Second, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: time.Minute}
+}
+
 // PublishSharedPool writes corepin.io/shared-pool on the node whenever the
 // pool changes, debounced: a burst of changes makes one patch with the
 // latest pool. Failed patches are retried with backoff; enforcement never
 // waits for them.
 func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, debounce time.Duration, log *slog.Logger) {
 	published := ""
-	retry := time.Duration(0)
+	backoff, retry := apiBackoff(), time.Duration(0)
 	for {
 		var timer <-chan time.Time
 		if retry > 0 {
@@ -198,17 +207,17 @@ func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node st
 		}
 		pool := p.SharedPool().String()
 		if pool == published {
-			retry = 0
+			backoff, retry = apiBackoff(), 0
 			continue
 		}
 		value, _ := json.Marshal(corepin.SharedPoolStatus{CPUs: corepin.NewCPUList(p.SharedPool())})
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationSharedPool: string(value)}}})
 		if _, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			retry = min(max(2*retry, time.Second), time.Minute)
+			retry = backoff.Step()
 			log.Warn("Publishing the shared pool failed; retrying", "node", node, "err", err, "in", retry)
 			continue
 		}
-		published, retry = pool, 0
+		published, backoff, retry = pool, apiBackoff(), 0
 		log.Info("Published the shared pool", "node", node, "cpus", pool)
 	}
 }

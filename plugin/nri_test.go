@@ -94,7 +94,7 @@ func TestOverNRI(t *testing.T) {
 	for _, tc := range []struct {
 		name, alloc, want, reason string
 	}{
-		{"malformed JSON", `{"node":"node-a","cpus":`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", "unexpected EOF"},
+		{"malformed JSON", `{"node":"node-a","cpus":`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", "unexpected end of JSON input"},
 		{"malformed cpu list", `{"node":"node-a","cpus":"4-x","containers":{"engine":"4-x"},"mems":"0"}`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", `invalid CPU list "4-x"`},
 		{"unknown field", `{"node":"node-a","cpus":"4","containers":{"engine":"4"},"mems":"0","extra":1}`, "corepin: pod default/bad container engine cpus \"\": corepin.io/alloc-status=", `unknown field "extra"`},
 	} {

@@ -139,7 +139,7 @@ func (r *ReleaseAllReporter) NodeHandler() func(*v1.Node) {
 // Run keeps the node's release-all-done as the plugin says until ctx is
 // done; a failed patch is retried with backoff.
 func (r *ReleaseAllReporter) Run(ctx context.Context) {
-	retry := time.Duration(0)
+	backoff, retry := apiBackoff(), time.Duration(0)
 	for ctx.Err() == nil {
 		requested, done := r.p.ReleaseAll()
 		r.mu.Lock()
@@ -164,10 +164,10 @@ func (r *ReleaseAllReporter) Run(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				retry = min(max(2*retry, time.Second), time.Minute)
+				retry = backoff.Step()
 				r.log.Warn("Reporting release-all on the node failed; retrying", "node", r.node, "err", err, "in", retry)
 			} else {
-				retry = 0
+				backoff, retry = apiBackoff(), 0
 				r.mu.Lock()
 				r.done = *value // until the watch says otherwise
 				r.mu.Unlock()

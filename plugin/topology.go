@@ -99,12 +99,12 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 		defer ticker.Stop()
 		tick = ticker.C
 	}
-	retry := time.Duration(0)
+	backoff, retry := apiBackoff(), time.Duration(0)
 	for ctx.Err() == nil {
 		if t.client != nil && desired != "" && (desired != published || t.differs(desired)) {
 			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationTopology: desired}}})
 			if _, err := t.client.CoreV1().Nodes().Patch(ctx, t.node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-				retry = min(max(2*retry, time.Second), time.Minute)
+				retry = backoff.Step()
 				t.log.Warn("Publishing topology failed; retrying", "node", t.node, "err", err, "in", retry)
 			} else {
 				if published == desired {
@@ -112,7 +112,7 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 				} else {
 					t.log.Info("Published topology", "node", t.node, "cpus", cpus)
 				}
-				published, retry = desired, 0
+				published, backoff, retry = desired, apiBackoff(), 0
 				t.mu.Lock()
 				t.onNode = desired // until the watch says otherwise
 				t.mu.Unlock()

@@ -1,10 +1,6 @@
 package extender
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -18,11 +14,11 @@ import (
 // call, once per pod: decoding all of it into a v1.Pod and one string per
 // name was a quarter of the extender's CPU in the throughput benchmark. The
 // pod is decoded into the few fields the engine reads (the rest is scanned,
-// not built) and the names share one buffer.
+// not built).
 type extenderArgs struct {
 	Pod       *wirePod      `json:"pod"`
 	Nodes     *wireNodeList `json:"nodes"`
-	NodeNames *nodeNameList `json:"nodenames"`
+	NodeNames *[]string     `json:"nodenames"`
 }
 
 // wirePod holds what policy.NewRequest, the pipelines' selectors, the
@@ -82,81 +78,6 @@ type wireNodeList struct {
 			Name string `json:"name"`
 		} `json:"metadata"`
 	} `json:"items"`
-}
-
-// nodeNameList decodes a JSON array of strings into substrings of one
-// copy of the array, instead of one allocation per name.
-type nodeNameList []string
-
-// UnmarshalJSON is called by encoding/json with a complete, already
-// validated JSON value, so the scan below only has to tell strings from
-// other values and find where each string ends.
-func (l *nodeNameList) UnmarshalJSON(data []byte) error {
-	if string(data) == "null" {
-		*l = nil
-		return nil
-	}
-	if len(data) == 0 || data[0] != '[' {
-		return fmt.Errorf("nodenames: want an array of node names, got %.40s", data)
-	}
-	buf := string(data) // the one copy every name points into
-	names := make([]string, 0, len(buf)/16)
-	for i := 1; i < len(buf); {
-		switch c := buf[i]; c {
-		case ' ', '\t', '\n', '\r', ',':
-			i++
-		case ']':
-			*l = names
-			return nil
-		case '"':
-			end, plain := stringEnd(buf, i)
-			if end < 0 {
-				return errors.New("nodenames: unterminated string")
-			}
-			name := buf[i+1 : end]
-			if !plain {
-				var err error
-				if name, err = unquote(buf[i : end+1]); err != nil {
-					return err
-				}
-			}
-			names = append(names, name)
-			i = end + 1
-		default:
-			return fmt.Errorf("nodenames: want node names (strings), got %.20q (first 20 bytes)", buf[i:])
-		}
-	}
-	return errors.New("nodenames: unterminated array")
-}
-
-// unquote decodes a JSON string with escapes or non-ASCII bytes (which no
-// valid node name has, and encoding/json would replace when not UTF-8). It is a
-// function of its own so that the common path's names do not escape.
-func unquote(quoted string) (string, error) {
-	var s string
-	if err := json.Unmarshal([]byte(quoted), &s); err != nil {
-		return "", fmt.Errorf("nodenames: %w", err)
-	}
-	return s, nil
-}
-
-// stringEnd returns the index of the quote closing the JSON string that
-// starts at s[start], and whether the string is plain ASCII without escapes
-// (its bytes are then its value).
-func stringEnd(s string, start int) (int, bool) {
-	plain := true
-	for i := start + 1; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '\\':
-			plain = false
-			i++
-		case c == '"':
-			return i, plain
-		case c >= 0x80:
-			plain = false
-		}
-	}
-	return -1, plain
 }
 
 // names takes the candidate names from either form kube-scheduler sends.

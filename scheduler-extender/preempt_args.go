@@ -474,3 +474,14 @@ func (s *jsonScanner) str() (string, error) {
 	}
 	return "", s.syntax("in string literal")
 }
+
+// unquote decodes a JSON string with escapes or non-ASCII bytes (which no
+// valid name has, and encoding/json would replace when not UTF-8). It is a
+// function of its own so that the common path's strings do not escape.
+func unquote(quoted string) (string, error) {
+	var s string
+	if err := json.Unmarshal([]byte(quoted), &s); err != nil {
+		return "", err
+	}
+	return s, nil
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unique"
 
 	v1 "k8s.io/api/core/v1"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/corepin/corepin/api"
@@ -50,8 +52,13 @@ type Scheduler struct {
 	engines map[string]*policy.Node
 	// podNode maps a pod key to the node it is placed on.
 	podNode map[string]string
-	// assumed are pods placed by Bind and not yet confirmed by UpsertPod.
-	assumed map[string]bool
+	// assumed are pods placed by Bind and not yet confirmed by UpsertPod,
+	// each with its deadline (zero while its bind is in flight): one owner
+	// for the flag and its expiry, as kube-scheduler's cache keeps them.
+	assumed map[string]time.Time
+	// assumeTTL is how long a bound pod stays assumed without the
+	// informers confirming it.
+	assumeTTL time.Duration
 	// topologies interns parsed topologies by annotation value: identical
 	// nodes share one immutable index (and, through the handles, one copy
 	// of the annotation in the informer store: see Transform).
@@ -70,13 +77,17 @@ type nodeState struct {
 	unplaced map[string]*policy.Placement
 }
 
+// DefaultAssumeTTL is how long a bound pod the informers have not shown
+// bound stays assumed; SetAssumeTTL changes it.
+const DefaultAssumeTTL = 2 * time.Minute
+
 // NewScheduler returns an empty Scheduler. cfg must be valid.
 func NewScheduler(cfg api.Config) (*Scheduler, error) {
 	if err := cfg.Validate("config"); err != nil {
 		return nil, err
 	}
 	s := &Scheduler{cfg: cfg, nodes: map[string]*nodeState{}, engines: map[string]*policy.Node{}, podNode: map[string]string{},
-		assumed: map[string]bool{}, topologies: map[unique.Handle[string]]*policy.Topology{}}
+		assumed: map[string]time.Time{}, assumeTTL: DefaultAssumeTTL, topologies: map[unique.Handle[string]]*policy.Topology{}}
 	for _, p := range cfg.Pipelines {
 		sel := labels.Everything()
 		if p.Selector != nil {
@@ -506,7 +517,9 @@ const chunkNodes = 1024
 // fn must only read shared state and write to its own indexes.
 func eachChunk(n int, fn func(lo, hi int)) { eachChunkOf(n, chunkNodes, fn) }
 
-// eachChunkOf is eachChunk with chunks of at least least items.
+// eachChunkOf is eachChunk with chunks of at least least items. The chunks
+// go to workqueue.ParallelizeUntil as its pieces; a walk too short to split
+// runs on the caller's goroutine, without a handoff.
 func eachChunkOf(n, least int, fn func(lo, hi int)) {
 	parts := min(runtime.GOMAXPROCS(0), n/least)
 	if parts <= 1 {
@@ -514,16 +527,10 @@ func eachChunkOf(n, least int, fn func(lo, hi int)) {
 		return
 	}
 	size := (n + parts - 1) / parts
-	var wg sync.WaitGroup
-	for lo := size; lo < n; lo += size {
-		wg.Add(1)
-		go func(lo int) {
-			defer wg.Done()
-			fn(lo, min(lo+size, n))
-		}(lo)
-	}
-	fn(0, min(size, n))
-	wg.Wait()
+	workqueue.ParallelizeUntil(context.Background(), parts, (n+size-1)/size, func(chunk int) {
+		lo := chunk * size
+		fn(lo, min(lo+size, n))
+	})
 }
 
 // Bind chooses the pod's CPUs on the node against everything placed or
@@ -548,6 +555,7 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, bind
 		s.Forget(req.Key)
 		return nil, apiError(fmt.Errorf("pod %s: %w", req.Key, err))
 	}
+	s.finishBinding(req.Key, time.Now())
 	return status, nil
 }
 
@@ -583,7 +591,7 @@ func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*a
 		return nil, fmt.Errorf("pod %s: node %s unknown to the corepin extender", req.Key, nodeName)
 	}
 	if cur, ok := s.podNode[req.Key]; ok {
-		if !s.assumed[req.Key] {
+		if _, assumed := s.assumed[req.Key]; !assumed {
 			return nil, conflictError{fmt.Errorf("pod %s is already placed on node %s", req.Key, cur)}
 		}
 		// A retry of a bind that failed after assuming: start again.
@@ -599,7 +607,7 @@ func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*a
 		return nil, err
 	}
 	s.podNode[req.Key] = nodeName
-	s.assumed[req.Key] = true
+	s.assumed[req.Key] = time.Time{} // no deadline while the bind is in flight
 	if !req.Exclusive() {
 		return nil, nil
 	}
@@ -612,9 +620,45 @@ func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*a
 func (s *Scheduler) Forget(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.assumed[key] {
+	if _, ok := s.assumed[key]; ok {
 		s.removeLocked(key)
 	}
+}
+
+// SetAssumeTTL sets how long a bound pod stays assumed (DefaultAssumeTTL).
+func (s *Scheduler) SetAssumeTTL(ttl time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.assumeTTL = ttl
+}
+
+// finishBinding starts an assumed pod's TTL once the API server has
+// accepted its bind; a pod confirmed meanwhile is no longer assumed.
+func (s *Scheduler) finishBinding(key string, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.assumed[key]; ok {
+		s.assumed[key] = now.Add(s.assumeTTL)
+	}
+}
+
+// Expire forgets the pods whose bind succeeded longer than the TTL ago and
+// that the informers never showed bound (the pod went away unseen, for
+// example), and returns their keys, sorted. Binds in flight are kept.
+func (s *Scheduler) Expire(now time.Time) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var expired []string
+	for key, deadline := range s.assumed {
+		if !deadline.IsZero() && now.After(deadline) {
+			expired = append(expired, key)
+		}
+	}
+	slices.Sort(expired)
+	for _, key := range expired {
+		s.removeLocked(key)
+	}
+	return expired
 }
 
 // Assumed lists the pods assumed and not yet confirmed, sorted.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -368,5 +369,39 @@ func TestFilterPrioritizeInChunks(t *testing.T) {
 		if scores[i].Host != name || scores[i].Score != int64(want) {
 			t.Fatalf("score %d = %+v, want %s %d", i, scores[i], name, want)
 		}
+	}
+}
+
+// An assumed pod's deadline starts when its bind succeeds and lives with
+// the pod: Expire forgets it after the TTL, a confirmed pod never expires.
+func TestAssumedPodExpires(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "0")))
+	s.SetAssumeTTL(time.Minute)
+	binder := newRecordingBinder()
+	start := time.Now()
+	if _, err := s.Bind(context.Background(), testPod("lost", 2, true), "n1", binder); err != nil {
+		t.Fatal(err)
+	}
+	confirmed := testPod("seen", 2, true)
+	status, err := s.Bind(context.Background(), confirmed, "n1", binder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	confirmed.Annotations[api.AnnotationAllocStatus] = status.String()
+	confirmed.Spec.NodeName = "n1"
+	if err := s.UpsertPod(confirmed); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Expire(start.Add(30 * time.Second)); len(got) != 0 {
+		t.Fatalf("expired %v before the TTL", got)
+	}
+	if got := s.Expire(start.Add(2 * time.Minute)); !slices.Equal(got, []string{"default/lost"}) {
+		t.Fatalf("expired %v, want [default/lost]", got)
+	}
+	if s.Placed("default/lost") || !s.Placed("default/seen") || len(s.Assumed()) != 0 {
+		t.Fatalf("after expiry: lost placed %v, seen placed %v, assumed %v", s.Placed("default/lost"), s.Placed("default/seen"), s.Assumed())
+	}
+	if n, _ := s.NodeSnapshot("n1"); n.Exclusive().Size() != 2 {
+		t.Fatalf("exclusive CPUs %s after expiry, want the confirmed pod's 2", n.Exclusive())
 	}
 }

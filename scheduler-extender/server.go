@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -38,8 +37,6 @@ type Server struct {
 	Metrics *Metrics
 	// Ready reports whether the caches have synced.
 	Ready func() bool
-	// AssumeTTL is how long an assumed pod waits for the informer.
-	AssumeTTL time.Duration
 	// Events records events on pods (optional); start it with RunEvents.
 	Events *PodEvents
 	// AllocStatusInBinding writes an exclusive pod's alloc-status in the
@@ -47,9 +44,6 @@ type Server struct {
 	// same update that sets its node, instead of a PATCH before the Binding
 	// (contract section 2, the default). One write per pod instead of two.
 	AllocStatusInBinding bool
-
-	mu        sync.Mutex
-	assumedAt map[string]time.Time
 }
 
 // PodSource finds a pod by namespace and name without asking the API
@@ -289,12 +283,6 @@ func (s *Server) bindPod(ctx context.Context, args *extenderv1.ExtenderBindingAr
 	if s.Events != nil {
 		s.Events.Forget(key)
 	}
-	s.mu.Lock()
-	if s.assumedAt == nil {
-		s.assumedAt = map[string]time.Time{}
-	}
-	s.assumedAt[key] = time.Now()
-	s.mu.Unlock()
 	if status != nil {
 		klog.InfoS("Bound exclusive pod", "pod", podRef, "node", args.Node, "cpus", status.CPUs.String(), "mems", status.Mems.String())
 	} else {
@@ -381,28 +369,14 @@ func (s *Server) getPod(ctx context.Context, args *extenderv1.ExtenderBindingArg
 	return pod, nil
 }
 
-// ExpireAssumed forgets pods assumed longer than AssumeTTL ago that the
-// informers never confirmed (their bind succeeded but the pod went away
-// unseen, for example), and expired event dedupe entries.
+// ExpireAssumed forgets pods whose assumption expired (Scheduler.Expire)
+// and expired event dedupe entries.
 func (s *Server) ExpireAssumed(now time.Time) {
 	if s.Events != nil {
 		s.Events.Expire(now)
 	}
-	assumed := map[string]bool{}
-	for _, k := range s.Sched.Assumed() {
-		assumed[k] = true
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for key, at := range s.assumedAt {
-		switch {
-		case !assumed[key]:
-			delete(s.assumedAt, key)
-		case now.Sub(at) > s.AssumeTTL:
-			klog.InfoS("Assumed pod expired without being seen bound", "pod", key)
-			s.Sched.Forget(key)
-			delete(s.assumedAt, key)
-		}
+	for _, key := range s.Sched.Expire(now) {
+		klog.InfoS("Assumed pod expired without being seen bound", "pod", key)
 	}
 }
 

@@ -87,7 +87,7 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 	events := extender.NewPodEvents(recorder, metrics, extender.PodEventsConfig{})
 	c.PodDone = events.Forget
 	srv := &extender.Server{Sched: sched, Client: client, Metrics: metrics,
-		Ready: c.Synced, AssumeTTL: 2 * time.Minute, Events: events, AllocStatusInBinding: allocStatusInBinding}
+		Ready: c.Synced, Events: events, AllocStatusInBinding: allocStatusInBinding}
 	srv.Pods = c
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

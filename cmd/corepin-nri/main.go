@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -23,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -175,7 +177,9 @@ func run(log *slog.Logger, o options) error {
 	// pre-installed plugins only when containerd itself (re)starts, so
 	// until then the node runs without corepin (docs/plugin.md).
 	preinstalled := os.Getenv(nriapi.PluginSocketEnvVar) != ""
-	backoff := time.Second
+	// 1 s doubling to 30 s, from 1 s again after a connection that lasted.
+	reconnect := wait.Backoff{Duration: time.Second, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: 30 * time.Second}
+	delay := reconnect.DelayFunc()
 	for ctx.Err() == nil {
 		opts := []stub.Option{stub.WithPluginName("corepin")}
 		if preinstalled {
@@ -200,14 +204,14 @@ func run(log *slog.Logger, o options) error {
 			return fmt.Errorf("connection to the runtime lost (a pre-installed plugin is launched again only when containerd restarts): %v", err)
 		}
 		if time.Since(start) > time.Minute {
-			backoff = time.Second
+			delay = reconnect.DelayFunc()
 		}
+		backoff := delay()
 		log.Warn("NRI connection lost; reconnecting", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 	return nil
 }
