@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -71,6 +72,11 @@ func TestNodePlugin(t *testing.T) {
 		if m, ok := mounts[path]; !ok || m.ReadOnly != readOnly {
 			t.Errorf("mount %s: %+v (read-only %v wanted)", path, m, readOnly)
 		}
+	}
+	// The kubelet's configuration, read for reservedSystemCPUs, is
+	// KUBELET-ROOT/config.yaml: inside the read-only kubelet mount.
+	if args := spec.Containers[0].Args; !slices.Contains(args, "--kubelet-root=/var/lib/kubelet") || slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--kubelet-config") }) {
+		t.Errorf("plugin args %q: want --kubelet-root=/var/lib/kubelet (its config.yaml under the kubelet mount) and no --kubelet-config", args)
 	}
 	env := spec.Containers[0].Env
 	if len(env) != 1 || env[0].Name != "NODE_NAME" || env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
 
 	"github.com/corepin/corepin/api"
 )
@@ -24,11 +25,14 @@ type options struct {
 	// BindAllNamespaces lists the namespaces whose pods may use
 	// BindAllCPUs, as the extender's bindAllNamespaces does (its default,
 	// none, is this default too).
-	BindAllNamespaces   string        `json:"bindAllNamespaces"`
-	Kubeconfig          string        `json:"kubeconfig"`
-	SysfsRoot           string        `json:"sysfsRoot"`
-	ProcRoot            string        `json:"procRoot"`
-	KubeletRoot         string        `json:"kubeletRoot"`
+	BindAllNamespaces string `json:"bindAllNamespaces"`
+	Kubeconfig        string `json:"kubeconfig"`
+	SysfsRoot         string `json:"sysfsRoot"`
+	ProcRoot          string `json:"procRoot"`
+	KubeletRoot       string `json:"kubeletRoot"`
+	// KubeletConfig is the kubelet's configuration file (empty:
+	// KUBELET-ROOT/config.yaml), read for its reservedSystemCPUs.
+	KubeletConfig       string        `json:"kubeletConfig"`
 	UnplacedToShared    bool          `json:"unplacedToShared"`
 	MetricsAddr         string        `json:"metricsAddr"`
 	DriftInterval       time.Duration `json:"-"`
@@ -41,6 +45,9 @@ type options struct {
 	MaxExclusiveRatio float64 `json:"maxExclusiveRatio"`
 	SharedOvercommit  float64 `json:"sharedOvercommit"`
 	SharedHeadroom    int     `json:"sharedHeadroom"`
+	// reservedGiven: --reserved-cpus or reservedCPUs was set, even to
+	// empty (which then must match the kubelet's reservedSystemCPUs too).
+	reservedGiven bool
 }
 
 // limits are the capacity parameters the options set.
@@ -92,7 +99,7 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 	fs.StringVar(&o.NRISocket, "nri-socket", o.NRISocket, "containerd's NRI socket")
 	fs.StringVar(&o.PluginIndex, "plugin-index", o.PluginIndex, "NRI plugin index (order among plugins)")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name (default $NODE_NAME, then the hostname)")
-	fs.StringVar(&o.ReservedCPUs, "reserved-cpus", o.ReservedCPUs, "CPUs reserved for the system, a Linux CPU list")
+	fs.StringVar(&o.ReservedCPUs, "reserved-cpus", o.ReservedCPUs, "CPUs reserved for the system, a Linux CPU list (default: the kubelet's reservedSystemCPUs; another set is refused)")
 	fs.StringVar(&o.SystemNamespaces, "system-namespaces", o.SystemNamespaces, "comma-separated namespaces whose pods also get the reserved CPUs")
 	fs.StringVar(&o.BindAllNamespaces, "bind-all-namespaces", o.BindAllNamespaces,
 		"comma-separated namespaces whose pods may use BindAllCPUs (set it as the extender's bindAllNamespaces; empty: none)")
@@ -100,6 +107,7 @@ func (o *options) bind(fs *flag.FlagSet) *string {
 	fs.StringVar(&o.SysfsRoot, "sysfs-root", o.SysfsRoot, "root holding sys/ for topology discovery and cgroups")
 	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "proc root for IO queues (default SYSFS-ROOT/proc)")
 	fs.StringVar(&o.KubeletRoot, "kubelet-root", o.KubeletRoot, "kubelet state directory, to detect the static CPU manager")
+	fs.StringVar(&o.KubeletConfig, "kubelet-config", o.KubeletConfig, "the kubelet's configuration file, read for reservedSystemCPUs (default KUBELET-ROOT/config.yaml, skipped when absent)")
 	fs.BoolVar(&o.UnplacedToShared, "unplaced-to-shared", o.UnplacedToShared, "run exclusive pods without alloc-status in the shared pool instead of refusing them")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address for /metrics, /livez, /readyz, /healthz and POST /drift (empty: off)")
 	fs.DurationVar(&o.DriftInterval, "drift-interval", o.DriftInterval, "how often to read every container's cpuset and correct drift (0: only on POST /drift)")
@@ -142,6 +150,7 @@ func load(args []string) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
+	o.reservedGiven = flagGiven(fs, "reserved-cpus")
 	path := *config
 	if path == "" && os.Getenv("NRI_PLUGIN_SOCKET") != "" {
 		if _, err := os.Stat(preinstalledConfig); err == nil {
@@ -166,5 +175,18 @@ func load(args []string) (options, error) {
 	if err := again.Parse(args); err != nil {
 		return o, err
 	}
+	var keys map[string]any
+	if err := yaml.Unmarshal(data, &keys); err != nil {
+		return o, fmt.Errorf("%s: %w", path, err)
+	}
+	_, inFile := keys["reservedCPUs"]
+	merged.reservedGiven = o.reservedGiven || inFile
 	return merged, merged.validate()
+}
+
+// flagGiven reports whether the command line set the flag.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }

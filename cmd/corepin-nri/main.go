@@ -59,10 +59,12 @@ func run(log *slog.Logger, o options) error {
 		nodeEvent(client, o.NodeName, "CorepinStaticCPUManager", err.Error())
 		return err
 	}
-	res, err := api.ParseCPUList(o.ReservedCPUs)
+	res, from, err := o.reservedCPUs()
 	if err != nil {
-		return fmt.Errorf("--reserved-cpus %q: %w", o.ReservedCPUs, err)
+		nodeEvent(client, o.NodeName, "CorepinReservedCPUs", err.Error())
+		return err
 	}
+	log.Info("Reserved CPUs", "cpus", res.String(), "from", from)
 	discover := func() (api.Topology, error) {
 		return topology.Discover(topology.Options{Root: o.SysfsRoot, ProcRoot: o.ProcRoot, Reserved: res})
 	}

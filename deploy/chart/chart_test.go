@@ -591,6 +591,34 @@ func TestValues(t *testing.T) {
 			}
 		},
 	}, {
+		name:   "kubelet configuration elsewhere",
+		values: `nodePlugin: {kubeletConfig: /etc/kubernetes/kubelet/config.json}`,
+		check: func(t *testing.T, objs objects) {
+			// The plugin reads the file it is told, from a read-only
+			// mount of the node's file (which must exist: type File).
+			spec := daemonSet(t, objs).Spec.Template.Spec
+			c := container(t, spec, "corepin-nri")
+			if !slices.Contains(c.Args, "--kubelet-config=/etc/corepin/kubelet-config") {
+				t.Fatalf("plugin args %q: no --kubelet-config=/etc/corepin/kubelet-config", c.Args)
+			}
+			var mounted bool
+			for _, m := range c.VolumeMounts {
+				if m.MountPath != "/etc/corepin/kubelet-config" {
+					continue
+				}
+				mounted = m.ReadOnly
+				for _, vol := range spec.Volumes {
+					if vol.Name == m.Name && (vol.HostPath == nil || vol.HostPath.Path != "/etc/kubernetes/kubelet/config.json" ||
+						vol.HostPath.Type == nil || *vol.HostPath.Type != v1.HostPathFile) {
+						t.Errorf("volume %s: %+v, want hostPath /etc/kubernetes/kubelet/config.json of type File", vol.Name, vol.VolumeSource)
+					}
+				}
+			}
+			if !mounted {
+				t.Errorf("mounts %+v: /etc/corepin/kubelet-config not mounted read-only", c.VolumeMounts)
+			}
+		},
+	}, {
 		name:   "cpu 0 reserved",
 		values: `nodePlugin: {reservedCpus: 0}`,
 		check: func(t *testing.T, objs objects) {
