@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
+
 	"fmt"
 	"io"
 	"sort"
@@ -25,17 +25,8 @@ import (
 // runExplain implements `corepinctl explain [NAMESPACE/]POD`: why a pod has
 // its CPUs, or why it is pending.
 func runExplain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var kf kubeFlags
-	kf.register(fs, true)
-	outputp := outputFlag(fs, "the explanation")
-	rest, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	output := *outputp
-	if !checkOutput("explain", output, stderr) {
+	kf, output, rest, ok := parseCommand("explain", "the explanation", true, args, stderr)
+	if !ok {
 		return 2
 	}
 	if len(rest) != 1 {

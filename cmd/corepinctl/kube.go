@@ -74,6 +74,20 @@ var isTerminal = func(w io.Writer) bool {
 // parseInterleaved parses flags placed before, between or after the
 // positional arguments (`corepinctl node NAME -o json`), as kubectl allows.
 // outputFlag registers -o and its long form --output, "text" by default.
+// parseCommand parses a reading command's flags (the cluster's, -n when
+// namespaced, -o) and its arguments; ok is false after a usage error.
+func parseCommand(command, text string, namespaced bool, args []string, stderr io.Writer) (kf kubeFlags, output string, rest []string, ok bool) {
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kf.register(fs, namespaced)
+	outputp := outputFlag(fs, text)
+	rest, err := parseInterleaved(fs, args)
+	if err != nil || !checkOutput(command, *outputp, stderr) {
+		return kf, "", nil, false
+	}
+	return kf, *outputp, rest, true
+}
+
 func outputFlag(fs *flag.FlagSet, text string) *string {
 	output := new(string)
 	fs.StringVar(output, "o", "text", "output format: text ("+text+") or json")

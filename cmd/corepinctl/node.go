@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
+
 	"fmt"
 	"io"
 	"sort"
@@ -135,16 +135,8 @@ func (st *clusterState) nodeDocument(v nodeView) nodeDoc {
 // runNode implements `corepinctl node NAME`: the node's CPUs by socket,
 // NUMA node and core, each marked reserved, exclusive, shared or stacked.
 func runNode(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("node", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var kf kubeFlags
-	kf.register(fs, false)
-	output := outputFlag(fs, "the map")
-	rest, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	if !checkOutput("node", *output, stderr) {
+	kf, output, rest, ok := parseCommand("node", "the map", false, args, stderr)
+	if !ok {
 		return 2
 	}
 	if len(rest) != 1 {
@@ -183,7 +175,7 @@ func runNode(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	doc := st.nodeDocument(st.view(name))
-	if *output == "json" {
+	if output == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(doc); err != nil {

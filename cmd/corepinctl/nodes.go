@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
+
 	"fmt"
 	"io"
 	"strconv"
@@ -111,16 +111,8 @@ func (v nodeView) summary() nodeSummary {
 
 // runNodes implements `corepinctl nodes`: one line per node.
 func runNodes(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("nodes", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var kf kubeFlags
-	kf.register(fs, false)
-	output := outputFlag(fs, "a table")
-	rest, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
-	}
-	if !checkOutput("nodes", *output, stderr) {
+	kf, output, rest, ok := parseCommand("nodes", "a table", false, args, stderr)
+	if !ok {
 		return 2
 	}
 	if len(rest) > 0 {
@@ -157,7 +149,7 @@ func runNodes(args []string, stdout, stderr io.Writer) int {
 	for _, name := range st.nodeNames() {
 		lines = append(lines, st.view(name).summary())
 	}
-	if *output == "json" {
+	if output == "json" {
 		if lines == nil {
 			lines = []nodeSummary{}
 		}
