@@ -179,10 +179,10 @@ db_script="set -e
 mkdir -p /var/run/postgresql /data/pg && chown postgres /var/run/postgresql /data/pg
 setpriv --reuid=postgres --regid=postgres --init-groups $pg/initdb -D /data/pg -U postgres -A trust >/dev/null
 exec setpriv --reuid=postgres --regid=postgres --init-groups $pg/postgres -D /data/pg \
-  -c listen_addresses='' -c unix_socket_directories=/var/run/postgresql -c shared_buffers=128MB -c max_connections=20"
+  -c listen_addresses='' -c unix_socket_directories=/var/run/postgresql -c shared_buffers=128MB -c max_connections=20 -c max_wal_size=64MB -c min_wal_size=32MB"
 db_up() {
   local name=$1 mode=$2
-  pod "$name" "$mode" 1 512Mi "$db_script"
+  pod "$name" "$mode" 1 768Mi "$db_script"
   kubectl -n "$ns" wait --for=condition=Ready "pod/$name" --timeout 120s >/dev/null
   for _ in $(seq 60); do kubectl -n "$ns" exec "$name" -- $pg/pg_isready -q -h /var/run/postgresql && break; sleep 1; done
   kubectl -n "$ns" exec "$name" -- $pg/pgbench -h /var/run/postgresql -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
