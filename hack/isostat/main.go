@@ -206,6 +206,9 @@ func summarize(results []Result, out io.Writer) (Contract, error) {
 			P999: round3(med(row, workload, func(r Result) float64 { return r.P999 }))}
 	}
 	for _, w := range []string{"ro", "tpcb"} {
+		if !slices.ContainsFunc(results, func(r Result) bool { return r.Workload == w }) {
+			continue
+		}
 		fmt.Fprintf(out, "\npgbench %s (each round; median last)\n", w)
 		fmt.Fprintf(out, "| row | round | tps | p50 ms | p99 ms | p99.9 ms | transactions |\n|---|---|---|---|---|---|---|\n")
 		for _, row := range rowOrder {
