@@ -7,6 +7,11 @@
 //
 //	go run ./hack/images --bin bin --out bin/images [--local] [--kube-bin DIR --kube-version V]
 //	  [--kind --etcd BIN --etcd-tag T --coredns BIN --coredns-tag T --pause-tag T --proxy-base TAR]
+//	go run ./hack/images --bin bin --out bin/bench --only-bench --bench-base TAR
+//
+// --bench-base writes corepin/bench-postgres:dev for make bench-isolation: a
+// Debian root filesystem with postgresql-15 and stress-ng (mmdebstrap's
+// tar, hack/bench-isolation.sh) and the workload binary at /workload.
 package main
 
 import (
@@ -30,6 +35,8 @@ type options struct {
 	etcd, etcdTag       string
 	coredns, corednsTag string
 	pauseTag, proxyBase string
+	benchBase           string
+	onlyBench           bool
 }
 
 func main() {
@@ -46,6 +53,8 @@ func main() {
 	flag.StringVar(&o.corednsTag, "coredns-tag", "", "tag of registry.k8s.io/coredns/coredns kubeadm asks for, e.g. v1.14.6")
 	flag.StringVar(&o.pauseTag, "pause-tag", "", "tag of registry.k8s.io/pause kubeadm asks for, e.g. 3.10.2")
 	flag.StringVar(&o.proxyBase, "proxy-base", "", "root filesystem tar with iptables, nftables and conntrack for kube-proxy (with --kind)")
+	flag.StringVar(&o.benchBase, "bench-base", "", "root filesystem tar with PostgreSQL and stress-ng: also write corepin/bench-postgres:"+Tag)
+	flag.BoolVar(&o.onlyBench, "only-bench", false, "write only the --bench-base image")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "images:", err)
@@ -96,6 +105,15 @@ func run(o options) error {
 			image{file: "coredns.tar", ref: "registry.k8s.io/coredns/coredns:" + o.corednsTag,
 				files: map[string]string{"coredns": o.coredns}, entrypoint: []string{"/coredns"}},
 			pause("pause-"+o.pauseTag+".tar", o.pauseTag, filepath.Join(o.bin, "workload")))
+	}
+	if o.onlyBench {
+		items = nil
+	}
+	if o.benchBase != "" {
+		items = append(items, image{file: "bench-postgres.tar", ref: "corepin/bench-postgres:" + Tag, base: o.benchBase,
+			files: map[string]string{"workload": filepath.Join(o.bin, "workload")}})
+	} else if o.onlyBench {
+		return fmt.Errorf("--only-bench needs --bench-base")
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
