@@ -7,6 +7,7 @@ package plugin
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -285,13 +286,11 @@ func (l *Ledger) Container(id string) (*Container, bool) {
 }
 
 // Containers returns the tracked containers sorted by ID.
-func (l *Ledger) Containers() []*Container {
-	out := make([]*Container, 0, len(l.containers))
-	for _, c := range l.containers {
-		out = append(out, c)
-	}
-	slices.SortFunc(out, func(a, b *Container) int { return strings.Compare(a.ID, b.ID) })
-	return out
+func (l *Ledger) Containers() []*Container { return byID(l.containers) }
+
+// byID lists containers sorted by ID.
+func byID(m map[string]*Container) []*Container {
+	return slices.SortedFunc(maps.Values(m), func(a, b *Container) int { return strings.Compare(a.ID, b.ID) })
 }
 
 // SetLimits changes the capacity parameters (the node's node-policy).

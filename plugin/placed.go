@@ -6,8 +6,6 @@ package plugin
 
 import (
 	"fmt"
-	"slices"
-	"strings"
 
 	"k8s.io/utils/cpuset"
 
@@ -171,14 +169,7 @@ func (l *Ledger) Quarantined() cpuset.CPUSet {
 }
 
 // quarantined lists the quarantined containers sorted by ID.
-func (l *Ledger) quarantined() []*Container {
-	out := make([]*Container, 0, len(l.quarantine))
-	for _, q := range l.quarantine {
-		out = append(out, q)
-	}
-	slices.SortFunc(out, func(a, b *Container) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
+func (l *Ledger) quarantined() []*Container { return byID(l.quarantine) }
 
 // ForgetSandbox drops every container of a pod sandbox, and what the
 // sandbox was granted, and reports whether exclusive CPUs were freed.
