@@ -1,7 +1,6 @@
 package extender
 
 import (
-	"container/list"
 	"context"
 	"fmt"
 	"hash/fnv"
@@ -13,6 +12,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 )
@@ -85,7 +85,6 @@ type PodEvents struct {
 	recorder record.EventRecorder
 	metrics  *Metrics
 	window   time.Duration
-	capacity int
 	delay    time.Duration
 	maxHeld  int
 	queue    chan podEventItem
@@ -96,9 +95,11 @@ type PodEvents struct {
 	// due times).
 	held []podEventItem
 
-	mu      sync.Mutex
-	entries map[string]*list.Element // pod key -> element of order
-	order   *list.List               // of *dedupeEntry, most recent first
+	// mu makes a pod's state check and its entry's insertion one step.
+	mu sync.Mutex
+	// entries maps a pod key to its dedupeEntry, least recently rejected
+	// evicted first, each kept for the window (by e.now).
+	entries *cache.LRUExpireCache
 }
 
 type podEventKind uint8
@@ -129,11 +130,14 @@ type podEventItem struct {
 }
 
 type dedupeEntry struct {
-	key     string
 	uid     types.UID
 	summary uint64
-	at      time.Time
 }
+
+// eventsClock is the dedupe cache's clock: PodEvents.now, which tests set.
+type eventsClock struct{ e *PodEvents }
+
+func (c eventsClock) Now() time.Time { return c.e.now() }
 
 // PodState is what the worker needs to know about a pod, once the delay is
 // over, before it records a rejection: whether it still waits for a node.
@@ -169,9 +173,10 @@ func NewPodEvents(recorder record.EventRecorder, metrics *Metrics, cfg PodEvents
 	if cfg.Held <= 0 {
 		cfg.Held = defaultHeld
 	}
-	return &PodEvents{recorder: recorder, metrics: metrics, window: cfg.Window, capacity: cfg.Entries,
-		delay: cfg.Delay, maxHeld: cfg.Held, queue: make(chan podEventItem, cfg.Queue), now: time.Now,
-		entries: map[string]*list.Element{}, order: list.New()}
+	e := &PodEvents{recorder: recorder, metrics: metrics, window: cfg.Window,
+		delay: cfg.Delay, maxHeld: cfg.Held, queue: make(chan podEventItem, cfg.Queue), now: time.Now}
+	e.entries = cache.NewLRUExpireCacheWithClock(cfg.Entries, eventsClock{e})
+	return e
 }
 
 func podRef(pod *v1.Pod) v1.ObjectReference {
@@ -281,7 +286,6 @@ func (e *PodEvents) decideDue(state func(namespace, name string, uid types.UID) 
 func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string, uid types.UID) PodState) {
 	ref := &item.ref
 	key := ref.Namespace + "/" + ref.Name
-	now := e.now()
 	// The state check and the insertion are one step under mu: a Forget for
 	// the pod (bind, delete) that follows the check waits, and removes what
 	// was inserted.
@@ -291,25 +295,21 @@ func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string
 		st = state(ref.Namespace, ref.Name, ref.UID)
 	}
 	if st != PodPending {
-		e.removeLocked(key)
+		e.entries.Remove(key)
 		e.mu.Unlock()
 		e.count(ReasonNodesRejected, "skipped")
 		return
 	}
-	if el, ok := e.entries[key]; ok {
-		d := el.Value.(*dedupeEntry)
-		if d.uid == ref.UID && d.summary == item.sum && now.Sub(d.at) < e.window {
-			e.order.MoveToFront(el)
+	if v, ok := e.entries.Get(key); ok {
+		if d := v.(dedupeEntry); d.uid == ref.UID && d.summary == item.sum {
 			e.mu.Unlock()
 			e.count(ReasonNodesRejected, "deduplicated")
 			return
 		}
-		e.removeLocked(key)
 	}
-	e.entries[key] = e.order.PushFront(&dedupeEntry{key: key, uid: ref.UID, summary: item.sum, at: now})
-	for e.order.Len() > e.capacity {
-		e.removeLocked(e.order.Back().Value.(*dedupeEntry).key)
-	}
+	// The cache expires an entry after its TTL, not at it: one nanosecond
+	// less makes an entry exactly Window old expired.
+	e.entries.Add(key, dedupeEntry{uid: ref.UID, summary: item.sum}, e.window-time.Nanosecond)
 	e.setGauge()
 	e.mu.Unlock()
 	klog.V(2).InfoS("Nodes rejected for exclusive pod", "pod", klog.KRef(ref.Namespace, ref.Name), "summary", item.msg)
@@ -317,16 +317,9 @@ func (e *PodEvents) decide(item *podEventItem, state func(namespace, name string
 	e.count(ReasonNodesRejected, "recorded")
 }
 
-func (e *PodEvents) removeLocked(key string) {
-	if el, ok := e.entries[key]; ok {
-		e.order.Remove(el)
-		delete(e.entries, key)
-	}
-}
-
 func (e *PodEvents) setGauge() {
 	if e.metrics != nil {
-		e.metrics.PodEventEntries.Set(float64(len(e.entries)))
+		e.metrics.PodEventEntries.Set(float64(len(e.entries.Keys())))
 	}
 }
 
@@ -335,22 +328,23 @@ func (e *PodEvents) setGauge() {
 func (e *PodEvents) Forget(key string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if _, ok := e.entries[key]; ok {
-		e.removeLocked(key)
+	if _, ok := e.entries.Get(key); ok {
+		e.entries.Remove(key)
 		e.setGauge()
 	}
 }
 
-// Expire drops entries older than the window: they would not suppress an
-// event any more.
-func (e *PodEvents) Expire(now time.Time) {
+// Expire drops the entries older than the window, by the clock the
+// entries were added with (now is that clock's time on the caller's tick):
+// they would not suppress an event any more.
+func (e *PodEvents) Expire(time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for key, el := range e.entries {
-		if now.Sub(el.Value.(*dedupeEntry).at) >= e.window {
-			e.removeLocked(key)
-		}
+	live := map[any]bool{}
+	for _, k := range e.entries.Keys() {
+		live[k] = true
 	}
+	e.entries.RemoveAll(func(k any) bool { return !live[k] })
 	e.setGauge()
 }
 
@@ -358,7 +352,7 @@ func (e *PodEvents) Expire(now time.Time) {
 func (e *PodEvents) Len() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.entries)
+	return len(e.entries.Keys())
 }
 
 // RejectionSummary is the message of a CorepinNodesRejected event: how many

@@ -142,15 +142,9 @@ func TestFailedBindIsForgotten(t *testing.T) {
 func TestRebuildFromAnnotations(t *testing.T) {
 	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "0")))
 	binder := newRecordingBinder()
-	pod := testPod("a", 3, true)
-	status, err := s.Bind(context.Background(), pod, "n1", binder)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod.Annotations[api.AnnotationAllocStatus] = status.String()
-	pod.Spec.NodeName = "n1"
-	if err := s.UpsertPod(pod); err != nil || len(s.Assumed()) != 0 {
-		t.Fatalf("confirm: %v, assumed %v", err, s.Assumed())
+	pod := bindAndConfirm(t, s, testPod("a", 3, true), "n1", binder)
+	if len(s.Assumed()) != 0 {
+		t.Fatalf("confirmed, still assumed %v", s.Assumed())
 	}
 	restarted := newTestScheduler(t, testNode("n1", topologyJSON(8, "0")))
 	if err := restarted.UpsertPod(pod); err != nil {
@@ -372,6 +366,22 @@ func TestFilterPrioritizeInChunks(t *testing.T) {
 	}
 }
 
+// bindAndConfirm binds pod to node and shows it bound, as the informer
+// would, with the alloc-status the bind wrote.
+func bindAndConfirm(t *testing.T, s *Scheduler, pod *v1.Pod, node string, binder Binder) *v1.Pod {
+	t.Helper()
+	status, err := s.Bind(context.Background(), pod, node, binder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Annotations[api.AnnotationAllocStatus] = status.String()
+	pod.Spec.NodeName = node
+	if err := s.UpsertPod(pod); err != nil {
+		t.Fatalf("confirm: %v", err)
+	}
+	return pod
+}
+
 // An assumed pod's deadline starts when its bind succeeds and lives with
 // the pod: Expire forgets it after the TTL, a confirmed pod never expires.
 func TestAssumedPodExpires(t *testing.T) {
@@ -382,16 +392,7 @@ func TestAssumedPodExpires(t *testing.T) {
 	if _, err := s.Bind(context.Background(), testPod("lost", 2, true), "n1", binder); err != nil {
 		t.Fatal(err)
 	}
-	confirmed := testPod("seen", 2, true)
-	status, err := s.Bind(context.Background(), confirmed, "n1", binder)
-	if err != nil {
-		t.Fatal(err)
-	}
-	confirmed.Annotations[api.AnnotationAllocStatus] = status.String()
-	confirmed.Spec.NodeName = "n1"
-	if err := s.UpsertPod(confirmed); err != nil {
-		t.Fatal(err)
-	}
+	bindAndConfirm(t, s, testPod("seen", 2, true), "n1", binder)
 	if got := s.Expire(start.Add(30 * time.Second)); len(got) != 0 {
 		t.Fatalf("expired %v before the TTL", got)
 	}

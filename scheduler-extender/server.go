@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -397,7 +398,7 @@ func (b *apiBinder) Bind(ctx context.Context, pod *v1.Pod, node, allocStatus str
 			// The API server copies a Binding's annotations onto the pod
 			// in the write that sets spec.nodeName.
 			binding.Annotations = map[string]string{api.AnnotationAllocStatus: allocStatus}
-		} else if err := b.patchAllocStatus(ctx, pod, allocStatus); err != nil {
+		} else if err := b.applyAllocStatus(ctx, pod, allocStatus); err != nil {
 			return fmt.Errorf("writing %s: %w", api.AnnotationAllocStatus, err)
 		}
 	}
@@ -407,13 +408,16 @@ func (b *apiBinder) Bind(ctx context.Context, pod *v1.Pod, node, allocStatus str
 	return nil
 }
 
-func (b *apiBinder) patchAllocStatus(ctx context.Context, pod *v1.Pod, status string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-		"annotations": map[string]string{api.AnnotationAllocStatus: status},
-	}})
-	if err != nil {
-		return err
-	}
-	_, err = b.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+// fieldManager is the extender's name in the managedFields of what it
+// writes by server-side apply: a pod's alloc-status.
+const fieldManager = "corepin-extender"
+
+// applyAllocStatus writes the pod's alloc-status by server-side apply, the
+// only field the extender owns on a pod. The UID makes a pod recreated under
+// the same name a conflict, not a pod given another's CPUs.
+func (b *apiBinder) applyAllocStatus(ctx context.Context, pod *v1.Pod, status string) error {
+	ac := corev1ac.Pod(pod.Name, pod.Namespace).WithUID(pod.UID).
+		WithAnnotations(map[string]string{api.AnnotationAllocStatus: status})
+	_, err := b.client.CoreV1().Pods(pod.Namespace).Apply(ctx, ac, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
 	return err
 }

@@ -15,6 +15,7 @@ import (
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -101,7 +102,7 @@ func TestHTTPFilterPrioritizeBind(t *testing.T) {
 }
 
 // TestBindWrites checks what a bind writes to the API server in each mode:
-// by default a PATCH of alloc-status and then the Binding; with
+// by default a server-side apply of alloc-status and then the Binding; with
 // AllocStatusInBinding only the Binding, carrying the annotation (the API
 // server copies it onto the pod; TestAllocStatusWrites shows that on a
 // real one). A shared pod gets only its Binding either way.
@@ -112,7 +113,7 @@ func TestBindWrites(t *testing.T) {
 		exclusive bool
 		want      []string
 	}{
-		{"patch then binding", false, true, []string{"patch pods", "create pods/binding"}},
+		{"apply then binding", false, true, []string{"apply pods", "create pods/binding"}},
 		{"in binding", true, true, []string{"create pods/binding+alloc-status"}},
 		{"shared pod", false, false, []string{"create pods/binding"}},
 		{"shared pod, in binding", true, false, []string{"create pods/binding"}},
@@ -135,7 +136,11 @@ func TestBindWrites(t *testing.T) {
 				if a.GetVerb() == "get" {
 					continue
 				}
-				w := a.GetVerb() + " " + a.GetResource().Resource
+				verb := a.GetVerb()
+				if p, ok := a.(k8stesting.PatchAction); ok && p.GetPatchType() == types.ApplyPatchType {
+					verb = "apply"
+				}
+				w := verb + " " + a.GetResource().Resource
 				if a.GetSubresource() != "" {
 					w += "/" + a.GetSubresource()
 				}
@@ -153,6 +158,12 @@ func TestBindWrites(t *testing.T) {
 			}
 			if strings.Join(got, ", ") != strings.Join(tc.want, ", ") {
 				t.Fatalf("writes %q, want %q", got, tc.want)
+			}
+			if tc.exclusive && !tc.inBinding {
+				got, err := client.CoreV1().Pods("default").Get(context.Background(), "db", metav1.GetOptions{})
+				if err != nil || got.Annotations[api.AnnotationAllocStatus] == "" {
+					t.Fatalf("pod after the apply: %v, annotations %v", err, got.Annotations)
+				}
 			}
 		})
 	}
