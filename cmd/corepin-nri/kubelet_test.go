@@ -49,7 +49,7 @@ func TestReservedCPUsFromTheKubelet(t *testing.T) {
 			want: `--reserved-cpus "" disagrees with the kubelet's reservedSystemCPUs "0" in KUBELET/config.yaml`},
 		{name: "another set in the plugin's file: refused", kubelet: ptr(kindKubeletConfig + "reservedSystemCPUs: \"0\"\n"), options: "reservedCPUs: \"1\"\n", err: true,
 			want: `--reserved-cpus "1" disagrees with the kubelet's reservedSystemCPUs "0"`},
-		{name: "the plugin's file agrees", kubelet: ptr(kindKubeletConfig + "reservedSystemCPUs: \"0\"\n"), options: "reservedCPUs: 0\n", want: "0"},
+		{name: "the plugin's file agrees", kubelet: ptr(kindKubeletConfig + "reservedSystemCPUs: \"0\"\n"), options: "reservedCPUs: \"0\"\n", want: "0"},
 		{name: "kubelet sets none: the flag", kubelet: ptr(kindKubeletConfig), args: []string{"--reserved-cpus", "0-1"}, want: "0-1", from: "KUBELET/config.yaml sets no reservedSystemCPUs"},
 		{name: "JSON (EKS writes config.json)", kubelet: ptr(`{"kind":"KubeletConfiguration","apiVersion":"kubelet.config.k8s.io/v1beta1","reservedSystemCPUs":"2-3"}`), want: "2-3"},
 		{name: "malformed YAML", kubelet: ptr("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: [\n"), err: true, want: "kubelet configuration KUBELET/config.yaml: "},
