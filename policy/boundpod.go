@@ -64,9 +64,6 @@ type Bound struct {
 	Reason *Reason
 }
 
-// Exclusive reports whether the pod holds exclusive CPUs.
-func (b Bound) Exclusive() bool { return b.Held }
-
 // ContainerCPUs are the exclusive CPUs of one container, if it has any.
 func (b Bound) ContainerCPUs(name string) (cpuset.CPUSet, bool) {
 	if !b.Held {
@@ -156,21 +153,28 @@ func CheckContainers(req Request, status api.AllocStatus) *Reason {
 	if req.Containers == nil {
 		return nil
 	}
-	var want, got []string
+	var want []string
 	for _, c := range req.Containers {
 		if c.Exclusive {
 			want = append(want, fmt.Sprintf("%s=%d", c.Name, c.Milli/1000))
 		}
 	}
-	for name, set := range status.Containers {
-		got = append(got, fmt.Sprintf("%s=%d", name, set.Set().Size()))
-	}
 	sort.Strings(want)
-	sort.Strings(got)
-	if w, g := strings.Join(want, " "), strings.Join(got, " "); w != g {
+	if w, g := strings.Join(want, " "), ContainerCounts(status); w != g {
 		return Reasonf(CodeBadAnnotation, "%s gives containers %s but the spec's exclusive containers are %s", api.AnnotationAllocStatus, g, w)
 	}
 	return nil
+}
+
+// ContainerCounts lists an alloc-status' containers and CPU counts
+// ("db=2 log=1"), sorted by name.
+func ContainerCounts(status api.AllocStatus) string {
+	got := make([]string, 0, len(status.Containers))
+	for name, set := range status.Containers {
+		got = append(got, fmt.Sprintf("%s=%d", name, set.Set().Size()))
+	}
+	sort.Strings(got)
+	return strings.Join(got, " ")
 }
 
 // CheckMems applies the mems rule (see ReadBound); numaOf gives a CPU's

@@ -71,8 +71,8 @@ func TestReadBound(t *testing.T) {
 			if got := p.CPUs.String(); got != tc.held {
 				t.Errorf("held CPUs %q, want %q", got, tc.held)
 			}
-			if b.Exclusive() != (tc.held != "") {
-				t.Errorf("Exclusive() = %v with CPUs %q held", b.Exclusive(), tc.held)
+			if b.Held != (tc.held != "") {
+				t.Errorf("Held = %v with CPUs %q held", b.Held, tc.held)
 			}
 			if p.SharedMilli != tc.sharedMilli {
 				t.Errorf("shared amount %dm, want %dm", p.SharedMilli, tc.sharedMilli)

@@ -236,16 +236,6 @@ func orReason(r *policy.Reason, format string, args ...any) string {
 	return fmt.Sprintf(format, args...)
 }
 
-// containerCounts lists an alloc-status' containers and CPU counts.
-func containerCounts(status api.AllocStatus) string {
-	var got []string
-	for name, set := range status.Containers {
-		got = append(got, fmt.Sprintf("%s=%d", name, set.Set().Size()))
-	}
-	sort.Strings(got)
-	return strings.Join(got, " ")
-}
-
 // consistency checks alloc-status against the node's topology and the other
 // pods on it, by the rules of the contract.
 func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v nodeView) {
@@ -275,7 +265,7 @@ func (e *explainer) consistency(intent api.PodIntent, status api.AllocStatus, v 
 	// engine's own checks of a bound pod (policy.ReadBound), not a copy.
 	if req, err := policy.NewRequest(pod); err == nil {
 		r := policy.CheckContainers(req, status)
-		e.check(r == nil, checkContainers, "%s", orReason(r, "exclusive containers and CPU counts match the pod's spec (alloc-status %s)", containerCounts(status)))
+		e.check(r == nil, checkContainers, "%s", orReason(r, "exclusive containers and CPU counts match the pod's spec (alloc-status %s)", policy.ContainerCounts(status)))
 	}
 	numaOf := func(cpu int) (int, bool) {
 		c, ok := info[cpu]
