@@ -53,14 +53,15 @@ log "importing $image"
 
 # What this run changes, and puts back on every exit.
 kubelet_changed=false
-nri_off=false
+corepin_off=false
 old_policy=$(kubectl get node "$node" -o jsonpath='{.metadata.annotations.corepin\.io/node-policy}')
 restore() {
   set +e
   log "restoring the cluster"
+  unconfine_host
   kubectl delete namespace "$ns" --wait=true --timeout 120s >/dev/null 2>&1
   if $kubelet_changed; then kubelet_policy none; fi
-  if $nri_off; then nri_on; fi
+  if $corepin_off; then corepin_on; fi
   if [ -n "$old_policy" ]; then
     kubectl annotate node "$node" --overwrite corepin.io/node-policy="$old_policy" >/dev/null
   else
@@ -70,21 +71,54 @@ restore() {
 }
 trap restore EXIT
 
+# The host's own processes (on this VM: other sessions' builds, the bed's
+# daemons) are moved, for the run, into a cpuset of CPU 1, the CPU that is
+# not the database's in any exclusive row: a node whose system daemons keep
+# to their own CPUs. Every row runs under the same confinement; without it
+# the rows measure the host's compile jobs (BENCH_CONFINE_HOST=0 to compare).
+# Swept again before each measurement for processes started meanwhile.
+host_cg=/sys/fs/cgroup/cpuset/corepin-bench-host
+root_cg=/sys/fs/cgroup/cpuset
+confine_host() {
+  [ "${BENCH_CONFINE_HOST:-1}" = 1 ] || return 0
+  if [ ! -d "$host_cg" ]; then
+    mkdir "$host_cg"
+    cat "$root_cg/cpuset.mems" > "$host_cg/cpuset.mems"
+    echo 1 > "$host_cg/cpuset.cpus"
+  fi
+  local pid
+  # Kernel threads refuse to move; everything else follows its process.
+  for pid in $(cat "$root_cg/cgroup.procs"); do echo "$pid" > "$host_cg/cgroup.procs" 2>/dev/null || true; done
+}
+unconfine_host() {
+  [ -d "$host_cg" ] || return 0
+  local pid
+  for _ in 1 2 3; do
+    for pid in $(cat "$host_cg/cgroup.procs"); do echo "$pid" > "$root_cg/cgroup.procs" 2>/dev/null || true; done
+  done
+  rmdir "$host_cg" 2>/dev/null || log "could not remove $host_cg: $(wc -l < "$host_cg/cgroup.procs") processes left in it"
+}
+unconfine_host
+
 # On 2 CPUs the defaults (sharedHeadroom 2, sharedOvercommit 2) leave no
 # exclusive CPU beside noise whose limits add up past the machine; an
-# operator's override for the bench, removed at the end.
-kubectl annotate node "$node" --overwrite corepin.io/node-policy='{"sharedOvercommit": 4, "sharedHeadroom": 0}' >/dev/null
+# operator's override for the bench, removed at the end. S is the noise's 4
+# CPUs plus corepin's own pods' requests (0.12), so an overcommit of 4 would
+# leave ceil(4.12/4) = 2 and no exclusive CPU: 6 keeps one.
+kubectl annotate node "$node" --overwrite corepin.io/node-policy='{"sharedOvercommit": 6, "sharedHeadroom": 0}' >/dev/null
 kubectl create namespace "$ns" >/dev/null 2>&1 || true
 for _ in $(seq 60); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 1; done
 
 # kubelet_policy none|static: the kubelet restarted with that CPU manager
-# policy (static with CPU 0 reserved for the system), its checkpoint of the
+# policy (static with CPU 1 reserved for the system, so that the kubelet pins
+# the database on CPU 0, where corepin's extender puts it: both exclusive rows
+# use the same CPU and the same IO-queue interrupts), its checkpoint of the
 # other policy removed (the kubelet refuses to start on it).
 kubelet_policy() {
   local policy=$1
   [ -f "$dir/kubelet.yaml.bench-orig" ] || cp "$dir/kubelet.yaml" "$dir/kubelet.yaml.bench-orig"
   if [ "$policy" = static ]; then
-    sed 's/^cpuManagerPolicy: none$/cpuManagerPolicy: static\nreservedSystemCPUs: "0"/' "$dir/kubelet.yaml.bench-orig" > "$dir/kubelet.yaml"
+    sed 's/^cpuManagerPolicy: none$/cpuManagerPolicy: static\nreservedSystemCPUs: "1"/' "$dir/kubelet.yaml.bench-orig" > "$dir/kubelet.yaml"
     kubelet_changed=true
   else
     cp "$dir/kubelet.yaml.bench-orig" "$dir/kubelet.yaml" && rm -f "$dir/kubelet.yaml.bench-orig"
@@ -105,30 +139,38 @@ wait_node_ready() {
   log "node $node not Ready"; return 1
 }
 
-nri_off_now() {
+# corepin_off_now: the static rows run without corepin: corepin-nri's
+# DaemonSet deleted and corepin-scheduler scaled to none (the static policy
+# leaves 1 allocatable CPU, all of it the database's request).
+corepin_off_now() {
   kubectl -n corepin-system delete daemonset corepin-nri --wait=true >/dev/null
+  kubectl -n corepin-system scale deployment corepin-scheduler --replicas 0 >/dev/null
   kubectl -n corepin-system wait --for=delete pod -l app.kubernetes.io/name=corepin-nri --timeout 60s >/dev/null 2>&1 || true
-  nri_off=true
-  log "corepin-nri off"
+  kubectl -n corepin-system wait --for=delete pod -l app.kubernetes.io/name=corepin-scheduler --timeout 60s >/dev/null 2>&1 || true
+  corepin_off=true
+  log "corepin off (corepin-nri deleted, corepin-scheduler scaled to 0)"
 }
 
-nri_on() {
+corepin_on() {
   kubectl apply -k deploy/local >/dev/null
   kubectl -n corepin-system rollout status ds/corepin-nri --timeout 120s >/dev/null
-  nri_off=false
-  log "corepin-nri on"
+  kubectl -n corepin-system rollout status deployment/corepin-scheduler --timeout 120s >/dev/null
+  corepin_off=false
+  log "corepin on"
 }
 
 # pod NAME MODE CPU MEMORY CMD: a pod of the bench image. MODE corepin: an
 # exclusive pod through corepin-scheduler; shared: a shared pod; static:
 # Guaranteed through the default scheduler (the kubelet's static policy
-# pins it). Requests equal limits except for the noise (requests 100m, so
-# that it schedules; its limits add up past the machine).
+# pins it). Requests equal limits except for the noise: requests 0, so that
+# it schedules beside a Guaranteed database on the 1 allocatable CPU the
+# static policy leaves; its limits (what corepin counts in S) add up past
+# the machine.
 pod() {
   local name=$1 mode=$2 cpu=$3 mem=$4 cmd=$5 annotations="{}" sched=default-scheduler req=$3
   case $mode in
     corepin) annotations='{corepin.io/cpu-mode: exclusive}'; sched=corepin-scheduler ;;
-    noise) req=100m ;;
+    noise) req=0 ;;
   esac
   kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -186,6 +228,10 @@ db_up() {
   kubectl -n "$ns" wait --for=condition=Ready "pod/$name" --timeout 120s >/dev/null
   for _ in $(seq 60); do kubectl -n "$ns" exec "$name" -- $pg/pg_isready -q -h /var/run/postgresql && break; sleep 1; done
   kubectl -n "$ns" exec "$name" -- $pg/pgbench -h /var/run/postgresql -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
+  # A discarded warm-up: the first run after initdb was 30-40% slower than
+  # the next in every row (cold catalog caches, the hint bits of the fresh
+  # tables), which would charge whichever row comes first.
+  kubectl -n "$ns" exec "$name" -- $pg/pgbench -h /var/run/postgresql -U postgres -c 2 -j 1 -T 5 postgres >/dev/null 2>&1
   log "$name ($mode) up on CPUs $(cpus_of "$name")"
 }
 
@@ -197,6 +243,7 @@ run() {
   [ "$workload" = tpcb ] && flags=""
   raw=$out/raw/$row-$workload-$round.log
   mkdir -p "$out/raw"
+  confine_host
   tps=$(kubectl -n "$ns" exec "$db" -- sh -c "cd /tmp && rm -f pgbench_log.* && $pg/pgbench -h /var/run/postgresql -U postgres $flags -c 2 -j 1 -T $secs --log postgres 2>&1" |
     awk '/^tps = .*without initial connection time/ {print $3}')
   kubectl -n "$ns" exec "$db" -- sh -c 'cat /tmp/pgbench_log.*' > "$raw"
@@ -207,12 +254,14 @@ run() {
 # container's first process; its worst iteration over $probe_secs.
 probe() {
   local case=$1 mode=$2 round=$3 name=probe-$1-$3
+  confine_host
   pod "$name" "$mode" 1 64Mi "exec /workload spin ${probe_secs}s"
-  for _ in $(seq 120); do
-    phase=$(kubectl -n "$ns" get pod "$name" -o jsonpath='{.status.phase}')
-    [ "$phase" = Succeeded ] || [ "$phase" = Failed ] && break
-    sleep 1
-  done
+  if ! kubectl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$name" --timeout 90s >/dev/null; then
+    log "probe $name did not finish: $(kubectl -n "$ns" get pod "$name" -o jsonpath='{.status.phase}')"
+    kubectl -n "$ns" get events --field-selector involvedObject.name="$name" >&2
+    exit 1
+  fi
+  [ "$mode" = corepin ] && log "probe $name: $(kubectl -n "$ns" get pod "$name" -o jsonpath='{.metadata.annotations.corepin\.io/alloc-status}')"
   kubectl -n "$ns" logs "$name" | tail -n 1 |
     jq -c --arg row "$case" --argjson round "$round" \
       '{row: $row, workload: "startup", round: $round, tps: 0, p50_ms: 0, p99_ms: 0, p999_ms: 0, transactions: .iterations, worst_ms, worst_at_ms, median_ms}' |
@@ -221,7 +270,7 @@ probe() {
 }
 
 : > "$results"
-log "$rounds rounds, pgbench scale $scale, ${secs}s per run, on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+log "$rounds rounds, pgbench scale $scale, ${secs}s per run, on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$rounds"); do
   log "round $round: corepin"
   probe alone corepin "$round"
@@ -250,7 +299,7 @@ for round in $(seq "$rounds"); do
   noise_off
 
   log "round $round: static"
-  nri_off_now
+  corepin_off_now
   kubelet_policy static
   noise_on
   probe static static "$round"
@@ -260,7 +309,8 @@ for round in $(seq "$rounds"); do
   delete db
   noise_off
   kubelet_policy none
-  nri_on
+  corepin_on
 done
 
+log "done; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 "$out/isostat" summary "$results" | tee "$out/summary.txt"
