@@ -226,7 +226,7 @@ db_up() {
   local name=$1 mode=$2
   pod "$name" "$mode" 1 768Mi "$db_script"
   kubectl -n "$ns" wait --for=condition=Ready "pod/$name" --timeout 120s >/dev/null
-  for _ in $(seq 60); do kubectl -n "$ns" exec "$name" -- $pg/pg_isready -q -h /var/run/postgresql && break; sleep 1; done
+  for _ in $(seq 60); do kubectl -n "$ns" exec "$name" -- $pg/pg_isready -q -h /var/run/postgresql 2>/dev/null && break; sleep 1; done
   kubectl -n "$ns" exec "$name" -- $pg/pgbench -h /var/run/postgresql -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
   # A discarded warm-up: the first run after initdb was 30-40% slower than
   # the next in every row (cold catalog caches, the hint bits of the fresh

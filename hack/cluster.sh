@@ -34,12 +34,16 @@ cni_bin=$cache/cni-$cni_version/bin
 
 log() { echo "cluster: $*" >&2; }
 
-# start NAME CMD...: a detached process with its log and pid in $dir.
+# start NAME CMD...: a detached process with its log and pid in $dir. It
+# keeps none of the caller's other descriptors: a kubelet restarted under
+# `flock /tmp/corepin-bed.lock` would otherwise hold the bed's lock for as
+# long as it runs.
 start() {
   local name=$1; shift
   mkdir -p "$dir/cmds"
   printf '%q ' "$@" > "$dir/cmds/$name"
-  setsid "$@" >>"$dir/logs/$name.log" 2>&1 < /dev/null &
+  setsid bash -c 'for fd in /proc/self/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null; exec "$@"' \
+    "$name" "$@" >>"$dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$dir/pids/$name"
 }
 
