@@ -38,6 +38,9 @@ type Cache struct {
 	// PodDone, when set (before Start), is called with a pod's key when
 	// the pod is bound, finished or deleted: PodEvents.Forget.
 	PodDone func(key string)
+	// PodUpdated, when set (before Start), is called with every pod the
+	// informer shows added or updated: Resizer.Observe.
+	PodUpdated func(pod *v1.Pod)
 
 	// problems remembers what was last reported per node, so an event is
 	// recorded when a node's annotations go bad, not on every update.
@@ -132,6 +135,9 @@ func (c *Cache) upsertPod(obj any) {
 	}
 	if c.PodDone != nil && (pod.Spec.NodeName != "" || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed) {
 		c.PodDone(r.Key())
+	}
+	if c.PodUpdated != nil {
+		c.PodUpdated(pod)
 	}
 }
 
