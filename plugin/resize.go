@@ -233,8 +233,10 @@ func (l *Ledger) resizeTo(c *Container, cpus, mems cpuset.CPUSet) error {
 func (p *Plugin) resizeFromAPI(key string) bool {
 	l := p.ledger
 	applied := false
-	for _, c := range l.Containers() {
-		if c.podKey != key || c.Class != Exclusive || c.wantCPUs == 0 {
+	// Every update of every pod on the node comes here: a walk of the
+	// map, no sorted copy.
+	for _, c := range l.containers {
+		if c.wantCPUs == 0 || c.podKey != key || c.Class != Exclusive {
 			continue
 		}
 		cpus, mems, ok := l.resizedCPUs(c)

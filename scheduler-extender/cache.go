@@ -131,7 +131,13 @@ func (c *Cache) upsertPod(obj any) {
 	}
 	pod := r.Pod()
 	if err := c.sched.UpsertPod(pod); err != nil {
-		klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+		// A pod being resized differs from its alloc-status until the
+		// Resizer has answered: not a problem to log at every update.
+		if ResizeWanted(pod) {
+			klog.V(2).InfoS("Pod resized, alloc-status not yet", "pod", klog.KObj(pod), "err", err.Error())
+		} else {
+			klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+		}
 	}
 	if c.PodDone != nil && (pod.Spec.NodeName != "" || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed) {
 		c.PodDone(r.Key())
