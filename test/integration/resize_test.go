@@ -268,3 +268,57 @@ func TestResizeWithContainerd(t *testing.T) {
 		}
 	})
 }
+
+// TestResizeEndToEnd chains both halves on a real kube-apiserver and a
+// real containerd: the pod's resize subresource, corepin-extender's new
+// alloc-status, and the kubelet's CRI update (the test acting for the
+// kubelet), after which the container runs on the CPUs the extender chose.
+// The node's policy lets exclusive CPUs take every CPU, so that a 2-CPU
+// machine can grow a container from 1 to 2.
+func TestResizeEndToEnd(t *testing.T) {
+	n := runtime.NumCPU()
+	if n < 2 {
+		t.Skip("needs at least 2 CPUs")
+	}
+	ctx := context.Background()
+	cp := framework.StartControlPlane(t)
+	cp.CreateNode(t, "node-a", n, map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 1, "sharedHeadroom": 0}`})
+	ctrd := framework.StartContainerd(t)
+	plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
+		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(),
+		"--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
+	framework.Eventually(t, 30*time.Second, "the node's topology published", func() (bool, error) {
+		if exited, err := plugin.Exited(); exited {
+			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(plugin.Log, 20))
+		}
+		node, err := cp.Client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+		return err == nil && node.Annotations[api.AnnotationTopology] != "", err
+	})
+	one := cpuset.New(n - 1)
+	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, boundExclusivePod("db", "1", one), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startExtender(t, cp, framework.FreePort(t))
+	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), allocStatusFor(one))
+	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
+	if err != nil {
+		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
+	}
+	ctrd.StartContainer(t, db)
+
+	resizeCPU(t, cp.Client, "db", "2")
+	var want cpuset.CPUSet
+	framework.Eventually(t, 30*time.Second, "the extender's alloc-status for 2 CPUs", func() (bool, error) {
+		st := allocStatus(t, getPod(t, cp.Client, "db"))
+		want = st.CPUs.Set()
+		return want.Size() == 2 && one.IsSubsetOf(want), fmt.Errorf("alloc-status CPUs %s", want)
+	})
+	if err := updateCPU(ctrd, db, 2000); err != nil {
+		t.Fatalf("the kubelet's update: %v\n%s", err, framework.Tail(plugin.Log, 20))
+	}
+	framework.Eventually(t, 20*time.Second, "db on "+want.String(), func() (bool, error) {
+		got := ctrd.ExecStatus(t, db)
+		return got.Allowed.Equals(want) && got.Cgroup.Equals(want) && got.Quota == "200000", fmt.Errorf("db sees %+v", got)
+	})
+}
