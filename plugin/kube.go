@@ -117,8 +117,9 @@ func (p *Plugin) NodePolicyHandler(log *slog.Logger) func(*v1.Node) {
 }
 
 // slimPod keeps what the plugin reads of a pod: the two release
-// annotations, each container's CPU limit, and the init containers' names
-// and restart policies.
+// annotations and the alloc-status (which an in-place resize changes), each
+// container's CPU limit, and the init containers' names and restart
+// policies.
 func slimPod(obj any) (any, error) {
 	pod, ok := obj.(*v1.Pod)
 	if !ok {
@@ -126,7 +127,7 @@ func slimPod(obj any) (any, error) {
 	}
 	slim := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID,
 		ResourceVersion: pod.ResourceVersion, Annotations: map[string]string{}}}
-	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet} {
+	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet, corepin.AnnotationAllocStatus} {
 		if v, ok := pod.Annotations[key]; ok {
 			slim.Annotations[key] = v
 		}
@@ -149,7 +150,7 @@ func slimPod(obj any) (any, error) {
 // its init containers that run to completion. A malformed value leaves the
 // pod pinned: releasing is the exception that must be asked for clearly.
 func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
-	r := Release{UID: string(pod.UID), ExcludeReserve: true, LimitMilli: map[string]int64{}}
+	r := Release{UID: string(pod.UID), ExcludeReserve: true, LimitMilli: map[string]int64{}, AllocStatus: pod.Annotations[corepin.AnnotationAllocStatus]}
 	intent, err := corepin.ParsePodIntent(pod.Annotations, nil)
 	if err != nil {
 		log.Warn("Ignoring a malformed release annotation; the pod stays pinned", "pod", pod.Namespace+"/"+pod.Name, "err", err)

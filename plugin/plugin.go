@@ -189,6 +189,9 @@ func (p *Plugin) SetRelease(namespace, name string, r Release) {
 		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
 		notify(p.pending)
 	}
+	if p.resizeFromAPI(key) {
+		notify(p.pending)
+	}
 	p.changed() // init containers may have left the shared sum
 }
 
@@ -621,6 +624,7 @@ func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.Containe
 	if len(changes) == 0 {
 		return nil, nil
 	}
+	orderResizes(changes)
 	// One allocation per message type for the whole reply: an exclusive
 	// container's creation can move hundreds of shared containers.
 	var (

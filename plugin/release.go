@@ -25,6 +25,10 @@ type Release struct {
 	// the pod's containers and are not counted in the capacity formula's
 	// shared sum, while native sidecars run for the pod's life and are.
 	Init map[string]bool
+	// AllocStatus is the pod's corepin.io/alloc-status on the API server
+	// ("" when it has none): an in-place resize changes it after the
+	// sandbox copied it (resize.go).
+	AllocStatus string
 }
 
 // apiView is what the API server said; it outlives an NRI reconnect.

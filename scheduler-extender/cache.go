@@ -38,6 +38,9 @@ type Cache struct {
 	// PodDone, when set (before Start), is called with a pod's key when
 	// the pod is bound, finished or deleted: PodEvents.Forget.
 	PodDone func(key string)
+	// PodUpdated, when set (before Start), is called with every pod the
+	// informer shows added or updated: Resizer.Observe.
+	PodUpdated func(pod *v1.Pod)
 
 	// problems remembers what was last reported per node, so an event is
 	// recorded when a node's annotations go bad, not on every update.
@@ -128,10 +131,19 @@ func (c *Cache) upsertPod(obj any) {
 	}
 	pod := r.Pod()
 	if err := c.sched.UpsertPod(pod); err != nil {
-		klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+		// A pod being resized differs from its alloc-status until the
+		// Resizer has answered: not a problem to log at every update.
+		if ResizeWanted(pod) {
+			klog.V(2).InfoS("Pod resized, alloc-status not yet", "pod", klog.KObj(pod), "err", err.Error())
+		} else {
+			klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+		}
 	}
 	if c.PodDone != nil && (pod.Spec.NodeName != "" || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed) {
 		c.PodDone(r.Key())
+	}
+	if c.PodUpdated != nil {
+		c.PodUpdated(pod)
 	}
 }
 

@@ -108,6 +108,8 @@ const (
 	kindRejected podEventKind = iota
 	kindConflict
 	kindBarrier
+	// kindRecord: an event recorded at once, as given (eventReason, reason).
+	kindRecord
 )
 
 type podEventItem struct {
@@ -122,8 +124,10 @@ type podEventItem struct {
 	msg    string
 	sum    uint64
 	due    time.Time
-	// node and reason for kindConflict.
+	// node and reason for kindConflict; reason is the message of a
+	// kindRecord, eventReason its reason.
 	node, reason string
+	eventReason  string
 	done         chan struct{} // kindBarrier
 	// force (kindBarrier): decide every held rejection now, due or not.
 	force bool
@@ -246,6 +250,9 @@ func (e *PodEvents) process(item podEventItem, state func(namespace, name string
 		msg := truncate(fmt.Sprintf("bind to node %s lost a race, kube-scheduler retries the pod: %s", item.node, item.reason), maxEventMessage)
 		e.recorder.Eventf(&item.ref, v1.EventTypeWarning, ReasonBindConflict, "%s", msg)
 		e.count(ReasonBindConflict, "recorded")
+	case kindRecord:
+		e.recorder.Eventf(&item.ref, v1.EventTypeWarning, item.eventReason, "%s", truncate(item.reason, maxEventMessage))
+		e.count(item.eventReason, "recorded")
 	case kindRejected:
 		e.decideDue(state, false) // an overdue one may free a place
 		if len(e.held) >= e.maxHeld {

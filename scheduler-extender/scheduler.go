@@ -63,6 +63,10 @@ type Scheduler struct {
 	// nodes share one immutable index (and, through the handles, one copy
 	// of the annotation in the informer store: see Transform).
 	topologies map[unique.Handle[string]]*policy.Topology
+	// resizing maps a pod key to the alloc-status a resize chose for it
+	// and is writing (resize.go): its new CPUs stay held until the
+	// informers show that value.
+	resizing map[string]string
 }
 
 type nodeState struct {
@@ -252,6 +256,9 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		// or its bind fails (Forget).
 		return nil
 	}
+	if s.resizeInFlight(key, pod) {
+		return nil
+	}
 	placement, perr := PlacementFromPod(pod)
 	if cur, ok := s.podNode[key]; ok {
 		if cur == nodeName && s.nodes[cur] != nil {
@@ -369,6 +376,7 @@ func (s *Scheduler) removeLocked(key string) bool {
 	}
 	delete(s.podNode, key)
 	delete(s.assumed, key)
+	delete(s.resizing, key)
 	return true
 }
 

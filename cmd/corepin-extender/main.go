@@ -86,6 +86,8 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 	metrics := extender.NewMetrics(sched)
 	events := extender.NewPodEvents(recorder, metrics, extender.PodEventsConfig{})
 	c.PodDone = events.Forget
+	resizer := extender.NewResizer(sched, client, c, events)
+	c.PodUpdated = resizer.Observe
 	srv := &extender.Server{Sched: sched, Client: client, Metrics: metrics,
 		Ready: c.Synced, Events: events, AllocStatusInBinding: allocStatusInBinding}
 	srv.Pods = c
@@ -138,6 +140,9 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 	if err := c.Start(ctx); err != nil {
 		return err
 	}
+	// After the sync: every node is known, so a pod queued meanwhile is
+	// resized against its node's whole state.
+	go resizer.Run(ctx)
 	nodes, pods := sched.Counts()
 	klog.InfoS("Caches synced", "nodes", nodes, "pods", pods)
 	ticker := time.NewTicker(30 * time.Second)
