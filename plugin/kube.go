@@ -10,13 +10,13 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 	"github.com/corepin/corepin/policy"
 )
 
@@ -183,10 +183,12 @@ func apiBackoff() wait.Backoff {
 }
 
 // PublishSharedPool writes corepin.io/shared-pool on the node whenever the
-// pool changes, debounced: a burst of changes makes one patch with the
-// latest pool. Failed patches are retried with backoff; enforcement never
-// waits for them.
+// pool changes, debounced: a burst of changes makes one write with the
+// latest pool, by server-side apply as its own field manager. Failed writes
+// (a node deleted meanwhile among them: it is not re-created) are retried
+// with backoff; enforcement never waits for them.
 func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, debounce time.Duration, log *slog.Logger) {
+	writer := nodeapply.New(client, node, "", nodeapply.ManagerSharedPool)
 	published := ""
 	backoff, retry := apiBackoff(), time.Duration(0)
 	for {
@@ -212,8 +214,7 @@ func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node st
 			continue
 		}
 		value, _ := json.Marshal(corepin.SharedPoolStatus{CPUs: corepin.NewCPUList(p.SharedPool())})
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationSharedPool: string(value)}}})
-		if _, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := writer.Apply(ctx, map[string]string{corepin.AnnotationSharedPool: string(value)}); err != nil {
 			retry = backoff.Step()
 			log.Warn("Publishing the shared pool failed; retrying", "node", node, "err", err, "in", retry)
 			continue

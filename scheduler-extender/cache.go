@@ -2,7 +2,6 @@ package extender
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 )
 
 // Cache feeds a Scheduler from shared informers on Nodes and Pods. The
@@ -173,15 +173,16 @@ func (c *Cache) upsertNode(obj any) {
 		c.recorder.Eventf(&v1.ObjectReference{Kind: "Node", Name: node.Name, UID: node.UID}, v1.EventTypeWarning,
 			"TopologyChanged", "%s; remove annotation %s to accept the new topology", upd.Attention, api.AnnotationNodeAttention)
 	}
-	go c.markNode(node.Name, upd.Attention)
+	go c.markNode(node.Name, node.UID, upd.Attention)
 }
 
-// markNode records the attention reason on the node, so it survives restarts.
-func (c *Cache) markNode(name, reason string) {
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{api.AnnotationNodeAttention: reason}}})
+// markNode records the attention reason on the node, so it survives
+// restarts: by server-side apply as the extender, to the node object seen
+// (its UID), so that a node deleted meanwhile is not re-created.
+func (c *Cache) markNode(name string, uid types.UID, reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := c.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := nodeapply.New(c.client, name, uid, nodeapply.ManagerExtender).Apply(ctx, map[string]string{api.AnnotationNodeAttention: reason}); err != nil {
 		klog.ErrorS(err, "Recording node attention", "node", name)
 	}
 }
