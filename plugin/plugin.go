@@ -518,6 +518,9 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	if err == nil {
 		describe(classified, c)
 		classified.SandboxID = sb.GetId()
+		err = p.ledger.CheckQueues(classified)
+	}
+	if err == nil {
 		err = p.ledger.Admit(c.GetId(), classified)
 	}
 	if err != nil {

@@ -29,7 +29,8 @@ type QueueCoverage struct {
 }
 
 // QueueCoverageOf measures, on n, the CPUs of the pod whose placement is
-// keyed key (its own holdings count as free) against the engine's IO-queue
+// keyed key (its own holdings count as free; busy are CPUs held outside
+// n's placements, as the plugin's quarantined containers) against the engine's IO-queue
 // rule (allocate.go: each pick takes the candidate core that adds the most
 // queues the pod lacks). Every such pick adds a queue while a candidate
 // still serves one the pod lacks, so the pod covers at least
@@ -45,7 +46,7 @@ type QueueCoverage struct {
 // may not have been a candidate (SameCoreFirst, same app), and a Spread
 // pod's thread there is not the one the engine compared. cpus must be
 // online; ok is false when the node has no IO queues.
-func (n *Node) QueueCoverageOf(key string, spec api.AllocSpec, cpus cpuset.CPUSet) (cov QueueCoverage, ok bool, err error) {
+func (n *Node) QueueCoverageOf(key string, spec api.AllocSpec, cpus, busy cpuset.CPUSet) (cov QueueCoverage, ok bool, err error) {
 	t := n.Topo
 	if t == nil || !t.HasIOQueues() {
 		return QueueCoverage{}, false, nil
@@ -61,8 +62,11 @@ func (n *Node) QueueCoverageOf(key string, spec api.AllocSpec, cpus cpuset.CPUSe
 		numas[t.numaOf[i]] = true
 	}
 	free := func(i int) bool {
+		if mine[i] {
+			return true
+		}
 		p := n.owner[i]
-		return p == nil || p.Key == key || mine[i]
+		return (p == nil || p.Key == key) && !busy.Contains(t.cpus[i].ID)
 	}
 	spread := spec.CPU == api.Spread
 	covered := make([]bool, len(t.queues))
@@ -130,11 +134,11 @@ func (n *Node) QueueCoverageOf(key string, spec api.AllocSpec, cpus cpuset.CPUSe
 // of the node's queues: CPUs chosen on a stale or different copy of them
 // are caught before the container runs. A node without IO queues, or CPUs
 // that are not online (refused elsewhere), pass.
-func (n *Node) CheckQueueSpread(key string, spec api.AllocSpec, cpus cpuset.CPUSet) error {
+func (n *Node) CheckQueueSpread(key string, spec api.AllocSpec, cpus, busy cpuset.CPUSet) error {
 	if !spec.IOQueueSpread || cpus.IsEmpty() {
 		return nil
 	}
-	cov, ok, err := n.QueueCoverageOf(key, spec, cpus)
+	cov, ok, err := n.QueueCoverageOf(key, spec, cpus, busy)
 	if err != nil || !ok || len(cov.Covered) >= cov.Guaranteed {
 		return nil
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/utils/cpuset"
+
 	"github.com/corepin/corepin/api"
 )
 
@@ -61,6 +63,7 @@ func TestCheckQueueSpread(t *testing.T) {
 		topo   string
 		queues func(*api.Topology)
 		others map[string]string // other pods' CPUs, placed first
+		busy   string            // CPUs held outside the placements
 		spec   api.AllocSpec
 		cpus   string
 		want   string // "" passes; else a substring of the refusal
@@ -71,6 +74,8 @@ func TestCheckQueueSpread(t *testing.T) {
 		{name: "no queue at all", topo: "1s-vm", queues: queuesOn("q", "0", "1"), spec: qs, cpus: "6-7", want: "serve 0 IO queue(s)"},
 		{name: "the other queues are held by other pods", topo: "1s-vm", queues: queuesOn("q", "0", "1", "2", "3"),
 			others: map[string]string{"x": "1-3"}, spec: qs, cpus: "0,4"},
+		{name: "CPUs held outside the placements are not free", topo: "1s-vm", queues: queuesOn("q", "0", "1", "2", "3"),
+			busy: "1-3", spec: qs, cpus: "0,4"},
 		{name: "a queue on a core another pod holds a thread of is not reachable", topo: "2s-smt-server", queues: queuesOn("q", "0", "1"),
 			others: map[string]string{"x": "17"}, spec: qs, cpus: "0,16"},
 		{name: "SameCoreFirst whole cores on two queue cores", topo: "2s-smt-server", queues: queuePerCore(4), spec: qs, cpus: "14-15,30-31"},
@@ -102,7 +107,7 @@ func TestCheckQueueSpread(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			err := n.CheckQueueSpread("pod", tc.spec, mustSet(tc.cpus))
+			err := n.CheckQueueSpread("pod", tc.spec, mustSet(tc.cpus), mustSet(tc.busy))
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -146,11 +151,11 @@ func TestEngineMeetsItsQueueGuarantee(t *testing.T) {
 					}
 					if spec.IOQueueSpread {
 						checked++
-						cov, _, _ := n.QueueCoverageOf(key, spec, a.CPUs)
+						cov, _, _ := n.QueueCoverageOf(key, spec, a.CPUs, cpuset.New())
 						if cov.Guaranteed > 0 {
 							guaranteed++
 						}
-						if err := n.CheckQueueSpread(key, spec, a.CPUs); err != nil {
+						if err := n.CheckQueueSpread(key, spec, a.CPUs, cpuset.New()); err != nil {
 							t.Fatalf("%s, %s, round %d: the engine's own choice %s for %s (%s, %d CPUs) is refused: %v",
 								topo, layout, round, a.CPUs, key, spec.CPU, req.ExclusiveCPUs(), err)
 						}

@@ -1,0 +1,28 @@
+package plugin
+
+import (
+	"github.com/corepin/corepin/policy"
+)
+
+// CheckQueues refuses an exclusive container of an ioQueueSpread pod whose
+// alloc-status CPUs cover fewer IO queues of this node than the engine
+// guarantees the pod here (policy.CheckQueueSpread). The queues are the
+// plugin's own, as topology discovery read them on this node: the
+// extender chose the CPUs on its copy of them, which may be stale (IRQs
+// moved since it was published).
+func (l *Ledger) CheckQueues(c *Container) error {
+	if c.Class != Exclusive {
+		return nil
+	}
+	b := l.read(c.Pod)
+	spec := b.Request.Intent.Spec
+	if !spec.IOQueueSpread || !b.Held {
+		return nil
+	}
+	cpus := b.Status.CPUs.Set()
+	err := l.node.CheckQueueSpread(identity(c.Pod.UID, c.SandboxID), spec, cpus, l.Quarantined())
+	if err == nil {
+		return nil
+	}
+	return &Refusal{Pod: c.Pod.Key(), Container: c.Name, CPUs: cpus.String(), Reason: err.Error(), Code: policy.CodeOf(err)}
+}
