@@ -63,7 +63,9 @@ func TestIOQueueCheckOverNRI(t *testing.T) {
 		_, err := cb(ctx, nil, nil)
 		return err
 	}
-	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) { return nil, nil }
+	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
+		return nil, nil
+	}
 	runtime, socket := startRuntime(t, syncFn, updateFn)
 	p, log := queuedPlugin(t)
 	events := record.NewFakeRecorder(10)
