@@ -9,7 +9,8 @@ import (
 // guarantees the pod here (policy.CheckQueueSpread). The queues are the
 // plugin's own, as topology discovery read them on this node: the
 // extender chose the CPUs on its copy of them, which may be stale (IRQs
-// moved since it was published).
+// moved since it was published). A container restarted in a sandbox that
+// already holds its CPUs is not checked again.
 func (l *Ledger) CheckQueues(c *Container) error {
 	if c.Class != Exclusive {
 		return nil
@@ -17,6 +18,11 @@ func (l *Ledger) CheckQueues(c *Container) error {
 	b := l.read(c.Pod)
 	spec := b.Request.Intent.Spec
 	if !spec.IOQueueSpread || !b.Held {
+		return nil
+	}
+	// A container restarted in its sandbox is no new placement: what the
+	// sandbox was admitted with (or found with at synchronize) stands.
+	if g, ok := l.granted[c.SandboxID]; ok && c.CPUs.IsSubsetOf(g.cpus) {
 		return nil
 	}
 	cpus := b.Status.CPUs.Set()

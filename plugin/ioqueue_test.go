@@ -126,3 +126,31 @@ func TestIOQueueCheckOverNRI(t *testing.T) {
 		t.Fatalf("with every queue CPU held, CPUs 5-6 are all the engine could give: %v", status.Convert(err).Message())
 	}
 }
+
+// TestIOQueueCheckSparesRestarts: a container restarted in a sandbox that
+// was already granted its CPUs (here found at synchronize after the plugin
+// restarted, its container stopped) is no new placement and is not
+// refused for its queues; the same creation without that grant is.
+func TestIOQueueCheckSparesRestarts(t *testing.T) {
+	ctx := context.Background()
+	p, _ := queuedPlugin(t)
+	old := queuePod("s-old", "nic-0", "5-6")
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{old}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, old, ctr("c-again", "s-old", "engine", 2000, "")); err != nil {
+		t.Fatalf("the restart in its granted sandbox was refused: %v", err)
+	}
+	p, _ = queuedPlugin(t)
+	if _, _, err := p.CreateContainer(ctx, old, ctr("c-new", "s-old", "engine", 2000, "")); policy.CodeOf(asReason(err)) != policy.CodeIOQueue {
+		t.Fatalf("a first creation on CPUs 5-6 with four queues free: %v, want an io-queue refusal", err)
+	}
+}
+
+// asReason is a Refusal as a policy.Reason of its code.
+func asReason(err error) error {
+	if r, ok := err.(*Refusal); ok {
+		return &policy.Reason{Code: r.Code, Message: r.Reason}
+	}
+	return err
+}
