@@ -26,7 +26,17 @@ func (l *Ledger) CheckQueues(c *Container) error {
 		return nil
 	}
 	cpus := b.Status.CPUs.Set()
-	err := l.node.CheckQueueSpread(identity(c.Pod.UID, c.SandboxID), spec, cpus, l.Quarantined())
+	key := identity(c.Pod.UID, c.SandboxID)
+	// Held though no running container has them: quarantined containers'
+	// CPUs, and other pods' sandboxes' grants (a stopped container comes
+	// back on them, and the extender counts them as that pod's).
+	busy := l.Quarantined()
+	for _, g := range l.granted {
+		if g.podID != key {
+			busy = busy.Union(g.cpus)
+		}
+	}
+	err := l.node.CheckQueueSpread(key, spec, cpus, busy)
 	if err == nil {
 		return nil
 	}

@@ -154,3 +154,18 @@ func asReason(err error) error {
 	}
 	return err
 }
+
+// TestIOQueueCheckCountsGrants: CPUs another pod's sandbox was granted
+// (its container stopped, the kubelet restarts it there) are held, as the
+// extender counts them: with every queue CPU granted to pod x, CPUs on no
+// queue are all the engine could give and pass.
+func TestIOQueueCheckCountsGrants(t *testing.T) {
+	ctx := context.Background()
+	p, _ := queuedPlugin(t)
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{exclusivePod("s-x", "x", "1-4")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.CreateContainer(ctx, queuePod("s-new", "nic-1", "5-6"), ctr("c-new", "s-new", "engine", 2000, "")); err != nil {
+		t.Fatalf("with every queue CPU granted to another pod: %v", err)
+	}
+}

@@ -30,9 +30,10 @@ type QueueCoverage struct {
 
 // QueueCoverageOf measures, on n, the CPUs of the pod whose placement is
 // keyed key (its own holdings count as free; busy are CPUs held outside
-// n's placements, as the plugin's quarantined containers) against the engine's IO-queue
-// rule (allocate.go: each pick takes the candidate core that adds the most
-// queues the pod lacks). Every such pick adds a queue while a candidate
+// n's running placements, such as the plugin's quarantined containers and
+// other pods' grants) against the engine's IO-queue rule (allocate.go:
+// each pick takes the candidate core that adds the most queues the pod
+// lacks). Every such pick adds a queue while a candidate
 // still serves one the pod lacks, so the pod covers at least
 // min(picks, reachable queues). The bound holds for:
 //   - Spread: one pick per CPU (one thread per core, the core's first
