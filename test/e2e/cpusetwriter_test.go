@@ -40,7 +40,9 @@ func TestAnotherCPUSetWriter(t *testing.T) {
 	if onKind() {
 		docker(t, "cp", bin, node+":/usr/local/bin/cpusetwriter")
 		docker(t, "exec", "-d", node, "sh", "-c", "cpusetwriter "+strings.Join(args, " ")+" >/var/log/cpusetwriter.log 2>&1 & echo $! >/run/cpusetwriter.pid")
-		stop = func() { _, _ = exec.Command("docker", "exec", node, "sh", "-c", "kill $(cat /run/cpusetwriter.pid)").CombinedOutput() }
+		stop = func() {
+			_, _ = exec.Command("docker", "exec", node, "sh", "-c", "kill $(cat /run/cpusetwriter.pid)").CombinedOutput()
+		}
 	} else {
 		w := framework.Start(t, t.TempDir(), "cpusetwriter", bin, args...)
 		stop = w.Stop

@@ -97,8 +97,8 @@ func TestPluginRefusesFewerIOQueues(t *testing.T) {
 	}
 	id, cfg := ctrd.RunPod(t, "default", "nic-0", queued(cpuset.New(0)))
 	_, err := ctrd.CreateContainer(id, cfg, "engine", 1000)
-	want := fmt.Sprintf(`corepin: pod default/nic-0 container engine cpus "0": ioQueueSpread: CPUs 0 serve 0 IO queue(s) of this node [], `+
-		`the engine guarantees 1 here (1 picks, queues [eth0-rx-0] on CPUs free for the pod)`)
+	want := `corepin: pod default/nic-0 container engine cpus "0": ioQueueSpread: CPUs 0 serve 0 IO queue(s) of this node [], ` +
+		`the engine guarantees 1 here (1 picks, queues [eth0-rx-0] on CPUs free for the pod)`
 	if err == nil || !strings.Contains(status.Convert(err).Message(), want) {
 		t.Fatalf("CRI CreateContainer: %v, want an error with %q\n%s", err, want, framework.Tail(plugin.Log, 20))
 	}
