@@ -22,8 +22,9 @@ import (
 
 // WatchPods follows the pods of this node on the API server (a field
 // selector on spec.nodeName; a transform keeps the release annotations,
-// the CPU limits and the init containers only) and hands each pod's
-// release switch and init containers to the plugin. It returns once the
+// the CPU limits, the init containers and the statuses reporting another
+// NRI plugin's conflict only) and hands each pod's release switch, init
+// containers and conflicts to the plugin. It returns once the
 // pods first listed have been handed to the plugin, or ctx is done; the
 // watch goes on until ctx is done, and reconnects by itself when the API
 // server is away.
@@ -37,6 +38,7 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 	apply := func(obj any) {
 		if pod, ok := obj.(*v1.Pod); ok {
 			p.SetRelease(pod.Namespace, pod.Name, releaseOf(pod, log))
+			p.SeeConflicts(pod)
 		}
 	}
 	reg, _ := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -143,6 +145,9 @@ func slimPod(obj any) (any, error) {
 	for _, c := range pod.Spec.InitContainers {
 		slim.Spec.InitContainers = append(slim.Spec.InitContainers, v1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy})
 	}
+	// Statuses: only the waiting ones reporting another NRI plugin's conflict.
+	slim.Status.ContainerStatuses = keepConflicts(pod.Status.ContainerStatuses)
+	slim.Status.InitContainerStatuses = keepConflicts(pod.Status.InitContainerStatuses)
 	return slim, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/cpuset"
+	"k8s.io/utils/lru"
 
 	corepin "github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/policy"
@@ -53,6 +54,10 @@ type Plugin struct {
 	inFlight int
 	// releaseChanged tells the release-all reporter to look again.
 	releaseChanged chan struct{}
+	// nriName is the plugin's NRI name (INDEX-NAME); seenConflicts the
+	// other-plugin conflicts already reported (conflict.go).
+	nriName       string
+	seenConflicts *lru.Cache
 }
 
 // New returns a plugin over a ledger. metrics may be nil.
@@ -521,6 +526,9 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	if err == nil {
 		describe(classified, c)
 		classified.SandboxID = sb.GetId()
+		err = p.ledger.CheckQueues(classified)
+	}
+	if err == nil {
 		err = p.ledger.Admit(c.GetId(), classified)
 	}
 	if err != nil {
