@@ -39,6 +39,7 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 		if pod, ok := obj.(*v1.Pod); ok {
 			p.SetRelease(pod.Namespace, pod.Name, releaseOf(pod, log))
 			p.SeeConflicts(pod)
+			p.SeeBound(pod)
 		}
 	}
 	reg, _ := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -118,10 +119,15 @@ func (p *Plugin) NodePolicyHandler(log *slog.Logger) func(*v1.Node) {
 	}
 }
 
-// slimPod keeps what the plugin reads of a pod: the two release
-// annotations and the alloc-status (which an in-place resize changes), each
-// container's CPU limit, and the init containers' names and restart
-// policies.
+// slimPodAnnotations are the annotations slimPod keeps: the two release
+// switches, the alloc-status (an in-place resize changes it after the sandbox
+// copied it), and what the IO-queue check reads of a bound pod (Plugin.SeeBound).
+var slimPodAnnotations = []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet,
+	corepin.AnnotationCPUMode, corepin.AnnotationAllocSpec, corepin.AnnotationAllocStatus}
+
+// slimPod keeps what the plugin reads of a pod: the release annotations and
+// those of its placement (slimPodAnnotations), each container's CPU limit,
+// and the init containers' names and restart policies.
 func slimPod(obj any) (any, error) {
 	pod, ok := obj.(*v1.Pod)
 	if !ok {
@@ -129,7 +135,7 @@ func slimPod(obj any) (any, error) {
 	}
 	slim := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID,
 		ResourceVersion: pod.ResourceVersion, Annotations: map[string]string{}}}
-	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet, corepin.AnnotationAllocStatus} {
+	for _, key := range slimPodAnnotations {
 		if v, ok := pod.Annotations[key]; ok {
 			slim.Annotations[key] = v
 		}
@@ -156,7 +162,15 @@ func slimPod(obj any) (any, error) {
 // pod pinned: releasing is the exception that must be asked for clearly.
 func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
 	r := Release{UID: string(pod.UID), ExcludeReserve: true, LimitMilli: map[string]int64{}, AllocStatus: pod.Annotations[corepin.AnnotationAllocStatus]}
-	intent, err := corepin.ParsePodIntent(pod.Annotations, nil)
+	// The switches only: what else the slim pod keeps (its alloc-spec) is
+	// not the release's business.
+	switches := map[string]string{}
+	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet} {
+		if v, ok := pod.Annotations[key]; ok {
+			switches[key] = v
+		}
+	}
+	intent, err := corepin.ParsePodIntent(switches, nil)
 	if err != nil {
 		log.Warn("Ignoring a malformed release annotation; the pod stays pinned", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 	} else {

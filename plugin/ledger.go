@@ -132,7 +132,7 @@ type Ledger struct {
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
-	return &Ledger{cfg: cfg, topo: topo, placed: newPlaced(cfg, topo), apiView: apiView{release: map[string]Release{}}}
+	return &Ledger{cfg: cfg, topo: topo, placed: newPlaced(cfg, topo), apiView: apiView{release: map[string]Release{}, queues: map[string]boundQueues{}}}
 }
 
 // renewed is an empty ledger that keeps what the API server said (the

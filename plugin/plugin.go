@@ -229,6 +229,7 @@ func (p *Plugin) ForgetRelease(namespace, name, uid string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := namespace + "/" + name
+	p.ledger.ForgetBound(key, uid)
 	if p.ledger.ForgetRelease(key, uid) {
 		p.log.Info("Release switch dropped with its pod; containers back to their sandbox's switch", "pod", key, "uid", uid)
 		notify(p.pending)

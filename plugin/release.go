@@ -42,6 +42,10 @@ type apiView struct {
 	// kubelet gave it. Placements are still recorded, so that unsetting it
 	// pins everything back as a synchronize would.
 	releaseAll bool
+	// queues holds, by pod key, the IO-queue guarantee of ioQueueSpread
+	// pods as computed when the pod watch first showed them bound
+	// (ioqueue.go); dropped with the pod.
+	queues map[string]boundQueues
 }
 
 // SetRelease records a pod's live release switch and reports whether any of

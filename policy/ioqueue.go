@@ -136,17 +136,32 @@ func (n *Node) QueueCoverageOf(key string, spec api.AllocSpec, cpus, busy cpuset
 // are caught before the container runs. A node without IO queues, or CPUs
 // that are not online (refused elsewhere), pass.
 func (n *Node) CheckQueueSpread(key string, spec api.AllocSpec, cpus, busy cpuset.CPUSet) error {
+	return n.CheckQueueSpreadAtMost(key, spec, cpus, busy, -1)
+}
+
+// CheckQueueSpreadAtMost is CheckQueueSpread requiring at most most queues
+// (most < 0: no bound): the guarantee the node plugin computed when it
+// first saw the pod bound. CPUs freed since (a pod gone) can lower what is
+// required, never raise it above what the extender could give then.
+func (n *Node) CheckQueueSpreadAtMost(key string, spec api.AllocSpec, cpus, busy cpuset.CPUSet, most int) error {
 	if !spec.IOQueueSpread || cpus.IsEmpty() {
 		return nil
 	}
 	cov, ok, err := n.QueueCoverageOf(key, spec, cpus, busy)
-	if err != nil || !ok || len(cov.Covered) >= cov.Guaranteed {
+	if err != nil || !ok {
+		return nil
+	}
+	want, bound := cov.Guaranteed, ""
+	if most >= 0 && most < want {
+		want, bound = most, fmt.Sprintf("; %d when the pod was bound", most)
+	}
+	if len(cov.Covered) >= want {
 		return nil
 	}
 	missed := slices.DeleteFunc(slices.Clone(cov.Reachable), func(q string) bool { return slices.Contains(cov.Covered, q) })
 	return Reasonf(CodeIOQueue, "ioQueueSpread: CPUs %s serve %d IO queue(s) of this node [%s], the engine guarantees %d here "+
-		"(%d picks, queues [%s] on CPUs free for the pod); the CPUs were chosen on another view of the node's IO queues",
-		cpus, len(cov.Covered), listNames(cov.Covered), cov.Guaranteed, cov.Picks, listNames(missed))
+		"(%d picks, queues [%s] on CPUs free for the pod%s); the CPUs were chosen on another view of the node's IO queues",
+		cpus, len(cov.Covered), listNames(cov.Covered), want, cov.Picks, listNames(missed), bound)
 }
 
 // listNames joins queue names, at most 8 of them.

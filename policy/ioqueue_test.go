@@ -173,3 +173,38 @@ func TestEngineMeetsItsQueueGuarantee(t *testing.T) {
 	}
 	t.Logf("%d placements checked, %d with a guarantee", checked, guaranteed)
 }
+
+// TestCheckQueueSpreadAtMost: the guarantee kept from bind time lowers
+// what is required (CPUs freed since were not the extender's to give),
+// never raises it, and a bound the CPUs miss is still refused, naming it.
+func TestCheckQueueSpreadAtMost(t *testing.T) {
+	qs := api.AllocSpec{IOQueueSpread: true, CPU: api.SameCoreFirst}
+	n := newTestNode(t, "1s-vm", queuesOn("q", "0", "1", "2", "3"))
+	cpus := mustSet("0,4") // one queue, three more free: 2 guaranteed now
+	for _, tc := range []struct {
+		most int
+		want string // "" passes
+	}{
+		{most: -1, want: "the engine guarantees 2 here (2 picks, queues [q-1, q-2, q-3] on CPUs free for the pod)"},
+		{most: 3, want: "the engine guarantees 2 here (2 picks, queues [q-1, q-2, q-3] on CPUs free for the pod)"},
+		{most: 2, want: "the engine guarantees 2 here"},
+		{most: 1},
+		{most: 0},
+	} {
+		err := n.CheckQueueSpreadAtMost("pod", qs, cpus, cpuset.New(), tc.most)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("at most %d: refused: %v", tc.most, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("at most %d: %v, want a refusal with %q", tc.most, err, tc.want)
+		}
+	}
+	// Bound at 1 with no queue covered: refused, the bound named.
+	err := n.CheckQueueSpreadAtMost("pod", qs, mustSet("5-6"), cpuset.New(), 1)
+	if want := "the engine guarantees 1 here (2 picks, queues [q-0, q-1, q-2, q-3] on CPUs free for the pod; 1 when the pod was bound)"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("CPUs 5-6, bound 1: %v, want %q", err, want)
+	}
+	if CodeOf(err) != CodeIOQueue {
+		t.Fatalf("code %q", CodeOf(err))
+	}
+}
