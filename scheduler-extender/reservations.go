@@ -138,6 +138,9 @@ func (s *Scheduler) UpsertReservation(obj *api.CPUReservation) error {
 	}
 	if r == nil {
 		r = &reservation{key: key, uid: obj.UID, phase: api.ReservationPending, created: obj.CreationTimestamp.Time}
+		if r.created.IsZero() {
+			r.created = time.Now() // not from an API server: its TTL runs from now
+		}
 		s.res.byKey[key] = r
 	}
 	r.req, r.filters, r.nodeName, r.ttl = req, s.pipeline(pod), obj.Spec.NodeName, obj.TTL()
@@ -578,4 +581,44 @@ func (s *Scheduler) unconsumeLocked(podKey string) {
 	}
 	r.consumer = consumer{}
 	_ = s.holdLocked(r)
+}
+
+// Candidate is a cluster's answer for a reservation not created yet: its
+// best node and that node's score, or why no node fits.
+type Candidate struct {
+	Node   string
+	Score  int64
+	Reason string
+}
+
+// BestNode runs the reservation's template through filter and prioritize
+// over the nodes (all, or spec.nodeName) without holding anything: what
+// corepin-placer asks each member cluster's view. The error is a template
+// corepin cannot place anywhere (malformed, or not exclusive).
+func (s *Scheduler) BestNode(r *api.CPUReservation) (Candidate, error) {
+	pod := r.Pod()
+	req, err := s.request(pod)
+	if err != nil {
+		return Candidate{}, fmt.Errorf("spec.template: %w", err)
+	}
+	if !req.Exclusive() || req.ExclusiveCPUs() == 0 {
+		return Candidate{}, fmt.Errorf("spec.template: not an exclusive pod (%s: exclusive and a container with a whole CPU amount): nothing to reserve",
+			api.AnnotationCPUMode)
+	}
+	req.Key = placementKey(r.Key())
+	names := []string{r.Spec.NodeName}
+	if r.Spec.NodeName == "" {
+		names = s.NodeNames()
+	}
+	fits, failed := s.filterRequest(req, s.pipeline(pod), names)
+	if len(fits) == 0 {
+		return Candidate{Reason: fitSummary(len(names), failed)}, nil
+	}
+	best := extenderv1.HostPriority{Score: -1}
+	for _, h := range s.prioritizeRequest(req, fits) {
+		if h.Score > best.Score || (h.Score == best.Score && h.Host < best.Host) {
+			best = h
+		}
+	}
+	return Candidate{Node: best.Host, Score: best.Score}, nil
 }
