@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -44,8 +45,9 @@ type ReservationController struct {
 	factory  dynamicinformer.DynamicSharedInformerFactory
 	queue    workqueue.TypedRateLimitingInterface[string]
 	synced   cache.InformerSynced
-	// RetryDelay: see DefaultReservationRetryDelay. Set before Run.
-	RetryDelay time.Duration
+	// retryDelay (nanoseconds): see DefaultReservationRetryDelay. Atomic:
+	// the pods' and nodes' handlers read it from their own goroutines.
+	retryDelay atomic.Int64
 	now        func() time.Time
 }
 
@@ -57,7 +59,8 @@ func NewReservationController(client dynamic.Interface, sched *Scheduler, c *Cac
 	rc := &ReservationController{sched: sched, client: client, factory: f, Informer: f.ForResource(api.CPUReservationGVR).Informer(),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "cpureservations"}),
-		RetryDelay: DefaultReservationRetryDelay, now: time.Now}
+		now: time.Now}
+	rc.retryDelay.Store(int64(DefaultReservationRetryDelay))
 	reg, err := rc.Informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    rc.upsert,
 		UpdateFunc: func(_, obj any) { rc.upsert(obj) },
@@ -114,13 +117,17 @@ func (rc *ReservationController) upsert(obj any) {
 	rc.queue.Add(r.Key())
 }
 
-// retryWaiting queues the reservations not placed yet, after RetryDelay
+// retryWaiting queues the reservations not placed yet, after the retry delay
 // (one that waits already is not queued twice).
 func (rc *ReservationController) retryWaiting() {
 	for _, key := range rc.sched.WaitingReservations() {
-		rc.queue.AddAfter(key, rc.RetryDelay)
+		rc.queue.AddAfter(key, time.Duration(rc.retryDelay.Load()))
 	}
 }
+
+// SetRetryDelay sets how long after a change in the cluster the waiting
+// reservations are tried again (DefaultReservationRetryDelay).
+func (rc *ReservationController) SetRetryDelay(d time.Duration) { rc.retryDelay.Store(int64(d)) }
 
 // Synced reports whether the Scheduler has seen every reservation of the
 // initial list.

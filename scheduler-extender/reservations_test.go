@@ -255,7 +255,7 @@ func TestReservationController(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc.RetryDelay = 10 * time.Millisecond
+	rc.SetRetryDelay(10 * time.Millisecond)
 	go rc.Run(ctx, c.Synced)
 
 	create := func(r *api.CPUReservation) {
