@@ -27,6 +27,7 @@ import (
 	sigsjson "sigs.k8s.io/json"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/corepin/corepin/api"
@@ -95,7 +96,7 @@ func New(clusters []*Cluster) *Placer {
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "corepin_placer_placement_seconds",
 			Help: "Time to answer a placement request, the extender's wait included.", Buckets: prometheus.DefBuckets}),
 	}
-	p.registry.MustRegister(p.placements, p.seconds, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	p.registry.MustRegister(p.placements, p.seconds, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }
 
