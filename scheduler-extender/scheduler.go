@@ -59,6 +59,9 @@ type Scheduler struct {
 	// assumeTTL is how long a bound pod stays assumed without the
 	// informers confirming it.
 	assumeTTL time.Duration
+	// res are the CPUReservations, held on the nodes above like pods
+	// (reservations.go).
+	res reservations
 	// topologies interns parsed topologies by annotation value: identical
 	// nodes share one immutable index (and, through the handles, one copy
 	// of the annotation in the informer store: see Transform).
@@ -260,6 +263,7 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		return nil
 	}
 	placement, perr := PlacementFromPod(pod)
+	s.consumeForBoundLocked(pod, placement)
 	if cur, ok := s.podNode[key]; ok {
 		if cur == nodeName && s.nodes[cur] != nil {
 			if p, ok := s.nodes[cur].node.Pod(key); ok && samePlacement(p, placement) {
@@ -377,6 +381,7 @@ func (s *Scheduler) removeLocked(key string) bool {
 	delete(s.podNode, key)
 	delete(s.assumed, key)
 	delete(s.resizing, key)
+	s.unconsumeLocked(key)
 	return true
 }
 
@@ -442,7 +447,15 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, Rejection
 	if err != nil {
 		return nil, nil, err
 	}
-	filters := s.pipeline(pod)
+	if name, ok := pod.Annotations[api.AnnotationReservation]; ok {
+		return s.filterConsumer(pod, req, name, nodeNames)
+	}
+	fits, failed := s.filterRequest(req, s.pipeline(pod), nodeNames)
+	return fits, failed, nil
+}
+
+// filterRequest is Filter for a parsed request: pods and reservations alike.
+func (s *Scheduler) filterRequest(req policy.Request, filters []string, nodeNames []string) ([]string, Rejections) {
 	reasons := make([]error, len(nodeNames))
 	s.mu.RLock()
 	eachChunk(len(nodeNames), func(lo, hi int) {
@@ -465,7 +478,7 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, Rejection
 		}
 		fits = append(fits, name)
 	}
-	return fits, failed, nil
+	return fits, failed
 }
 
 var errUnknownNode = policy.Reasonf(policy.CodeUnknownNode, "node unknown to the corepin extender (not in its cache yet)")
@@ -498,6 +511,11 @@ func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.Host
 	if err != nil {
 		return nil, err
 	}
+	return s.prioritizeRequest(req, nodeNames), nil
+}
+
+// prioritizeRequest is Prioritize for a parsed request.
+func (s *Scheduler) prioritizeRequest(req policy.Request, nodeNames []string) extenderv1.HostPriorityList {
 	strategy := s.cfg.Strategy()
 	out := make(extenderv1.HostPriorityList, len(nodeNames))
 	s.mu.RLock()
@@ -511,7 +529,7 @@ func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.Host
 			out[lo+i] = extenderv1.HostPriority{Host: name, Score: int64(score)}
 		}
 	})
-	return out, nil
+	return out
 }
 
 // chunkNodes is the fewest nodes worth a goroutine of their own: below it
@@ -564,6 +582,7 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, bind
 		return nil, apiError(fmt.Errorf("pod %s: %w", req.Key, err))
 	}
 	s.finishBinding(req.Key, time.Now())
+	s.consumed(req.Key)
 	return status, nil
 }
 
@@ -594,6 +613,9 @@ func apiError(err error) error {
 func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*api.AllocStatus, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if name, ok := pod.Annotations[api.AnnotationReservation]; ok {
+		return s.assumeConsumerLocked(pod, req, name, nodeName)
+	}
 	st, ok := s.nodes[nodeName]
 	if !ok {
 		return nil, fmt.Errorf("pod %s: node %s unknown to the corepin extender", req.Key, nodeName)

@@ -18,10 +18,14 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
@@ -94,6 +98,16 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	rc, err := reservationController(restCfg, client, sched, c)
+	if err != nil {
+		return err
+	}
+	if rc != nil {
+		// Ready only once the reservations are held too: a pod bound
+		// before would be given reserved CPUs.
+		srv.Ready = func() bool { return c.Synced() && rc.Synced() }
+		go rc.Run(ctx, c.Synced)
+	}
 	go srv.RunEvents(ctx)
 	handler := srv.Handler()
 	if profiling {
@@ -181,4 +195,42 @@ func tlsConfig(t *api.TLSConfig) (*tls.Config, error) {
 	}
 	cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	return cfg, nil
+}
+
+// reservationController runs CPUReservations when the API server serves
+// the CRD (deploy/ installs it); without it the extender schedules pods
+// alone, and a pod naming a reservation is refused with that reason.
+// Installing the CRD later takes a restart of the extender.
+func reservationController(restCfg *rest.Config, client kubernetes.Interface, sched *extender.Scheduler, c *extender.Cache) (*extender.ReservationController, error) {
+	gv := api.CPUReservationGVR.GroupVersion().String()
+	var found bool
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err := client.Discovery().ServerResourcesForGroupVersion(gv)
+		switch {
+		case apierrors.IsNotFound(err):
+			return true, nil
+		case err != nil:
+			klog.V(2).InfoS("Discovering CPUReservations", "err", err.Error())
+			return false, nil
+		}
+		for _, r := range list.APIResources {
+			found = found || r.Name == api.ResourceCPUReservation
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("discovering %s: %w", gv, err)
+	}
+	if !found {
+		klog.InfoS("CPUReservation CRD not installed: reservations are off (install it from deploy/ and restart)", "groupVersion", gv)
+		return nil, nil
+	}
+	dynCfg := rest.CopyConfig(restCfg)
+	dynCfg.ContentType, dynCfg.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
+	dyn, err := dynamic.NewForConfig(dynCfg)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("CPUReservations on", "groupVersion", gv)
+	return extender.NewReservationController(dyn, sched, c)
 }
