@@ -110,7 +110,14 @@ type Node struct {
 	// attach, detach and the checks are used on such a view.
 	base *Node
 	gone []*Placement
+	// changes counts the pods attached and detached (Changes).
+	changes uint64
 }
+
+// Changes counts the pods added to and removed from the node so far: what
+// a caller derives from the node's pods (the extender's preemption order)
+// stays valid while it is unchanged.
+func (n *Node) Changes() uint64 { return n.changes }
 
 // hasPod reports whether a pod of that key is placed.
 func (n *Node) hasPod(key string) bool {
@@ -269,6 +276,7 @@ func (n *Node) Add(p *Placement) error {
 // attach records p holding the cpu indexes idx, which must be free (Add
 // checks them; Victims puts back what it took off).
 func (n *Node) attach(p *Placement, idx []int) {
+	n.changes++
 	for _, i := range idx {
 		n.owner[i] = p
 	}
@@ -346,6 +354,7 @@ func (n *Node) Remove(key string) bool {
 // detach forgets the placed pod p, frees its CPUs and returns their cpu
 // indexes appended to idx.
 func (n *Node) detach(p *Placement, idx []int) []int {
+	n.changes++
 	freed := 0
 	if p.Exclusive() {
 		for i, holder := range n.owner {
