@@ -2,23 +2,32 @@ package extender
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/corepin/corepin/policy"
 )
 
-// preemptChunk is the fewest nodes worth a goroutine of their own in
-// Preempt: a node's victim search costs tens of filter checks.
+// preemptChunk is how many nodes one piece of Preempt's work holds: a
+// node's victim search costs tens of filter checks. The pieces are many
+// more than the CPUs, so that a worker the machine holds back does not hold
+// back the whole call: the others take its share.
 const preemptChunk = 64
+
+// victimBufferPool keeps victimBuffers between pieces and calls.
+var victimBufferPool = sync.Pool{New: func() any { return new(victimBuffers) }}
 
 // Preempt answers kube-scheduler's preemption call (contract section 9).
 // proposed holds, for each candidate node, the victims kube-scheduler's own
@@ -48,9 +57,11 @@ func (s *Scheduler) Preempt(pod *v1.Pod, proposed map[string]*extenderv1.MetaVic
 	}
 	answers := make([]*extenderv1.MetaVictims, len(names))
 	s.mu.RLock()
-	eachChunkOf(len(names), preemptChunk, func(lo, hi int) {
-		var buf victimBuffers
-		for i := lo; i < hi; i++ {
+	pieces := (len(names) + preemptChunk - 1) / preemptChunk
+	workqueue.ParallelizeUntil(context.Background(), min(runtime.GOMAXPROCS(0), pieces), pieces, func(piece int) {
+		buf := victimBufferPool.Get().(*victimBuffers)
+		defer victimBufferPool.Put(buf)
+		for i := piece * preemptChunk; i < min((piece+1)*preemptChunk, len(names)); i++ {
 			if st, ok := s.nodes[names[i]]; ok {
 				answers[i] = buf.victimsOn(st.node, st.preemptOrder(), req, priority, proposed[names[i]])
 			}
