@@ -239,16 +239,9 @@ func (b *victimBuffers) victimsOn(n *policy.Node, o *preemptOrder, req policy.Re
 // form, NodeNameToMetaVictims (nodeCacheCapable) or NodeNameToVictims (whole
 // pods, of which only the UIDs matter here).
 type preemptionArgs struct {
-	Pod                   *wirePod                    `json:"Pod"`
-	NodeNameToVictims     map[string]*wireVictims     `json:"NodeNameToVictims"`
-	NodeNameToMetaVictims map[string]*wireMetaVictims `json:"NodeNameToMetaVictims"`
-}
-
-// wireMetaVictims is extenderv1.MetaVictims as decodePreemptionArgs
-// builds it.
-type wireMetaVictims struct {
-	Pods             []*extenderv1.MetaPod
-	NumPDBViolations int64
+	Pod                   *wirePod                           `json:"Pod"`
+	NodeNameToVictims     map[string]*wireVictims            `json:"NodeNameToVictims"`
+	NodeNameToMetaVictims map[string]*extenderv1.MetaVictims `json:"NodeNameToMetaVictims"`
 }
 
 type wireVictims struct {
@@ -267,10 +260,8 @@ func (a *preemptionArgs) proposal() (map[string]*extenderv1.MetaVictims, error) 
 	case a.Pod == nil:
 		return nil, errors.New(`malformed request body: no "Pod"`)
 	case a.NodeNameToMetaVictims != nil:
-		out := make(map[string]*extenderv1.MetaVictims, len(a.NodeNameToMetaVictims))
 		for node, v := range a.NodeNameToMetaVictims {
 			if v == nil {
-				out[node] = nil
 				continue
 			}
 			for i, m := range v.Pods {
@@ -278,9 +269,8 @@ func (a *preemptionArgs) proposal() (map[string]*extenderv1.MetaVictims, error) 
 					return nil, fmt.Errorf("malformed request body: NodeNameToMetaVictims[%q].Pods[%d].UID is empty", node, i)
 				}
 			}
-			out[node] = &extenderv1.MetaVictims{Pods: v.Pods, NumPDBViolations: v.NumPDBViolations}
 		}
-		return out, nil
+		return a.NodeNameToMetaVictims, nil
 	case a.NodeNameToVictims != nil:
 		out := make(map[string]*extenderv1.MetaVictims, len(a.NodeNameToVictims))
 		for node, v := range a.NodeNameToVictims {

@@ -92,7 +92,7 @@ func decodePreemptionArgs(data string) (*preemptionArgs, error) {
 
 // metaVictimsMap decodes NodeNameToMetaVictims into *m (merging into a map
 // already there, as encoding/json does for a repeated key).
-func (s *jsonScanner) metaVictimsMap(m *map[string]*wireMetaVictims) error {
+func (s *jsonScanner) metaVictimsMap(m *map[string]*extenderv1.MetaVictims) error {
 	s.ws()
 	if s.peek() == 'n' {
 		*m = nil
@@ -102,7 +102,7 @@ func (s *jsonScanner) metaVictimsMap(m *map[string]*wireMetaVictims) error {
 		return s.typeError("NodeNameToMetaVictims", "an object of node names")
 	}
 	if *m == nil {
-		*m = map[string]*wireMetaVictims{}
+		*m = map[string]*extenderv1.MetaVictims{}
 	}
 	return s.object(func(node string) error {
 		s.ws()
@@ -114,7 +114,7 @@ func (s *jsonScanner) metaVictimsMap(m *map[string]*wireMetaVictims) error {
 		default:
 			return s.typeError(fmt.Sprintf("NodeNameToMetaVictims[%q]", node), "an object")
 		}
-		v := &wireMetaVictims{}
+		v := &extenderv1.MetaVictims{}
 		(*m)[node] = v
 		return s.object(func(key string) error {
 			switch {
