@@ -449,8 +449,12 @@ func (n *Node) Clone() *Node {
 	return c
 }
 
-// NoCPUs is the empty CPU set of a placement without exclusive CPUs.
-func NoCPUs() cpuset.CPUSet { return cpuset.New() }
+// NoCPUs is the empty CPU set of a placement without exclusive CPUs: the
+// zero CPUSet, which has no map behind it (cpuset.New() allocates one), so
+// that asking a shared placement's size reads no other memory: the victim
+// search asks it of every candidate it takes off a node, and on a thousand
+// nodes that read was a tenth of a /preempt call.
+func NoCPUs() cpuset.CPUSet { return cpuset.CPUSet{} }
 
 // Stackable returns the free CPUs that only a Spread pod of another app may
 // take: free threads of cores whose holders are all Spread pods (contract
