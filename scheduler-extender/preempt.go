@@ -57,13 +57,20 @@ func (s *Scheduler) Preempt(pod *v1.Pod, proposed map[string]*extenderv1.MetaVic
 	}
 	answers := make([]*extenderv1.MetaVictims, len(names))
 	s.mu.RLock()
+	// The one node where a placement has the preemptor's key, if any
+	// ("" matches no node): looked up once, not on every node.
+	selfNode := s.podNode[req.Key]
 	pieces := (len(names) + preemptChunk - 1) / preemptChunk
 	workqueue.ParallelizeUntil(context.Background(), min(runtime.GOMAXPROCS(0), pieces), pieces, func(piece int) {
 		buf := victimBufferPool.Get().(*victimBuffers)
 		defer victimBufferPool.Put(buf)
 		for i := piece * preemptChunk; i < min((piece+1)*preemptChunk, len(names)); i++ {
 			if st, ok := s.nodes[names[i]]; ok {
-				answers[i] = buf.victimsOn(st.node, st.preemptOrder(), req, priority, proposed[names[i]])
+				var self *policy.Placement
+				if names[i] == selfNode {
+					self, _ = st.node.Pod(req.Key)
+				}
+				answers[i] = buf.victimsOn(st.node, st.preemptOrder(), self, req, priority, proposed[names[i]])
 			}
 		}
 	})
@@ -153,7 +160,8 @@ type victimBuffers struct {
 }
 
 // victimsOn is one node's answer, nil for none.
-func (b *victimBuffers) victimsOn(n *policy.Node, o *preemptOrder, req policy.Request, priority int32, proposal *extenderv1.MetaVictims) *extenderv1.MetaVictims {
+// self is the placement under the preemptor's key on n, if any.
+func (b *victimBuffers) victimsOn(n *policy.Node, o *preemptOrder, self *policy.Placement, req policy.Request, priority int32, proposal *extenderv1.MetaVictims) *extenderv1.MetaVictims {
 	// The pods of a lower priority than the preemptor's come first.
 	end, _ := slices.BinarySearchFunc(o.pods, priorityRank(priority), func(rp rankedPod, r uint64) int { return cmp.Compare(rp.rank, r) })
 	if end == 0 {
@@ -173,9 +181,7 @@ func (b *victimBuffers) victimsOn(n *policy.Node, o *preemptOrder, req policy.Re
 	}
 	// Within each run of equal rank the proposed pods go first, both parts
 	// in key order. The preemptor (assumed by a bind that failed) is no
-	// victim of its own: found once, then told apart by pointer, which
-	// reads no placement.
-	self, _ := n.Pod(req.Key)
+	// victim of its own: told apart by pointer, which reads no placement.
 	b.sorted, b.sortedProposed = b.sorted[:0], b.sortedProposed[:0]
 	for lo := 0; lo < end; {
 		hi := lo + 1
