@@ -275,5 +275,5 @@ func milliString(m int64) string {
 // ResizeInfeasible queues a CorepinResizeInfeasible event on the pod,
 // recorded at once. It never blocks.
 func (e *PodEvents) ResizeInfeasible(pod *v1.Pod, msg string) {
-	e.send(podEventItem{kind: kindRecord, ref: podRef(pod), eventReason: ReasonResizeInfeasible, reason: msg}, ReasonResizeInfeasible)
+	e.send(kindRecord, &podEventItem{ref: podRef(pod), eventReason: ReasonResizeInfeasible, reason: msg}, ReasonResizeInfeasible)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unique"
 
@@ -82,6 +83,8 @@ type nodeState struct {
 	// topology was known (informers deliver pods and nodes in any order):
 	// they are placed as soon as the topology arrives.
 	unplaced map[string]*policy.Placement
+	// order is the node's pods as /preempt ranks them (preempt.go).
+	order atomic.Pointer[preemptOrder]
 }
 
 // DefaultAssumeTTL is how long a bound pod the informers have not shown
