@@ -41,3 +41,7 @@ const (
 	LabelAppName = "app.kubernetes.io/name"
 	LabelApp     = "app"
 )
+
+// AnnotationReservation, set by users on a pod, names the CPUReservation
+// (same namespace) the pod consumes (contract section 7).
+const AnnotationReservation = "corepin.io/reservation"

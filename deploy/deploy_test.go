@@ -237,7 +237,7 @@ func TestRenderedKustomization(t *testing.T) {
 				}
 				kind := strings.SplitN(key, "/", 2)[0]
 				clusterScoped := map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true,
-					"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true}[kind]
+					"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true, "CustomResourceDefinition": true}[kind]
 				want := "corepin-system"
 				switch {
 				case clusterScoped:

@@ -10,20 +10,21 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 	"github.com/corepin/corepin/policy"
 )
 
 // WatchPods follows the pods of this node on the API server (a field
 // selector on spec.nodeName; a transform keeps the release annotations,
-// the CPU limits and the init containers only) and hands each pod's
-// release switch and init containers to the plugin. It returns once the
+// the CPU limits, the init containers and the statuses reporting another
+// NRI plugin's conflict only) and hands each pod's release switch, init
+// containers and conflicts to the plugin. It returns once the
 // pods first listed have been handed to the plugin, or ctx is done; the
 // watch goes on until ctx is done, and reconnects by itself when the API
 // server is away.
@@ -37,6 +38,8 @@ func WatchPods(ctx context.Context, client kubernetes.Interface, node string, p 
 	apply := func(obj any) {
 		if pod, ok := obj.(*v1.Pod); ok {
 			p.SetRelease(pod.Namespace, pod.Name, releaseOf(pod, log))
+			p.SeeConflicts(pod)
+			p.SeeBound(pod)
 		}
 	}
 	reg, _ := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -116,9 +119,15 @@ func (p *Plugin) NodePolicyHandler(log *slog.Logger) func(*v1.Node) {
 	}
 }
 
-// slimPod keeps what the plugin reads of a pod: the two release
-// annotations, each container's CPU limit, and the init containers' names
-// and restart policies.
+// slimPodAnnotations are the annotations slimPod keeps: the two release
+// switches, the alloc-status (an in-place resize changes it after the sandbox
+// copied it), and what the IO-queue check reads of a bound pod (Plugin.SeeBound).
+var slimPodAnnotations = []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet,
+	corepin.AnnotationCPUMode, corepin.AnnotationAllocSpec, corepin.AnnotationAllocStatus}
+
+// slimPod keeps what the plugin reads of a pod: the release annotations and
+// those of its placement (slimPodAnnotations), each container's CPU limit,
+// and the init containers' names and restart policies.
 func slimPod(obj any) (any, error) {
 	pod, ok := obj.(*v1.Pod)
 	if !ok {
@@ -126,7 +135,7 @@ func slimPod(obj any) (any, error) {
 	}
 	slim := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID,
 		ResourceVersion: pod.ResourceVersion, Annotations: map[string]string{}}}
-	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet} {
+	for _, key := range slimPodAnnotations {
 		if v, ok := pod.Annotations[key]; ok {
 			slim.Annotations[key] = v
 		}
@@ -142,6 +151,9 @@ func slimPod(obj any) (any, error) {
 	for _, c := range pod.Spec.InitContainers {
 		slim.Spec.InitContainers = append(slim.Spec.InitContainers, v1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy})
 	}
+	// Statuses: only the waiting ones reporting another NRI plugin's conflict.
+	slim.Status.ContainerStatuses = keepConflicts(pod.Status.ContainerStatuses)
+	slim.Status.InitContainerStatuses = keepConflicts(pod.Status.InitContainerStatuses)
 	return slim, nil
 }
 
@@ -149,8 +161,16 @@ func slimPod(obj any) (any, error) {
 // its init containers that run to completion. A malformed value leaves the
 // pod pinned: releasing is the exception that must be asked for clearly.
 func releaseOf(pod *v1.Pod, log *slog.Logger) Release {
-	r := Release{UID: string(pod.UID), ExcludeReserve: true, LimitMilli: map[string]int64{}}
-	intent, err := corepin.ParsePodIntent(pod.Annotations, nil)
+	r := Release{UID: string(pod.UID), ExcludeReserve: true, LimitMilli: map[string]int64{}, AllocStatus: pod.Annotations[corepin.AnnotationAllocStatus]}
+	// The switches only: what else the slim pod keeps (its alloc-spec) is
+	// not the release's business.
+	switches := map[string]string{}
+	for _, key := range []string{corepin.AnnotationReleaseIsolateMode, corepin.AnnotationExcludeReserveCPUSet} {
+		if v, ok := pod.Annotations[key]; ok {
+			switches[key] = v
+		}
+	}
+	intent, err := corepin.ParsePodIntent(switches, nil)
 	if err != nil {
 		log.Warn("Ignoring a malformed release annotation; the pod stays pinned", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 	} else {
@@ -182,10 +202,12 @@ func apiBackoff() wait.Backoff {
 }
 
 // PublishSharedPool writes corepin.io/shared-pool on the node whenever the
-// pool changes, debounced: a burst of changes makes one patch with the
-// latest pool. Failed patches are retried with backoff; enforcement never
-// waits for them.
+// pool changes, debounced: a burst of changes makes one write with the
+// latest pool, by server-side apply as its own field manager. Failed writes
+// (a node deleted meanwhile among them: it is not re-created) are retried
+// with backoff; enforcement never waits for them.
 func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node string, p *Plugin, debounce time.Duration, log *slog.Logger) {
+	writer := nodeapply.New(client, node, "", nodeapply.ManagerSharedPool)
 	published := ""
 	backoff, retry := apiBackoff(), time.Duration(0)
 	for {
@@ -211,8 +233,7 @@ func PublishSharedPool(ctx context.Context, client kubernetes.Interface, node st
 			continue
 		}
 		value, _ := json.Marshal(corepin.SharedPoolStatus{CPUs: corepin.NewCPUList(p.SharedPool())})
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationSharedPool: string(value)}}})
-		if _, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := writer.Apply(ctx, map[string]string{corepin.AnnotationSharedPool: string(value)}); err != nil {
 			retry = backoff.Step()
 			log.Warn("Publishing the shared pool failed; retrying", "node", node, "err", err, "in", retry)
 			continue

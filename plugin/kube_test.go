@@ -316,7 +316,8 @@ func TestSlimObjects(t *testing.T) {
 	}{
 		{"pod", slimPod, pod, &v1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", UID: "u1", ResourceVersion: "7", Annotations: map[string]string{
-				corepin.AnnotationReleaseIsolateMode: "true", corepin.AnnotationExcludeReserveCPUSet: "false"}},
+				corepin.AnnotationReleaseIsolateMode: "true", corepin.AnnotationExcludeReserveCPUSet: "false",
+				corepin.AnnotationAllocStatus: `{"node":"n"}`}}, // resize and the IO-queue check (SeeBound) read it
 			Spec: v1.PodSpec{Containers: []v1.Container{
 				{Name: "engine", Resources: v1.ResourceRequirements{Limits: cpu("2")}},
 				{Name: "sidecar"}, // no limit: none invented

@@ -97,6 +97,12 @@ type Container struct {
 	// failures counts the unsolicited updates of the container that failed
 	// in a row (reset by one that does not).
 	failures int
+	// wantCPUs is the whole number of CPUs the runtime's UpdateContainer
+	// gave an exclusive container, while its pod's alloc-status does not
+	// give it that many yet (resize.go); 0 otherwise. resizeOrder orders its
+	// next update after a resize.
+	wantCPUs    int
+	resizeOrder resizeOrder
 }
 
 // Config is the node's policy.
@@ -126,7 +132,7 @@ type Ledger struct {
 
 // NewLedger returns an empty ledger for a node's topology.
 func NewLedger(cfg Config, topo *policy.Topology) *Ledger {
-	return &Ledger{cfg: cfg, topo: topo, placed: newPlaced(cfg, topo), apiView: apiView{release: map[string]Release{}}}
+	return &Ledger{cfg: cfg, topo: topo, placed: newPlaced(cfg, topo), apiView: apiView{release: map[string]Release{}, queues: map[string]boundQueues{}}}
 }
 
 // renewed is an empty ledger that keeps what the API server said (the
@@ -178,10 +184,19 @@ func (r *Refusal) Error() string {
 	return fmt.Sprintf("corepin: pod %s container %s cpus %q: %s", r.Pod, r.Container, r.CPUs, r.Reason)
 }
 
-// read is the engine's one reading of a pod sandbox on this node.
+// read is the engine's one reading of a pod sandbox on this node. The
+// alloc-status is the API server's where it has one for the pod: an
+// in-place resize changes it after the sandbox copied it, and a container
+// restarted in the sandbox must get the CPUs of its new amount.
 func (l *Ledger) read(pod Pod) policy.Bound {
+	annotations := pod.Annotations
+	if r, ok := l.release[pod.Key()]; ok && r.AllocStatus != "" && sameUID(r.UID, pod.UID) &&
+		r.AllocStatus != annotations[api.AnnotationAllocStatus] && annotations[api.AnnotationAllocStatus] != "" {
+		annotations = maps.Clone(annotations)
+		annotations[api.AnnotationAllocStatus] = r.AllocStatus
+	}
 	return policy.ReadBound(policy.BoundPod{Namespace: pod.Namespace, Name: pod.Name, Node: l.cfg.NodeName,
-		Annotations: pod.Annotations, Labels: pod.Labels}, l.topo)
+		Annotations: annotations, Labels: pod.Labels}, l.topo)
 }
 
 // Classify decides how a new container is pinned, from its pod's

@@ -21,6 +21,7 @@ type Metrics struct {
 	overLimit        prometheus.Gauge
 	quarantined      prometheus.Gauge
 	releaseAll       prometheus.Gauge
+	pluginConflicts  *prometheus.CounterVec
 }
 
 // NewMetrics registers the plugin's metrics in a new registry (with the Go
@@ -62,6 +63,7 @@ func NewMetrics() *Metrics {
 	m.Registry.MustRegister(m.handler, m.sharedPool, m.exclusiveHeld, m.containers, m.updates, m.driftCorrections, m.refusals, m.conflicts,
 		m.overLimit, m.quarantined, m.releaseAll,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.pluginConflicts = registerPluginConflicts(m.Registry)
 	return m
 }
 

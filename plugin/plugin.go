@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/cpuset"
+	"k8s.io/utils/lru"
 
 	corepin "github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/policy"
@@ -53,6 +54,10 @@ type Plugin struct {
 	inFlight int
 	// releaseChanged tells the release-all reporter to look again.
 	releaseChanged chan struct{}
+	// nriName is the plugin's NRI name (INDEX-NAME); seenConflicts the
+	// other-plugin conflicts already reported (conflict.go).
+	nriName       string
+	seenConflicts *lru.Cache
 }
 
 // New returns a plugin over a ledger. metrics may be nil.
@@ -189,6 +194,9 @@ func (p *Plugin) SetRelease(namespace, name string, r Release) {
 		p.log.Info("Release switch changed", "pod", key, "releaseIsolateMode", r.Isolate, "excludeReserveCPUSet", r.ExcludeReserve)
 		notify(p.pending)
 	}
+	if p.resizeFromAPI(key) {
+		notify(p.pending)
+	}
 	p.changed() // init containers may have left the shared sum
 }
 
@@ -221,6 +229,7 @@ func (p *Plugin) ForgetRelease(namespace, name, uid string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := namespace + "/" + name
+	p.ledger.ForgetBound(key, uid)
 	if p.ledger.ForgetRelease(key, uid) {
 		p.log.Info("Release switch dropped with its pod; containers back to their sandbox's switch", "pod", key, "uid", uid)
 		notify(p.pending)
@@ -518,6 +527,9 @@ func (p *Plugin) CreateContainer(_ context.Context, sb *api.PodSandbox, c *api.C
 	if err == nil {
 		describe(classified, c)
 		classified.SandboxID = sb.GetId()
+		err = p.ledger.CheckQueues(classified)
+	}
+	if err == nil {
 		err = p.ledger.Admit(c.GetId(), classified)
 	}
 	if err != nil {
@@ -621,6 +633,7 @@ func (p *Plugin) updates(skip, reason string, unsolicited bool) ([]*api.Containe
 	if len(changes) == 0 {
 		return nil, nil
 	}
+	orderResizes(changes)
 	// One allocation per message type for the whole reply: an exclusive
 	// container's creation can move hundreds of shared containers.
 	var (

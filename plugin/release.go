@@ -25,6 +25,10 @@ type Release struct {
 	// the pod's containers and are not counted in the capacity formula's
 	// shared sum, while native sidecars run for the pod's life and are.
 	Init map[string]bool
+	// AllocStatus is the pod's corepin.io/alloc-status on the API server
+	// ("" when it has none): an in-place resize changes it after the
+	// sandbox copied it (resize.go).
+	AllocStatus string
 }
 
 // apiView is what the API server said; it outlives an NRI reconnect.
@@ -38,6 +42,10 @@ type apiView struct {
 	// kubelet gave it. Placements are still recorded, so that unsetting it
 	// pins everything back as a synchronize would.
 	releaseAll bool
+	// queues holds, by pod key, the IO-queue guarantee of ioQueueSpread
+	// pods as computed when the pod watch first showed them bound
+	// (ioqueue.go); dropped with the pod.
+	queues map[string]boundQueues
 }
 
 // SetRelease records a pod's live release switch and reports whether any of

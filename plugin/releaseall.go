@@ -2,19 +2,17 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/cpuset"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 )
 
 // Release-all is how corepin is uninstalled from a node without unpinning
@@ -97,7 +95,7 @@ func (p *Plugin) createReleasedAll(pod Pod, sb *api.PodSandbox, c *api.Container
 // time while the plugin's release-all is done, absent otherwise, so that
 // whoever asked (the chart's pre-delete hook) can wait for it.
 type ReleaseAllReporter struct {
-	client kubernetes.Interface
+	writer *nodeapply.Node
 	node   string
 	p      *Plugin
 	log    *slog.Logger
@@ -114,7 +112,7 @@ type ReleaseAllReporter struct {
 
 // NewReleaseAllReporter returns a reporter for the plugin on node.
 func NewReleaseAllReporter(client kubernetes.Interface, node string, p *Plugin, log *slog.Logger) *ReleaseAllReporter {
-	return &ReleaseAllReporter{client: client, node: node, p: p, log: log, kick: make(chan struct{}, 1)}
+	return &ReleaseAllReporter{writer: nodeapply.New(client, node, "", nodeapply.ManagerReleaseAllDone), node: node, p: p, log: log, kick: make(chan struct{}, 1)}
 }
 
 // NodeHandler is a WatchNode handler: it hands the node's release-all to
@@ -137,7 +135,9 @@ func (r *ReleaseAllReporter) NodeHandler() func(*v1.Node) {
 }
 
 // Run keeps the node's release-all-done as the plugin says until ctx is
-// done; a failed patch is retried with backoff.
+// done, by server-side apply as its own field manager (removing it removes
+// it even where another manager wrote it too); a failed write is retried
+// with backoff, and a node deleted meanwhile is not re-created.
 func (r *ReleaseAllReporter) Run(ctx context.Context) {
 	backoff, retry := apiBackoff(), time.Duration(0)
 	for ctx.Err() == nil {
@@ -155,12 +155,13 @@ func (r *ReleaseAllReporter) Run(ctx context.Context) {
 			value = new(string) // "": removed
 		}
 		if value != nil {
-			var patchValue any
+			var err error
 			if *value != "" {
-				patchValue = *value
+				_, err = r.writer.Apply(ctx, map[string]string{corepin.AnnotationReleaseAllDone: *value})
+			} else {
+				err = r.writer.Remove(ctx, nil, corepin.AnnotationReleaseAllDone)
 			}
-			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{corepin.AnnotationReleaseAllDone: patchValue}}})
-			if _, err := r.client.CoreV1().Nodes().Patch(ctx, r.node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}

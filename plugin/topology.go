@@ -8,11 +8,10 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	corepin "github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 )
 
 // TopologyPublisher keeps corepin.io/topology on the node equal to the
@@ -22,6 +21,7 @@ import (
 // (removed or overwritten, as its node watch reports).
 type TopologyPublisher struct {
 	client   kubernetes.Interface
+	writer   *nodeapply.Node
 	node     string
 	discover func() (corepin.Topology, error)
 	interval time.Duration
@@ -45,7 +45,11 @@ type TopologyPublisher struct {
 // re-discovers and tells OnChange: the plugin still adopts CPUs brought
 // online.
 func NewTopologyPublisher(client kubernetes.Interface, node string, discover func() (corepin.Topology, error), interval time.Duration, log *slog.Logger) *TopologyPublisher {
-	return &TopologyPublisher{client: client, node: node, discover: discover, interval: interval, log: log, kick: make(chan struct{}, 1)}
+	t := &TopologyPublisher{client: client, node: node, discover: discover, interval: interval, log: log, kick: make(chan struct{}, 1)}
+	if client != nil {
+		t.writer = nodeapply.New(client, node, "", nodeapply.ManagerTopology)
+	}
+	return t
 }
 
 // NodeHandler is a WatchNode handler: it tells the publisher what the
@@ -66,8 +70,10 @@ func (t *TopologyPublisher) differs(value string) bool {
 	return t.seen && t.onNode != value
 }
 
-// Run publishes until ctx is done. A failed patch is retried with backoff;
-// a discovery that fails keeps the last topology.
+// Run publishes until ctx is done, by server-side apply as the topology's
+// own field manager. A failed write (a node deleted meanwhile among them: it
+// is not re-created) is retried with backoff; a discovery that fails keeps
+// the last topology.
 func (t *TopologyPublisher) Run(ctx context.Context) {
 	var desired, published string
 	var cpus int
@@ -102,8 +108,7 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 	backoff, retry := apiBackoff(), time.Duration(0)
 	for ctx.Err() == nil {
 		if t.client != nil && desired != "" && (desired != published || t.differs(desired)) {
-			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{corepin.AnnotationTopology: desired}}})
-			if _, err := t.client.CoreV1().Nodes().Patch(ctx, t.node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			if _, err := t.writer.Apply(ctx, map[string]string{corepin.AnnotationTopology: desired}); err != nil {
 				retry = backoff.Step()
 				t.log.Warn("Publishing topology failed; retrying", "node", t.node, "err", err, "in", retry)
 			} else {

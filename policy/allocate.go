@@ -83,6 +83,10 @@ type cpuAccumulator struct {
 	covered  []bool
 	// quiet: a failure is errNoFit, without a reason (see fits).
 	quiet bool
+	// home marks, by NUMA index, the NUMA nodes a resized pod already has
+	// CPUs on (Resize): they come first, and under numa Required they are
+	// the only ones. nil for a new pod.
+	home []bool
 }
 
 // newAccumulator prepares an allocation; with list false it only counts,
@@ -174,6 +178,9 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 		for _, c := range a.cands {
 			u := a.units(c)
 			numa := a.topo.cores[c.core].numa
+			if a.home != nil && !a.home[numa] && a.req.Intent.Spec.NUMA == api.NUMARequired {
+				continue // a resized pod stays on its NUMA node
+			}
 			capacity[numa] += u
 			if !c.stacked {
 				unstacked[numa] += u
@@ -204,7 +211,7 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	// check (feasibility alone) skips it.
 	if app := a.req.Intent.App; app != "" && !a.quiet && a.node.appCount(app) > 0 {
 		for i, p := range a.node.owner {
-			if p != nil && p.App == app {
+			if p != nil && p.App == app && p.Key != a.req.Key {
 				sameApp[a.topo.numaOf[i]] = true
 			}
 		}
@@ -215,6 +222,9 @@ func (a *cpuAccumulator) chooseNUMANodes(chosen []int) ([]int, error) {
 	// preference must hold across NUMA nodes too, not only within the
 	// chosen one), then the tightest fit.
 	better := func(u, than int) bool {
+		if a.home != nil && a.home[u] != a.home[than] {
+			return a.home[u]
+		}
 		if sameApp[u] != sameApp[than] {
 			return !sameApp[u]
 		}

@@ -27,20 +27,50 @@ type BoundPod struct {
 	Containers []Container
 }
 
-// BoundPodOf reads a pod from the API.
+// BoundPodOf reads a pod from the API: each container's requested amount
+// from the spec and its allocated amount from the status.
 func BoundPodOf(pod *v1.Pod) BoundPod {
 	b := BoundPod{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, Annotations: pod.Annotations, Labels: pod.Labels,
 		Containers: make([]Container, 0, len(pod.Spec.Containers))}
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
-		b.Containers = append(b.Containers, Container{Name: c.Name, Milli: ContainerAmount(c)})
+		b.Containers = append(b.Containers, Container{Name: c.Name, Milli: ContainerAmount(c),
+			Allocated: StatusAmount(pod.Status.ContainerStatuses, c.Name)})
 	}
 	for i := range pod.Spec.InitContainers {
 		if c := &pod.Spec.InitContainers[i]; IsNativeSidecar(c) {
-			b.Containers = append(b.Containers, Container{Name: c.Name, Milli: ContainerAmount(c), Sidecar: true})
+			b.Containers = append(b.Containers, Container{Name: c.Name, Milli: ContainerAmount(c),
+				Allocated: StatusAmount(pod.Status.InitContainerStatuses, c.Name), Sidecar: true})
 		}
 	}
 	return b
+}
+
+// StatusAmount is the CPU amount the node has for a container, in
+// millicores, by the rule of ContainerAmount: the limit of its status'
+// resources if set, else their request, else its allocatedResources' CPU;
+// 0 when the status says nothing (not started, or a kubelet that does not
+// report it).
+func StatusAmount(statuses []v1.ContainerStatus, name string) int64 {
+	for i := range statuses {
+		s := &statuses[i]
+		if s.Name != name {
+			continue
+		}
+		if r := s.Resources; r != nil {
+			if q, ok := r.Limits[v1.ResourceCPU]; ok {
+				return q.MilliValue()
+			}
+			if q, ok := r.Requests[v1.ResourceCPU]; ok {
+				return q.MilliValue()
+			}
+		}
+		if q, ok := s.AllocatedResources[v1.ResourceCPU]; ok {
+			return q.MilliValue()
+		}
+		return 0
+	}
+	return 0
 }
 
 // Key is namespace/name.
@@ -83,7 +113,7 @@ func (b Bound) Placement() *Placement {
 	p.CPUs, p.SharedMilli = b.Status.CPUs.Set(), 0
 	for _, c := range b.Request.Containers {
 		if _, exclusive := b.Status.Containers[c.Name]; !exclusive {
-			p.SharedMilli += c.Milli
+			p.SharedMilli += c.SharedAmount()
 		}
 	}
 	return p

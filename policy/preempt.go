@@ -59,6 +59,24 @@ func (v *VictimSearch) Victims(n *Node, req Request, candidates []*Placement) ([
 	if n.fits(req) {
 		return nil, true
 	}
+	v.placed(n, candidates)
+	return v.search(n, req)
+}
+
+// VictimsAmongPlaced is Victims for candidates that are n's own placements
+// (as AppendPods returns them), each once: it skips checking that, a map
+// lookup per candidate, which was a third of the search's time when the
+// extender asks about a thousand nodes of 30 pods each.
+func (v *VictimSearch) VictimsAmongPlaced(n *Node, req Request, candidates []*Placement) ([]*Placement, bool) {
+	if n.fits(req) {
+		return nil, true
+	}
+	v.cands = append(v.cands[:0], candidates...)
+	return v.search(n, req)
+}
+
+// placed sets v.cands to the candidates placed on n, each once.
+func (v *VictimSearch) placed(n *Node, candidates []*Placement) {
 	// Repeats are found by scanning what is kept (cheaper than a map up to
 	// some dozens of candidates, which is what a node holds).
 	useMap := len(candidates) > 64
@@ -84,6 +102,11 @@ func (v *VictimSearch) Victims(n *Node, req Request, candidates []*Placement) ([
 		}
 		v.cands = append(v.cands, p)
 	}
+}
+
+// search is Victims over v.cands, for a request that does not fit as the
+// node is.
+func (v *VictimSearch) search(n *Node, req Request) ([]*Placement, bool) {
 	for len(v.cpus) < len(v.cands) {
 		v.cpus = append(v.cpus, nil)
 	}

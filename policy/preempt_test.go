@@ -106,6 +106,12 @@ func TestVictimsAgainstEverySubset(t *testing.T) {
 
 		got, ok := n.Victims(req, cands)
 		want, wantOK := bruteVictims(t, n, req, cands)
+		// The candidates are the node's own pods, each once: the search
+		// that trusts that answers the same.
+		var vs VictimSearch
+		if placed, placedOK := vs.VictimsAmongPlaced(n, req, cands); placedOK != ok || !slices.Equal(keysOf(placed), keysOf(got)) {
+			t.Fatalf("round %d: VictimsAmongPlaced %v (%v), Victims %v (%v)", round, keysOf(placed), placedOK, keysOf(got), ok)
+		}
 		if after := fmt.Sprint(n.Capacity(), n.Exclusive(), keysOf(n.Pods()), n.Stackable(), n.SharedPool()); after != before {
 			t.Fatalf("round %d: Victims changed the node: %s, was %s", round, after, before)
 		}

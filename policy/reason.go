@@ -35,6 +35,9 @@ const (
 	CodeIOQueue       Code = "io-queue"
 	CodeUnknownNode   Code = "unknown-node"
 	CodeUnknownFilter Code = "unknown-filter"
+	// An in-place resize the engine refuses (to a fraction, say); a grow
+	// that does not fit has the code of the rule it breaks.
+	CodeResize Code = "resize"
 )
 
 // Reason is an error with a Code; its message says what a user must know.

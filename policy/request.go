@@ -24,7 +24,11 @@ type Request struct {
 type Container struct {
 	Name string
 	// Milli is the CPU amount in millicores: the limit if set, else the request.
-	Milli     int64
+	Milli int64
+	// Allocated is the amount the node allocated to the running container
+	// (its status), 0 when not known. It differs from Milli while an
+	// in-place resize is pending or in progress (contract section 10).
+	Allocated int64
 	Exclusive bool
 	// Sidecar marks a native sidecar: an init container with restartPolicy
 	// Always, which runs in the shared pool for the pod's whole life, so it
@@ -50,11 +54,16 @@ func (r Request) SharedMilli() int64 {
 	var s int64
 	for _, c := range r.Containers {
 		if !c.Exclusive {
-			s += c.Milli
+			s += c.SharedAmount()
 		}
 	}
 	return s
 }
+
+// SharedAmount is what a shared container counts in S and M: the larger of
+// its requested and allocated amounts, so a resize counts from the moment
+// it is requested until the smaller side is gone (contract section 10).
+func (c Container) SharedAmount() int64 { return max(c.Milli, c.Allocated) }
 
 // Exclusive reports whether the pod holds exclusive CPUs.
 func (r Request) Exclusive() bool { return r.Intent.Exclusive() }

@@ -2,7 +2,6 @@ package extender
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 )
 
 // Cache feeds a Scheduler from shared informers on Nodes and Pods. The
@@ -38,6 +38,9 @@ type Cache struct {
 	// PodDone, when set (before Start), is called with a pod's key when
 	// the pod is bound, finished or deleted: PodEvents.Forget.
 	PodDone func(key string)
+	// PodUpdated, when set (before Start), is called with every pod the
+	// informer shows added or updated: Resizer.Observe.
+	PodUpdated func(pod *v1.Pod)
 
 	// problems remembers what was last reported per node, so an event is
 	// recorded when a node's annotations go bad, not on every update.
@@ -128,10 +131,19 @@ func (c *Cache) upsertPod(obj any) {
 	}
 	pod := r.Pod()
 	if err := c.sched.UpsertPod(pod); err != nil {
-		klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+		// A pod being resized differs from its alloc-status until the
+		// Resizer has answered: not a problem to log at every update.
+		if ResizeWanted(pod) {
+			klog.V(2).InfoS("Pod resized, alloc-status not yet", "pod", klog.KObj(pod), "err", err.Error())
+		} else {
+			klog.InfoS("Pod placement problem", "pod", klog.KObj(pod), "err", err.Error())
+		}
 	}
 	if c.PodDone != nil && (pod.Spec.NodeName != "" || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed) {
 		c.PodDone(r.Key())
+	}
+	if c.PodUpdated != nil {
+		c.PodUpdated(pod)
 	}
 }
 
@@ -161,15 +173,16 @@ func (c *Cache) upsertNode(obj any) {
 		c.recorder.Eventf(&v1.ObjectReference{Kind: "Node", Name: node.Name, UID: node.UID}, v1.EventTypeWarning,
 			"TopologyChanged", "%s; remove annotation %s to accept the new topology", upd.Attention, api.AnnotationNodeAttention)
 	}
-	go c.markNode(node.Name, upd.Attention)
+	go c.markNode(node.Name, node.UID, upd.Attention)
 }
 
-// markNode records the attention reason on the node, so it survives restarts.
-func (c *Cache) markNode(name, reason string) {
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{api.AnnotationNodeAttention: reason}}})
+// markNode records the attention reason on the node, so it survives
+// restarts: by server-side apply as the extender, to the node object seen
+// (its UID), so that a node deleted meanwhile is not re-created.
+func (c *Cache) markNode(name string, uid types.UID, reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := c.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := nodeapply.New(c.client, name, uid, nodeapply.ManagerExtender).Apply(ctx, map[string]string{api.AnnotationNodeAttention: reason}); err != nil {
 		klog.ErrorS(err, "Recording node attention", "node", name)
 	}
 }

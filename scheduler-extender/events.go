@@ -1,9 +1,11 @@
 package extender
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 )
 
@@ -44,8 +47,8 @@ const (
 
 // PodEventsConfig tunes PodEvents; zero values take the defaults.
 type PodEventsConfig struct {
-	// Queue is how many requests for events may wait for the worker; more
-	// are dropped (and counted), never waited for. Default 64.
+	// Queue is how many pods' events may wait for the worker; more are
+	// dropped (and counted), never waited for. Default 64.
 	Queue int
 	// Entries bounds the dedupe memory: at most this many pods are
 	// remembered, the least recently rejected forgotten first. Default 4096.
@@ -62,9 +65,11 @@ type PodEventsConfig struct {
 }
 
 // PodEvents records corepin's events on pods off the request path: the
-// HTTP handlers hand over what happened with a non-blocking send on a
-// bounded queue, and one worker builds the messages, deduplicates them and
-// passes them to the EventRecorder (itself asynchronous).
+// HTTP handlers hand over what happened without blocking (a pod's key on a
+// client-go delaying work queue, what happened beside it, at most Queue
+// pods waiting), and one worker builds the messages, deduplicates them and
+// passes them to the EventRecorder (itself asynchronous: the broadcaster
+// retries its writes to the API server, so no write fails here).
 //
 // A rejection is recorded only for a pod that still has no node Delay after
 // the filter: filter rejects some nodes for most exclusive pods on a busy
@@ -72,7 +77,12 @@ type PodEventsConfig struct {
 // few milliseconds later. A Warning on each of those told the operator of
 // no problem and cost the API server one write per pod. The pods that do
 // wait are the ones the event is for, and kube-scheduler's own
-// FailedScheduling event already comes at once.
+// FailedScheduling event already comes at once. The worker summarises a
+// rejection as soon as it gets it (dropping the filter's per-node map) and
+// puts the pod back on the queue after Delay.
+//
+// The queue holds a pod once however often it is rejected before the
+// worker gets to it: the latest rejection is the one summarised.
 //
 // Deduplication: a pod retried every few seconds by kube-scheduler gets a
 // CorepinNodesRejected event only when its summary changes, or once per
@@ -87,13 +97,20 @@ type PodEvents struct {
 	window   time.Duration
 	delay    time.Duration
 	maxHeld  int
-	queue    chan podEventItem
+	maxQueue int
 	now      func() time.Time
 
-	// held is the worker's own: rejections waiting out the delay, oldest
-	// first (all wait the same delay, so this is also the order of their
-	// due times).
-	held []podEventItem
+	queue workqueue.TypedDelayingInterface[eventKey]
+	// qmu guards waiting: what the handlers handed over, by the key on the
+	// queue, until the worker takes it.
+	qmu     sync.Mutex
+	waiting map[eventKey]*podEventItem
+
+	// held is the worker's own: summarised rejections waiting out the
+	// delay, by pod; each comes back on the queue as a kindDue key with its
+	// seq (a key left over from an entry decided early finds another seq).
+	held    map[eventKey]*podEventItem
+	heldSeq uint64
 
 	// mu makes a pod's state check and its entry's insertion one step.
 	mu sync.Mutex
@@ -108,11 +125,30 @@ const (
 	kindRejected podEventKind = iota
 	kindConflict
 	kindBarrier
+	// kindRecord: an event recorded at once, as given (eventReason, reason).
+	kindRecord
+	// kindDue: a held rejection whose delay is over.
+	kindDue
 )
 
+// eventKey is what the work queue holds: comparable, so a pod rejected
+// again before the worker gets to it is queued once.
+type eventKey struct {
+	kind            podEventKind
+	namespace, name string
+	uid             types.UID
+	// seq tells barriers apart, and a kindDue key from the held entry it
+	// was queued for.
+	seq uint64
+}
+
+// heldKey is the key under which a pod's rejection is held.
+func (k eventKey) heldKey() eventKey {
+	return eventKey{kind: kindRejected, namespace: k.namespace, name: k.name, uid: k.uid}
+}
+
 type podEventItem struct {
-	kind podEventKind
-	ref  v1.ObjectReference
+	ref v1.ObjectReference
 	// total and failed for kindRejected: failed is the filter's reply,
 	// which the handler no longer touches once it is queued. The worker
 	// turns them into msg and sum (the message and its hash) and drops
@@ -122,8 +158,11 @@ type podEventItem struct {
 	msg    string
 	sum    uint64
 	due    time.Time
-	// node and reason for kindConflict.
+	seq    uint64
+	// node and reason for kindConflict; reason is the message of a
+	// kindRecord, eventReason its reason.
 	node, reason string
+	eventReason  string
 	done         chan struct{} // kindBarrier
 	// force (kindBarrier): decide every held rejection now, due or not.
 	force bool
@@ -174,7 +213,9 @@ func NewPodEvents(recorder record.EventRecorder, metrics *Metrics, cfg PodEvents
 		cfg.Held = defaultHeld
 	}
 	e := &PodEvents{recorder: recorder, metrics: metrics, window: cfg.Window,
-		delay: cfg.Delay, maxHeld: cfg.Held, queue: make(chan podEventItem, cfg.Queue), now: time.Now}
+		delay: cfg.Delay, maxHeld: cfg.Held, maxQueue: cfg.Queue, now: time.Now,
+		queue:   workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[eventKey]{Name: "corepin_pod_events"}),
+		waiting: map[eventKey]*podEventItem{}, held: map[eventKey]*podEventItem{}}
 	e.entries = cache.NewLRUExpireCacheWithClock(cfg.Entries, eventsClock{e})
 	return e
 }
@@ -188,21 +229,37 @@ func podRef(pod *v1.Pod) v1.ObjectReference {
 // recorded if the pod still has no node after the delay. It never blocks;
 // failed must not be changed afterwards.
 func (e *PodEvents) NodesRejected(pod *v1.Pod, total int, failed Rejections) {
-	e.send(podEventItem{kind: kindRejected, ref: podRef(pod), total: total, failed: failed}, ReasonNodesRejected)
+	e.send(kindRejected, &podEventItem{ref: podRef(pod), total: total, failed: failed}, ReasonNodesRejected)
 }
 
 // BindConflict queues a CorepinBindConflict event on the pod. It never blocks.
 func (e *PodEvents) BindConflict(pod *v1.Pod, node string, err error) {
-	e.send(podEventItem{kind: kindConflict, ref: podRef(pod), node: node, reason: err.Error()}, ReasonBindConflict)
+	e.send(kindConflict, &podEventItem{ref: podRef(pod), node: node, reason: err.Error()}, ReasonBindConflict)
 }
 
-func (e *PodEvents) send(item podEventItem, reason string) {
-	select {
-	case e.queue <- item:
-	default:
+// send hands item to the worker, replacing what is still waiting for the
+// same pod, or drops it when Queue pods already wait.
+func (e *PodEvents) send(kind podEventKind, item *podEventItem, reason string) {
+	key := eventKey{kind: kind, namespace: item.ref.Namespace, name: item.ref.Name, uid: item.ref.UID}
+	e.qmu.Lock()
+	if _, ok := e.waiting[key]; !ok && len(e.waiting) >= e.maxQueue {
+		e.qmu.Unlock()
 		e.count(reason, "dropped")
 		klog.V(2).InfoS("Pod event dropped: queue full", "pod", klog.KRef(item.ref.Namespace, item.ref.Name), "reason", reason)
+		return
 	}
+	e.waiting[key] = item
+	e.qmu.Unlock()
+	e.queue.Add(key)
+}
+
+// take returns what waits under key, nil if the worker took it already.
+func (e *PodEvents) take(key eventKey) *podEventItem {
+	e.qmu.Lock()
+	defer e.qmu.Unlock()
+	item := e.waiting[key]
+	delete(e.waiting, key)
+	return item
 }
 
 func (e *PodEvents) count(reason, result string) {
@@ -211,71 +268,102 @@ func (e *PodEvents) count(reason, result string) {
 	}
 }
 
-// Run records queued events until ctx is done. state tells what the cache
-// knows of a pod; nil treats every pod as PodPending.
+// Run records queued events until ctx is done, then shuts the queue down:
+// what is queued by then is still handled, the rejections still waiting
+// out their delay are not. state tells what the cache knows of a pod; nil
+// treats every pod as PodPending.
 func (e *PodEvents) Run(ctx context.Context, state func(namespace, name string, uid types.UID) PodState) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		// Wake for the oldest held rejection, if any.
-		var due <-chan time.Time
-		if len(e.held) > 0 {
-			timer.Reset(e.held[0].due.Sub(e.now()))
-			due = timer.C
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case item := <-e.queue:
-			e.process(item, state)
-		case <-due:
-		}
-		e.decideDue(state, false)
+	go func() {
+		<-ctx.Done()
+		e.queue.ShutDown()
+	}()
+	for e.processNext(state) {
 	}
 }
 
-// process handles one queued item: a conflict is recorded at once, a
-// rejection is summarised and held until due, a barrier (tests) is
+// processNext handles the next key, waiting for one; false once the queue
+// is shut down and empty.
+func (e *PodEvents) processNext(state func(namespace, name string, uid types.UID) PodState) bool {
+	key, shutdown := e.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer e.queue.Done(key)
+	e.process(key, state)
+	return true
+}
+
+// process handles one key: a conflict is recorded at once, a rejection is
+// summarised and held until due, a due one decided, a barrier (tests) is
 // released once what came before it is handled.
-func (e *PodEvents) process(item podEventItem, state func(namespace, name string, uid types.UID) PodState) {
-	switch item.kind {
+func (e *PodEvents) process(key eventKey, state func(namespace, name string, uid types.UID) PodState) {
+	if key.kind == kindDue {
+		if item := e.held[key.heldKey()]; item != nil && item.seq == key.seq {
+			delete(e.held, key.heldKey())
+			e.decide(item, state)
+		}
+		return
+	}
+	item := e.take(key)
+	if item == nil {
+		return
+	}
+	switch key.kind {
 	case kindBarrier:
-		e.decideDue(state, item.force)
+		if item.force {
+			e.decideHeld(state, true)
+		}
 		close(item.done)
 	case kindConflict:
 		msg := truncate(fmt.Sprintf("bind to node %s lost a race, kube-scheduler retries the pod: %s", item.node, item.reason), maxEventMessage)
 		e.recorder.Eventf(&item.ref, v1.EventTypeWarning, ReasonBindConflict, "%s", msg)
 		e.count(ReasonBindConflict, "recorded")
+	case kindRecord:
+		e.recorder.Eventf(&item.ref, v1.EventTypeWarning, item.eventReason, "%s", truncate(item.reason, maxEventMessage))
+		e.count(item.eventReason, "recorded")
 	case kindRejected:
-		e.decideDue(state, false) // an overdue one may free a place
-		if len(e.held) >= e.maxHeld {
-			e.count(ReasonNodesRejected, "dropped")
-			klog.V(2).InfoS("Pod event dropped: too many waiting", "pod", klog.KRef(item.ref.Namespace, item.ref.Name), "reason", ReasonNodesRejected)
-			return
-		}
 		item.msg = RejectionSummary(item.total, item.failed)
 		h := fnv.New64a()
 		_, _ = h.Write([]byte(item.msg))
 		item.sum = h.Sum64()
 		item.failed = nil
-		item.due = e.now().Add(e.delay)
-		e.held = append(e.held, item)
+		if old := e.held[key]; old != nil {
+			// Already waiting: the newer summary, the first deadline.
+			old.msg, old.sum = item.msg, item.sum
+			return
+		}
+		if len(e.held) >= e.maxHeld {
+			e.decideHeld(state, false) // an overdue one may free a place
+		}
+		if len(e.held) >= e.maxHeld {
+			e.count(ReasonNodesRejected, "dropped")
+			klog.V(2).InfoS("Pod event dropped: too many waiting", "pod", klog.KRef(item.ref.Namespace, item.ref.Name), "reason", ReasonNodesRejected)
+			return
+		}
+		e.heldSeq++
+		item.seq, item.due = e.heldSeq, e.now().Add(e.delay)
+		e.held[key] = item
+		due := key
+		due.kind, due.seq = kindDue, item.seq
+		e.queue.AddAfter(due, e.delay)
 	}
 }
 
-// decideDue decides the held rejections that are due (all of them with
-// force), oldest first.
-func (e *PodEvents) decideDue(state func(namespace, name string, uid types.UID) PodState, force bool) {
+// decideHeld decides the held rejections that are due (all of them with
+// force), oldest first; their keys still to come off the queue find
+// nothing.
+func (e *PodEvents) decideHeld(state func(namespace, name string, uid types.UID) PodState, force bool) {
 	now := e.now()
-	n := 0
-	for n < len(e.held) && (force || !e.held[n].due.After(now)) {
-		e.decide(&e.held[n], state)
-		e.held[n] = podEventItem{}
-		n++
+	var due []*podEventItem
+	for key, item := range e.held {
+		if force || !item.due.After(now) {
+			due = append(due, item)
+			delete(e.held, key)
+		}
 	}
-	e.held = e.held[n:]
-	if len(e.held) == 0 {
-		e.held = nil // let the backing array go after a burst
+	slices.SortFunc(due, func(a, b *podEventItem) int { return cmp.Compare(a.seq, b.seq) })
+	for _, item := range due {
+		e.decide(item, state)
 	}
 }
 

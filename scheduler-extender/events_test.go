@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,14 +37,17 @@ func (e *PodEvents) flush(t *testing.T) { e.barrier(t, true) }
 // leaving the rejections that are not due held.
 func (e *PodEvents) settle(t *testing.T) { e.barrier(t, false) }
 
+// barriers numbers the test barriers, so each is a key of its own.
+var barriers atomic.Uint64
+
 func (e *PodEvents) barrier(t *testing.T, force bool) {
 	t.Helper()
 	done := make(chan struct{})
-	select {
-	case e.queue <- podEventItem{kind: kindBarrier, done: done, force: force}:
-	case <-time.After(5 * time.Second):
-		t.Fatal("event queue stuck")
-	}
+	key := eventKey{kind: kindBarrier, seq: barriers.Add(1)}
+	e.qmu.Lock()
+	e.waiting[key] = &podEventItem{done: done, force: force}
+	e.qmu.Unlock()
+	e.queue.Add(key)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
@@ -51,12 +55,23 @@ func (e *PodEvents) barrier(t *testing.T, force bool) {
 	}
 }
 
-// eventServer is newTestServer with events recorded into a FakeRecorder by
-// a running worker.
-// processNow handles item as the worker does and decides it at once.
-func (e *PodEvents) processNow(item podEventItem, state func(namespace, name string, uid types.UID) PodState) {
-	e.process(item, state)
-	e.decideDue(state, true)
+// handleQueued does the worker's steps, in the test's goroutine, for what
+// is on the queue now (no worker runs): with force, the held rejections
+// are then decided at once.
+func (e *PodEvents) handleQueued(state func(namespace, name string, uid types.UID) PodState, force bool) {
+	for e.queue.Len() > 0 {
+		e.processNext(state)
+	}
+	if force {
+		e.decideHeld(state, true)
+	}
+}
+
+// rejectNow hands a rejection of the pod over as filter does and decides it
+// at once.
+func (e *PodEvents) rejectNow(pod *v1.Pod, failed Rejections, state func(namespace, name string, uid types.UID) PodState) {
+	e.NodesRejected(pod, 1, failed)
+	e.handleQueued(state, true)
 }
 
 func eventServer(t *testing.T, cfg PodEventsConfig) (*Server, *fake.Clientset, *record.FakeRecorder) {
@@ -194,7 +209,7 @@ func TestPodEventsBounded(t *testing.T) {
 	reject := func(name string, uid string) {
 		pod := testPod(name, 8, true)
 		pod.UID = types.UID("uid-" + uid)
-		e.processNow(podEventItem{kind: kindRejected, ref: podRef(pod), total: 1, failed: failed}, nil)
+		e.rejectNow(pod, failed, nil)
 	}
 	for i := 0; i < 10; i++ {
 		reject(fmt.Sprintf("p%d", i), "1")
@@ -226,10 +241,9 @@ func TestPodEventsBounded(t *testing.T) {
 	}
 	// A pod placed meanwhile, or gone from the cache (deleted, maybe after
 	// it was bound), gets no event and leaves no entry.
-	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("p9", 8, true)), total: 1,
-		failed: Rejections{"n2": policy.Reasonf(policy.CodeOther, "other")}}, func(string, string, types.UID) PodState { return PodDone })
-	e.processNow(podEventItem{kind: kindRejected, ref: podRef(testPod("new", 8, true)), total: 1, failed: failed},
-		func(string, string, types.UID) PodState { return PodUnknown })
+	e.rejectNow(testPod("p9", 8, true), Rejections{"n2": policy.Reasonf(policy.CodeOther, "other")},
+		func(string, string, types.UID) PodState { return PodDone })
+	e.rejectNow(testPod("new", 8, true), failed, func(string, string, types.UID) PodState { return PodUnknown })
 	if got := drain(recorder); e.Len() != 0 || len(got) != 0 {
 		t.Fatalf("%d entries, events %q", e.Len(), got)
 	}
@@ -517,10 +531,86 @@ func TestNodesRejectedOverdueFreesItsPlace(t *testing.T) {
 	now := time.Unix(1000, 0)
 	e.now = func() time.Time { return now }
 	failed := Rejections{"n1": policy.Reasonf(policy.CodeExclusiveLimit, "exclusive limit 4 reached (needs 8, holds 0)")}
-	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("a", 8, true)), total: 1, failed: failed}, nil)
+	e.NodesRejected(testPod("a", 8, true), 1, failed)
+	e.handleQueued(nil, false)
 	now = now.Add(2 * time.Second)
-	e.process(podEventItem{kind: kindRejected, ref: podRef(testPod("b", 8, true)), total: 1, failed: failed}, nil)
-	if got := drain(recorder); len(got) != 1 || len(e.held) != 1 || e.held[0].ref.Name != "b" {
+	e.NodesRejected(testPod("b", 8, true), 1, failed)
+	e.handleQueued(nil, false)
+	if got := drain(recorder); len(got) != 1 || len(e.held) != 1 || e.held[eventKey{kind: kindRejected, namespace: "default", name: "b"}] == nil {
 		t.Fatalf("events %q, held %d (want a recorded, b held)", got, len(e.held))
+	}
+}
+
+// A pod rejected again before the worker gets to it waits on the queue
+// once, with the latest rejection, and takes one place of Queue.
+func TestNodesRejectedQueuedOncePerPod(t *testing.T) {
+	recorder := record.NewFakeRecorder(10)
+	metrics := NewMetrics(newTestScheduler(t))
+	e := NewPodEvents(recorder, metrics, PodEventsConfig{Queue: 1})
+	pod := testPod("db", 8, true)
+	e.NodesRejected(pod, 1, Rejections{"n1": policy.Reasonf(policy.CodeExclusiveLimit, "exclusive limit 4 reached (needs 8, holds 0)")})
+	e.NodesRejected(pod, 2, Rejections{"n2": policy.Reasonf(policy.CodeCores, "not enough free CPUs on cores no pod holds (needs 8, 2 available)")})
+	if n := testutil.ToFloat64(metrics.PodEvents.WithLabelValues(ReasonNodesRejected, "dropped")); n != 0 {
+		t.Fatalf("dropped %v, want 0 (one pod)", n)
+	}
+	e.handleQueued(nil, true)
+	want := "Warning CorepinNodesRejected 1 of 2 nodes rejected: 1 not enough free CPUs on cores no pod holds (needs 8, 2 available)"
+	if got := drain(recorder); len(got) != 1 || got[0] != want {
+		t.Fatalf("events %q\nwant %q", got, want)
+	}
+}
+
+// A rejection held again after the previous one for its pod was decided
+// early (a flush) is decided by its own due key, not the earlier one's.
+func TestNodesRejectedStaleDueKey(t *testing.T) {
+	recorder := record.NewFakeRecorder(10)
+	e := NewPodEvents(recorder, nil, PodEventsConfig{Delay: time.Hour})
+	pod := testPod("db", 8, true)
+	e.rejectNow(pod, Rejections{"n1": policy.Reasonf(policy.CodeExclusiveLimit, "exclusive limit 4 reached (needs 8, holds 0)")}, nil)
+	if got := drain(recorder); len(got) != 1 {
+		t.Fatalf("events %q", got)
+	}
+	e.NodesRejected(pod, 1, Rejections{"n2": policy.Reasonf(policy.CodeOther, "other")})
+	e.handleQueued(nil, false)
+	key := eventKey{kind: kindDue, namespace: "default", name: "db", seq: 1}
+	if held := e.held[key.heldKey()]; held == nil || held.seq == key.seq {
+		t.Fatalf("held %+v, want the second rejection under a new seq", held)
+	}
+	e.process(key, nil) // the first rejection's due key
+	if got := drain(recorder); len(got) != 0 || len(e.held) != 1 {
+		t.Fatalf("stale due key decided the new rejection: events %q, %d held", got, len(e.held))
+	}
+	key.seq = e.held[key.heldKey()].seq
+	e.process(key, nil)
+	if got := drain(recorder); len(got) != 1 || !strings.Contains(got[0], "1 other") || len(e.held) != 0 {
+		t.Fatalf("own due key: events %q, %d held", got, len(e.held))
+	}
+}
+
+// Run returns once its context is done, after recording what was already
+// queued; what is handed over afterwards is ignored without blocking.
+func TestPodEventsShutdown(t *testing.T) {
+	recorder := record.NewFakeRecorder(10)
+	e := NewPodEvents(recorder, nil, PodEventsConfig{})
+	pod := testPod("db", 2, true)
+	e.BindConflict(pod, "n1", fmt.Errorf("taken"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.Run(ctx, nil)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context was done")
+	}
+	if got := drain(recorder); len(got) != 1 || !strings.Contains(got[0], "CorepinBindConflict bind to node n1") {
+		t.Fatalf("events %q, want the conflict queued before the shutdown", got)
+	}
+	e.BindConflict(pod, "n2", fmt.Errorf("taken"))
+	if e.queue.Len() != 0 {
+		t.Fatal("queued after the shutdown")
 	}
 }

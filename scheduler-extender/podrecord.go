@@ -62,6 +62,10 @@ type containerCPU struct {
 	limit, request       int64
 	hasLimit, hasRequest bool
 	sidecar              bool
+	// allocated is the amount the pod's status gives the container when
+	// it differs from the spec's (an in-place resize requested and not
+	// done yet: contract section 10), else 0.
+	allocated int64
 }
 
 func newContainerCPU(c *v1.Container) containerCPU {
@@ -144,14 +148,23 @@ func NewPodRecord(pod *v1.Pod) *PodRecord {
 	slices.SortFunc(r.annotations, func(a, b internedPair) int { return strings.Compare(a.key.Value(), b.key.Value()) })
 	r.containers = make([]containerCPU, 0, len(pod.Spec.Containers))
 	for i := range pod.Spec.Containers {
-		r.containers = append(r.containers, newContainerCPU(&pod.Spec.Containers[i]))
+		r.containers = append(r.containers, withAllocated(newContainerCPU(&pod.Spec.Containers[i]), &pod.Spec.Containers[i], pod.Status.ContainerStatuses))
 	}
 	for i := range pod.Spec.InitContainers {
 		if c := &pod.Spec.InitContainers[i]; policy.IsNativeSidecar(c) {
-			r.containers = append(r.containers, newContainerCPU(c))
+			r.containers = append(r.containers, withAllocated(newContainerCPU(c), c, pod.Status.InitContainerStatuses))
 		}
 	}
 	return r
+}
+
+// withAllocated keeps the status' amount of a container when it is not the
+// spec's.
+func withAllocated(out containerCPU, c *v1.Container, statuses []v1.ContainerStatus) containerCPU {
+	if a := policy.StatusAmount(statuses, c.Name); a != 0 && a != policy.ContainerAmount(c) {
+		out.allocated = a
+	}
+	return out
 }
 
 // Key is namespace/name.
@@ -164,7 +177,8 @@ func (r *PodRecord) namespaceName() (string, string) {
 
 // Pod rebuilds the pod as the engine sees it: name, namespace, UID, node,
 // priority, phase, the app labels, the corepin.io annotations and each
-// container's (and native sidecar's) name and CPU limit and request; a
+// container's (and native sidecar's) name and CPU limit and request, with
+// a status giving the amount the node has where it is not the spec's; a
 // pod being deleted has a DeletionTimestamp, of the zero time (the record
 // keeps only that it has one). The result is the caller's.
 func (r *PodRecord) Pod() *v1.Pod {
@@ -205,6 +219,17 @@ func (r *PodRecord) Pod() *v1.Pod {
 			pod.Spec.InitContainers = append(pod.Spec.InitContainers, c.container())
 		} else {
 			pod.Spec.Containers = append(pod.Spec.Containers, c.container())
+		}
+		if c.allocated == 0 {
+			continue
+		}
+		// A resize in flight: the status' amount, as its limit.
+		st := v1.ContainerStatus{Name: str(c.name), Resources: &v1.ResourceRequirements{
+			Limits: v1.ResourceList{v1.ResourceCPU: *resource.NewMilliQuantity(c.allocated, resource.DecimalSI)}}}
+		if c.sidecar {
+			pod.Status.InitContainerStatuses = append(pod.Status.InitContainerStatuses, st)
+		} else {
+			pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, st)
 		}
 	}
 	return pod

@@ -526,3 +526,83 @@ func TestFilterConfirmsTerminatingVictims(t *testing.T) {
 		})
 	}
 }
+
+// The order Preempt keeps per node follows the node's pods: a victim gone,
+// a pod added, a priority changed and the node's topology replaced each
+// show in the next answer.
+func TestPreemptFollowsTheNodesPods(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	upsert := func(p *v1.Pod) {
+		t.Helper()
+		if err := s.UpsertPod(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victims := func(proposed ...string) []string {
+		t.Helper()
+		mv := &extenderv1.MetaVictims{}
+		for _, name := range proposed {
+			mv.Pods = append(mv.Pods, &extenderv1.MetaPod{UID: "uid-" + name})
+		}
+		answer, err := s.Preempt(preemptor(4, 10), map[string]*extenderv1.MetaVictims{"n1": mv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		if a := answer["n1"]; a != nil {
+			for _, m := range a.Pods {
+				names = append(names, strings.TrimPrefix(m.UID, "uid-"))
+			}
+		}
+		return names
+	}
+	upsert(boundPod("a", "n1", 1, "0-3"))
+	upsert(boundPod("b", "n1", 5, "4-7"))
+	if got := victims("b"); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("victims %v, want [a]", got)
+	}
+	// a gone, c at priority 0 on its CPUs.
+	if !s.DeletePod("default/a") {
+		t.Fatal("a was not placed")
+	}
+	upsert(boundPod("c", "n1", 0, "0-3"))
+	if got := victims("b"); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("after a went and c came: victims %v, want [c]", got)
+	}
+	// b's priority drops to c's: the tie goes to kube-scheduler's proposal.
+	upsert(boundPod("b", "n1", 0, "4-7"))
+	if got := victims("b"); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("after b's priority fell: victims %v, want [b]", got)
+	}
+	if got := victims("c"); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("proposing c: victims %v, want [c]", got)
+	}
+	// Another topology (12 CPUs): the preemptor fits on the 4 free ones,
+	// so the answer is kube-scheduler's own proposal.
+	s.UpsertNode(testNode("n1", topologyJSON(12, "")))
+	if got := victims("c"); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("after the node grew: victims %v, want [c] (the proposal)", got)
+	}
+	if got := victims(); len(got) != 0 {
+		t.Fatalf("after the node grew, nothing proposed: victims %v, want none", got)
+	}
+}
+
+// A placement under the preemptor's own key (an older pod of that name, or
+// the preemptor assumed by a bind that failed) is never its victim.
+func TestPreemptNeverNamesThePreemptor(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	older := boundPod("urgent", "n1", 1, "0-3")
+	for _, p := range []*v1.Pod{older, boundPod("a", "n1", 1, "4-7")} {
+		if err := s.UpsertPod(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answer, err := s.Preempt(preemptor(4, 10), map[string]*extenderv1.MetaVictims{"n1": {Pods: []*extenderv1.MetaPod{{UID: "uid-urgent"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := answer["n1"]; a == nil || len(a.Pods) != 1 || a.Pods[0].UID != "uid-a" {
+		t.Fatalf("answer %+v, want pod a on n1", answer["n1"])
+	}
+}

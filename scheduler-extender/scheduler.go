@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unique"
 
@@ -59,10 +60,17 @@ type Scheduler struct {
 	// assumeTTL is how long a bound pod stays assumed without the
 	// informers confirming it.
 	assumeTTL time.Duration
+	// res are the CPUReservations, held on the nodes above like pods
+	// (reservations.go).
+	res reservations
 	// topologies interns parsed topologies by annotation value: identical
 	// nodes share one immutable index (and, through the handles, one copy
 	// of the annotation in the informer store: see Transform).
 	topologies map[unique.Handle[string]]*policy.Topology
+	// resizing maps a pod key to the alloc-status a resize chose for it
+	// and is writing (resize.go): its new CPUs stay held until the
+	// informers show that value.
+	resizing map[string]string
 }
 
 type nodeState struct {
@@ -75,6 +83,8 @@ type nodeState struct {
 	// topology was known (informers deliver pods and nodes in any order):
 	// they are placed as soon as the topology arrives.
 	unplaced map[string]*policy.Placement
+	// order is the node's pods as /preempt ranks them (preempt.go).
+	order atomic.Pointer[preemptOrder]
 }
 
 // DefaultAssumeTTL is how long a bound pod the informers have not shown
@@ -252,7 +262,11 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		// or its bind fails (Forget).
 		return nil
 	}
+	if s.resizeInFlight(key, pod) {
+		return nil
+	}
 	placement, perr := PlacementFromPod(pod)
+	s.consumeForBoundLocked(pod, placement)
 	if cur, ok := s.podNode[key]; ok {
 		if cur == nodeName && s.nodes[cur] != nil {
 			if p, ok := s.nodes[cur].node.Pod(key); ok && samePlacement(p, placement) {
@@ -369,6 +383,8 @@ func (s *Scheduler) removeLocked(key string) bool {
 	}
 	delete(s.podNode, key)
 	delete(s.assumed, key)
+	delete(s.resizing, key)
+	s.unconsumeLocked(key)
 	return true
 }
 
@@ -434,7 +450,15 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, Rejection
 	if err != nil {
 		return nil, nil, err
 	}
-	filters := s.pipeline(pod)
+	if name, ok := pod.Annotations[api.AnnotationReservation]; ok {
+		return s.filterConsumer(pod, req, name, nodeNames)
+	}
+	fits, failed := s.filterRequest(req, s.pipeline(pod), nodeNames)
+	return fits, failed, nil
+}
+
+// filterRequest is Filter for a parsed request: pods and reservations alike.
+func (s *Scheduler) filterRequest(req policy.Request, filters []string, nodeNames []string) ([]string, Rejections) {
 	reasons := make([]error, len(nodeNames))
 	s.mu.RLock()
 	eachChunk(len(nodeNames), func(lo, hi int) {
@@ -457,7 +481,7 @@ func (s *Scheduler) Filter(pod *v1.Pod, nodeNames []string) ([]string, Rejection
 		}
 		fits = append(fits, name)
 	}
-	return fits, failed, nil
+	return fits, failed
 }
 
 var errUnknownNode = policy.Reasonf(policy.CodeUnknownNode, "node unknown to the corepin extender (not in its cache yet)")
@@ -490,6 +514,11 @@ func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.Host
 	if err != nil {
 		return nil, err
 	}
+	return s.prioritizeRequest(req, nodeNames), nil
+}
+
+// prioritizeRequest is Prioritize for a parsed request.
+func (s *Scheduler) prioritizeRequest(req policy.Request, nodeNames []string) extenderv1.HostPriorityList {
 	strategy := s.cfg.Strategy()
 	out := make(extenderv1.HostPriorityList, len(nodeNames))
 	s.mu.RLock()
@@ -503,7 +532,7 @@ func (s *Scheduler) Prioritize(pod *v1.Pod, nodeNames []string) (extenderv1.Host
 			out[lo+i] = extenderv1.HostPriority{Host: name, Score: int64(score)}
 		}
 	})
-	return out, nil
+	return out
 }
 
 // chunkNodes is the fewest nodes worth a goroutine of their own: below it
@@ -556,6 +585,7 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, nodeName string, bind
 		return nil, apiError(fmt.Errorf("pod %s: %w", req.Key, err))
 	}
 	s.finishBinding(req.Key, time.Now())
+	s.consumed(req.Key)
 	return status, nil
 }
 
@@ -586,6 +616,9 @@ func apiError(err error) error {
 func (s *Scheduler) assume(pod *v1.Pod, req policy.Request, nodeName string) (*api.AllocStatus, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if name, ok := pod.Annotations[api.AnnotationReservation]; ok {
+		return s.assumeConsumerLocked(pod, req, name, nodeName)
+	}
 	st, ok := s.nodes[nodeName]
 	if !ok {
 		return nil, fmt.Errorf("pod %s: node %s unknown to the corepin extender", req.Key, nodeName)

@@ -18,10 +18,14 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
@@ -86,12 +90,24 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 	metrics := extender.NewMetrics(sched)
 	events := extender.NewPodEvents(recorder, metrics, extender.PodEventsConfig{})
 	c.PodDone = events.Forget
+	resizer := extender.NewResizer(sched, client, c, events)
+	c.PodUpdated = resizer.Observe
 	srv := &extender.Server{Sched: sched, Client: client, Metrics: metrics,
 		Ready: c.Synced, Events: events, AllocStatusInBinding: allocStatusInBinding}
 	srv.Pods = c
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	rc, err := reservationController(restCfg, client, sched, c)
+	if err != nil {
+		return err
+	}
+	if rc != nil {
+		// Ready only once the reservations are held too: a pod bound
+		// before would be given reserved CPUs.
+		srv.Ready = func() bool { return c.Synced() && rc.Synced() }
+		go rc.Run(ctx, c.Synced)
+	}
 	go srv.RunEvents(ctx)
 	handler := srv.Handler()
 	if profiling {
@@ -138,6 +154,9 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 	if err := c.Start(ctx); err != nil {
 		return err
 	}
+	// After the sync: every node is known, so a pod queued meanwhile is
+	// resized against its node's whole state.
+	go resizer.Run(ctx)
 	nodes, pods := sched.Counts()
 	klog.InfoS("Caches synced", "nodes", nodes, "pods", pods)
 	ticker := time.NewTicker(30 * time.Second)
@@ -176,4 +195,42 @@ func tlsConfig(t *api.TLSConfig) (*tls.Config, error) {
 	}
 	cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	return cfg, nil
+}
+
+// reservationController runs CPUReservations when the API server serves
+// the CRD (deploy/ installs it); without it the extender schedules pods
+// alone, and a pod naming a reservation is refused with that reason.
+// Installing the CRD later takes a restart of the extender.
+func reservationController(restCfg *rest.Config, client kubernetes.Interface, sched *extender.Scheduler, c *extender.Cache) (*extender.ReservationController, error) {
+	gv := api.CPUReservationGVR.GroupVersion().String()
+	var found bool
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err := client.Discovery().ServerResourcesForGroupVersion(gv)
+		switch {
+		case apierrors.IsNotFound(err):
+			return true, nil
+		case err != nil:
+			klog.V(2).InfoS("Discovering CPUReservations", "err", err.Error())
+			return false, nil
+		}
+		for _, r := range list.APIResources {
+			found = found || r.Name == api.ResourceCPUReservation
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("discovering %s: %w", gv, err)
+	}
+	if !found {
+		klog.InfoS("CPUReservation CRD not installed: reservations are off (install it from deploy/ and restart)", "groupVersion", gv)
+		return nil, nil
+	}
+	dynCfg := rest.CopyConfig(restCfg)
+	dynCfg.ContentType, dynCfg.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
+	dyn, err := dynamic.NewForConfig(dynCfg)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("CPUReservations on", "groupVersion", gv)
+	return extender.NewReservationController(dyn, sched, c)
 }

@@ -186,8 +186,11 @@ func run(log *slog.Logger, o options) error {
 		opts := []stub.Option{stub.WithPluginName("corepin")}
 		if preinstalled {
 			opts = nil
+			// The stub takes INDEX-NAME from the binary's name, as containerd launched it.
+			p.SetNRIName(filepath.Base(os.Args[0]))
 		} else {
 			opts = append(opts, stub.WithSocketPath(o.NRISocket), stub.WithPluginIdx(o.PluginIndex))
+			p.SetNRIName(o.PluginIndex + "-corepin")
 		}
 		s, err := stub.New(p, opts...)
 		if err != nil {

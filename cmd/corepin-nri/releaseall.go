@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,11 +16,11 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 )
 
 // releaseAllCommand is the subcommand the chart's hooks run: it asks every
@@ -92,16 +91,10 @@ func defaultNamespace() string {
 	return "corepin-system"
 }
 
-// annotate merge-patches a node's annotations; a nil value removes one.
-func annotate(ctx context.Context, client kubernetes.Interface, node string, annotations map[string]*string) error {
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
-	_, err := client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{})
-	return err
-}
-
 // releaseAll sets corepin.io/release-all on every node that runs a
-// corepin-nri pod (the DaemonSet's pods, by o.selector), removing any
-// earlier release-all-done in the same patch, and waits until each of
+// corepin-nri pod (the DaemonSet's pods, by o.selector), by server-side
+// apply as the command's own field manager, removing any earlier
+// release-all-done (the plugin's), and waits until each of
 // those nodes reports release-all-done. It fails naming the nodes that did
 // not report within o.timeout, with their plugin pod's state; the nodes
 // that did stay released.
@@ -125,7 +118,6 @@ func releaseAll(ctx context.Context, client kubernetes.Interface, o releaseAllOp
 		nodes = append(nodes, node)
 	}
 	slices.Sort(nodes)
-	on := "true"
 	failed := map[string]string{}
 	pending := map[string]bool{}
 	var set []string
@@ -137,9 +129,10 @@ func releaseAll(ctx context.Context, client kubernetes.Interface, o releaseAllOp
 		fmt.Fprintf(out, "%s: the node is gone, nothing to release\n", node)
 	}
 	for _, node := range nodes {
-		err := annotate(ctx, client, node, map[string]*string{api.AnnotationReleaseAll: &on, api.AnnotationReleaseAllDone: nil})
+		err := nodeapply.New(client, node, "", nodeapply.ManagerReleaseAllCommand).
+			Remove(ctx, map[string]string{api.AnnotationReleaseAll: "true"}, api.AnnotationReleaseAllDone)
 		switch {
-		case apierrors.IsNotFound(err):
+		case nodeapply.Gone(err):
 			gone(node)
 		case err != nil:
 			failed[node] = "could not be annotated: " + err.Error()
@@ -227,7 +220,9 @@ func clearReleaseAll(ctx context.Context, client kubernetes.Interface, out io.Wr
 		if !on && !done {
 			continue
 		}
-		if err := annotate(ctx, client, n.Name, map[string]*string{api.AnnotationReleaseAll: nil, api.AnnotationReleaseAllDone: nil}); err != nil && !apierrors.IsNotFound(err) {
+		err := nodeapply.New(client, n.Name, n.UID, nodeapply.ManagerReleaseAllCommand).
+			Remove(ctx, nil, api.AnnotationReleaseAll, api.AnnotationReleaseAllDone)
+		if err != nil && !nodeapply.Gone(err) {
 			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
 			continue
 		}

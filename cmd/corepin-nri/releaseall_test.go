@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/nodeapply"
 )
 
 func pluginPod(name, node string, ready bool) *v1.Pod {
@@ -34,7 +35,7 @@ func plugins(ctx context.Context, client kubernetes.Interface, answering ...stri
 			n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 			if err == nil && n.Annotations[api.AnnotationReleaseAll] == "true" && n.Annotations[api.AnnotationReleaseAllDone] == "" {
 				now := time.Now().UTC().Format(time.RFC3339)
-				_ = annotate(ctx, client, node, map[string]*string{api.AnnotationReleaseAllDone: &now})
+				_, _ = nodeapply.New(client, node, n.UID, nodeapply.ManagerReleaseAllDone).Apply(ctx, map[string]string{api.AnnotationReleaseAllDone: now})
 			}
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -5,6 +5,7 @@
 //	corepinctl nodes [-o text|json]
 //	corepinctl node NAME [-o text|json]
 //	corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD [-o text|json]
+//	corepinctl place --placer URL -f FILE
 //
 // The cluster commands take --kubeconfig and --context, resolved as kubectl
 // resolves them.
@@ -26,6 +27,7 @@ commands:
   explain POD
              why a pod has its CPUs, or why it is pending (the engine's reasons, node by node);
              -o json prints the same as one document
+  place      send a CPUReservation (-f FILE) to corepin-placer (--placer URL) and print its answer
 
 cluster commands take --kubeconfig FILE and --context NAME (as kubectl), and
 read the extender's configuration from ConfigMap corepin-system/corepin-scheduler-config
@@ -52,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runNode(args[1:], stdout, stderr)
 	case "explain":
 		return runExplain(args[1:], stdout, stderr)
+	case "place":
+		return runPlace(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -262,6 +262,7 @@ func TestLint(t *testing.T) {
 // as the YAML they hold, not as text.
 func TestDefaultsRenderDeploy(t *testing.T) {
 	want := kustomize(t)
+	compareCRDs(t, want) // CRDs live in crds/, which helm template leaves out
 	got := rendered(t, "")
 	if h := hooks(want); len(h) > 0 {
 		t.Errorf("deploy/ has Helm hooks: %v", h)

@@ -71,6 +71,16 @@ func TestPluginWithAPIServer(t *testing.T) {
 	if _, err := api.ParseTopology(published(api.AnnotationTopology)); err != nil {
 		t.Fatalf("published topology: %v", err)
 	}
+	// Each annotation is its own writer's, by server-side apply.
+	node, err := cp.Client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, manager := range map[string]string{api.AnnotationTopology: "corepin-nri-topology", api.AnnotationSharedPool: "corepin-nri-shared-pool"} {
+		if owners := annotationOwners(t, node, key); len(owners) != 1 || owners[0] != manager+" Apply" {
+			t.Errorf("%s held by %q, want only %q", key, owners, manager+" Apply")
+		}
+	}
 
 	// The db pod exists on the API server (bound to node-a, no kubelet) and
 	// in containerd under the same name and UID (the kubelet passes the API

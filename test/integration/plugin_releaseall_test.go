@@ -142,6 +142,11 @@ func TestPluginReleaseAll(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, node.Annotations[api.AnnotationReleaseAllDone]); err != nil || node.Annotations[api.AnnotationReleaseAll] != "true" {
 		t.Fatalf("node annotations %v: want release-all true and an RFC 3339 release-all-done", node.Annotations)
 	}
+	for key, manager := range map[string]string{api.AnnotationReleaseAll: "corepin-nri-release-all-command", api.AnnotationReleaseAllDone: "corepin-nri-release-all"} {
+		if owners := annotationOwners(t, node, key); len(owners) != 1 || owners[0] != manager+" Apply" {
+			t.Errorf("%s held by %q, want only %q", key, owners, manager+" Apply")
+		}
+	}
 
 	// A container created now gets every CPU; the drift check (every
 	// second) and a plugin restart pin nothing back.

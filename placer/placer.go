@@ -1,0 +1,382 @@
+// Package placer is corepin-placer (contract section 8): it keeps, for each
+// member cluster, the cluster view the extender keeps (extender.Scheduler
+// fed by extender.Cache and the CPUReservation informer), chooses the
+// cluster and node for a reservation by the extender's own filter and
+// prioritize, and creates the reservation there with spec.nodeName for that
+// cluster's extender to hold.
+package placer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	sigsjson "sigs.k8s.io/json"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/corepin/corepin/api"
+	extender "github.com/corepin/corepin/scheduler-extender"
+)
+
+// Cluster is one member cluster: its view and its client.
+type Cluster struct {
+	Name  string
+	Sched *extender.Scheduler
+	Cache *extender.Cache
+	// Reservations feeds the view with the cluster's reservations (its
+	// informer only: placing them is the cluster's extender's work).
+	Reservations *extender.ReservationController
+	Dynamic      dynamic.Interface
+}
+
+// NewCluster builds a member cluster's view from its clients.
+func NewCluster(name string, cfg api.Config, client kubernetes.Interface, dyn dynamic.Interface) (*Cluster, error) {
+	sched, err := extender.NewScheduler(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c, err := extender.NewCache(client, sched, nil)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := extender.NewReservationController(dyn, sched, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Cluster{Name: name, Sched: sched, Cache: c, Reservations: rc, Dynamic: dyn}, nil
+}
+
+// Start runs the cluster's informers.
+func (c *Cluster) Start(ctx context.Context) {
+	c.Cache.Factory.Start(ctx.Done())
+	c.Reservations.Start(ctx)
+}
+
+// Synced reports whether the view holds the cluster's initial lists.
+func (c *Cluster) Synced() bool { return c.Cache.Synced() && c.Reservations.Synced() }
+
+// Placer serves the placement API over its clusters, in flag order (which
+// breaks score ties).
+type Placer struct {
+	Clusters []*Cluster
+	// Wait bounds how long a cluster's extender may take to answer a
+	// reservation (Reserved or Unschedulable) before the next cluster is
+	// tried. Default 30 s.
+	Wait time.Duration
+	// Poll is how often the reservation's status is read meanwhile.
+	// Default 100 ms.
+	Poll time.Duration
+
+	registry   *prometheus.Registry
+	placements *prometheus.CounterVec
+	seconds    prometheus.Histogram
+}
+
+// New returns a Placer over clusters.
+func New(clusters []*Cluster) *Placer {
+	p := &Placer{Clusters: clusters, Wait: 30 * time.Second, Poll: 100 * time.Millisecond, registry: prometheus.NewRegistry(),
+		placements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "corepin_placer_placements_total",
+			Help: "Placement requests by result: placed, no_fit, invalid, error."}, []string{"result"}),
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "corepin_placer_placement_seconds",
+			Help: "Time to answer a placement request, the extender's wait included.", Buckets: prometheus.DefBuckets}),
+	}
+	p.registry.MustRegister(p.placements, p.seconds, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return p
+}
+
+// Ready reports whether every member cluster's view has synced.
+func (p *Placer) Ready() bool {
+	for _, c := range p.Clusters {
+		if !c.Synced() {
+			return false
+		}
+	}
+	return true
+}
+
+// Handler returns the HTTP routes of contract section 8.
+func (p *Placer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/placements", p.ready(p.place))
+	mux.HandleFunc("GET /v1/placements/{cluster}/{namespace}/{name}", p.ready(p.get))
+	mux.HandleFunc("DELETE /v1/placements/{cluster}/{namespace}/{name}", p.ready(p.delete))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "member cluster caches not synced", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func (p *Placer) ready(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !p.Ready() {
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "corepin-placer not ready: member cluster caches not synced (see /readyz)"})
+			return
+		}
+		h(w, r)
+	}
+}
+
+// Placement is the 201 answer.
+type Placement struct {
+	Cluster    string            `json:"cluster"`
+	Namespace  string            `json:"namespace"`
+	Name       string            `json:"name"`
+	Phase      string            `json:"phase,omitempty"`
+	Node       string            `json:"node"`
+	CPUs       string            `json:"cpus"`
+	Containers map[string]string `json:"containers"`
+	Mems       string            `json:"mems"`
+	Reason     string            `json:"reason,omitempty"`
+}
+
+type errorBody struct {
+	Error    string            `json:"error"`
+	Clusters map[string]string `json:"clusters,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	body, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// maxBody bounds a placement request: one CPUReservation.
+const maxBody = 1 << 20
+
+// decodeReservation reads the body strictly: unknown fields and malformed
+// values are errors naming the field.
+func decodeReservation(r *http.Request) (*api.CPUReservation, error) {
+	data, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		return nil, fmt.Errorf("reading the body: %w", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("empty body: want a CPUReservation (JSON)")
+	}
+	var res api.CPUReservation
+	strictErrs, err := sigsjson.UnmarshalStrict(data, &res)
+	if err != nil {
+		return nil, fmt.Errorf("malformed CPUReservation: %w", err)
+	}
+	if len(strictErrs) > 0 {
+		msgs := make([]string, len(strictErrs))
+		for i, e := range strictErrs {
+			msgs[i] = e.Error()
+		}
+		return nil, fmt.Errorf("malformed CPUReservation: %s", strings.Join(msgs, "; "))
+	}
+	gv := api.CPUReservationGVK.GroupVersion().String()
+	switch {
+	case res.APIVersion != "" && res.APIVersion != gv:
+		return nil, fmt.Errorf("apiVersion %q: want %s", res.APIVersion, gv)
+	case res.Kind != "" && res.Kind != api.KindCPUReservation:
+		return nil, fmt.Errorf("kind %q: want %s", res.Kind, api.KindCPUReservation)
+	case res.Namespace == "":
+		return nil, errors.New("metadata.namespace: required")
+	case res.Name == "":
+		return nil, errors.New("metadata.name: required")
+	case res.Spec.TTLSeconds != nil && *res.Spec.TTLSeconds < 1:
+		return nil, fmt.Errorf("spec.ttlSeconds %d: must be >= 1", *res.Spec.TTLSeconds)
+	case len(res.Spec.Template.Spec.Containers) == 0:
+		return nil, errors.New("spec.template.spec.containers: required")
+	case res.Status.Phase != "":
+		return nil, errors.New("status: set by the extender, not in a request")
+	}
+	return &res, nil
+}
+
+type candidate struct {
+	cluster *Cluster
+	extender.Candidate
+}
+
+func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	defer func() { p.seconds.Observe(time.Since(start).Seconds()) }()
+	res, err := decodeReservation(r)
+	if err != nil {
+		p.placements.WithLabelValues("invalid").Inc()
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
+		return
+	}
+	reasons := map[string]string{}
+	var cands []candidate
+	for _, c := range p.Clusters {
+		cand, err := c.Sched.BestNode(res)
+		if err != nil {
+			p.placements.WithLabelValues("invalid").Inc()
+			writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
+			return
+		}
+		if cand.Node == "" {
+			reasons[c.Name] = cand.Reason
+			continue
+		}
+		cands = append(cands, candidate{c, cand})
+	}
+	// Highest score first; the stable sort keeps flag order among ties.
+	slices.SortStableFunc(cands, func(a, b candidate) int { return int(b.Score - a.Score) })
+	for _, cand := range cands {
+		placed, reason, err := p.reserveIn(r.Context(), cand, res)
+		if err != nil {
+			p.placements.WithLabelValues("error").Inc()
+			var status apierrors.APIStatus
+			code := http.StatusBadGateway
+			if errors.As(err, &status) && apierrors.IsAlreadyExists(err) {
+				code = http.StatusConflict
+			}
+			writeJSON(w, code, errorBody{Error: err.Error()})
+			return
+		}
+		if placed != nil {
+			p.placements.WithLabelValues("placed").Inc()
+			klog.InfoS("Placed", "reservation", klog.KObj(res), "cluster", placed.Cluster, "node", placed.Node, "cpus", placed.CPUs)
+			writeJSON(w, http.StatusCreated, placed)
+			return
+		}
+		reasons[cand.cluster.Name] = reason
+	}
+	p.placements.WithLabelValues("no_fit").Inc()
+	writeJSON(w, http.StatusConflict, errorBody{Error: "no cluster fits", Clusters: reasons})
+}
+
+// reserveIn creates the reservation on the candidate's node and waits for
+// that cluster's extender. Unschedulable (it moved on meanwhile) or no
+// answer in time: the reservation is deleted and the reason returned, for
+// the next cluster to be tried.
+func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPUReservation) (*Placement, string, error) {
+	c := cand.cluster
+	obj := res.DeepCopy()
+	obj.Spec.NodeName = cand.Node
+	obj.ResourceVersion, obj.UID = "", ""
+	u, err := api.ReservationToUnstructured(obj)
+	if err != nil {
+		return nil, "", err
+	}
+	client := c.Dynamic.Resource(api.CPUReservationGVR).Namespace(res.Namespace)
+	created, err := client.Create(ctx, &unstructured.Unstructured{Object: u}, metav1.CreateOptions{FieldManager: "corepin-placer"})
+	if err != nil {
+		return nil, "", fmt.Errorf("cluster %s: creating CPUReservation %s: %w", c.Name, res.Key(), err)
+	}
+	var got *api.CPUReservation
+	waitErr := waitFor(ctx, p.Poll, p.Wait, func(ctx context.Context) (bool, error) {
+		u, err := client.Get(ctx, res.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if got, err = api.ReservationFromUnstructured(u.Object); err != nil {
+			return false, err
+		}
+		return got.Status.Phase == api.ReservationReserved || got.Status.Phase == api.ReservationUnschedulable, nil
+	})
+	if waitErr == nil && got.Status.Phase == api.ReservationReserved {
+		return &Placement{Cluster: c.Name, Namespace: res.Namespace, Name: res.Name, Node: got.Status.Node, CPUs: got.Status.CPUs,
+			Containers: got.Status.Containers, Mems: got.Status.Mems}, "", nil
+	}
+	reason := fmt.Sprintf("node %s: the cluster's extender did not answer within %s", cand.Node, p.Wait)
+	if waitErr == nil {
+		reason = got.Status.Reason
+	}
+	klog.InfoS("Cluster refused the placement, trying the next", "reservation", res.Key(), "cluster", c.Name, "reason", reason)
+	uid := created.GetUID()
+	if err := client.Delete(context.Background(), res.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+		return nil, "", fmt.Errorf("cluster %s: deleting refused CPUReservation %s: %w", c.Name, res.Key(), err)
+	}
+	return nil, reason, nil
+}
+
+// waitFor polls cond every interval until it is true, it fails, or timeout.
+func waitFor(ctx context.Context, interval, timeout time.Duration, cond func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		ok, err := cond(ctx)
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Placer) cluster(w http.ResponseWriter, r *http.Request) (*Cluster, dynamic.ResourceInterface, bool) {
+	name := r.PathValue("cluster")
+	for _, c := range p.Clusters {
+		if c.Name == name {
+			return c, c.Dynamic.Resource(api.CPUReservationGVR).Namespace(r.PathValue("namespace")), true
+		}
+	}
+	names := make([]string, len(p.Clusters))
+	for i, c := range p.Clusters {
+		names[i] = c.Name
+	}
+	writeJSON(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("unknown cluster %q (member clusters: %s)", name, strings.Join(names, ", "))})
+	return nil, nil, false
+}
+
+func (p *Placer) get(w http.ResponseWriter, r *http.Request) {
+	c, client, ok := p.cluster(w, r)
+	if !ok {
+		return
+	}
+	u, err := client.Get(r.Context(), r.PathValue("name"), metav1.GetOptions{})
+	if err != nil {
+		writeAPIError(w, c, err)
+		return
+	}
+	res, err := api.ReservationFromUnstructured(u.Object)
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, errorBody{Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, Placement{Cluster: c.Name, Namespace: res.Namespace, Name: res.Name, Phase: string(res.Phase()),
+		Node: res.Status.Node, CPUs: res.Status.CPUs, Containers: res.Status.Containers, Mems: res.Status.Mems, Reason: res.Status.Reason})
+}
+
+func (p *Placer) delete(w http.ResponseWriter, r *http.Request) {
+	c, client, ok := p.cluster(w, r)
+	if !ok {
+		return
+	}
+	if err := client.Delete(r.Context(), r.PathValue("name"), metav1.DeleteOptions{}); err != nil {
+		writeAPIError(w, c, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func writeAPIError(w http.ResponseWriter, c *Cluster, err error) {
+	code := http.StatusBadGateway
+	if apierrors.IsNotFound(err) {
+		code = http.StatusNotFound
+	}
+	writeJSON(w, code, errorBody{Error: fmt.Sprintf("cluster %s: %v", c.Name, err)})
+}

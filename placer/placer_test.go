@@ -1,0 +1,199 @@
+package placer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/corepin/corepin/api"
+	extender "github.com/corepin/corepin/scheduler-extender"
+)
+
+func flatTopology(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"version":1,"cpus":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"id":%d,"core":%d,"socket":0,"numa":0,"l3":0}`, i, i)
+	}
+	b.WriteString(`],"reserved":""}`)
+	return b.String()
+}
+
+// memberCluster is a fake API server with one 8-CPU node, the cluster's
+// own extender (its reservation controller, default rules: at most 5
+// exclusive CPUs) running against it, and the placer's view of it, built
+// with placerCfg.
+func memberCluster(t *testing.T, ctx context.Context, name string, placerCfg api.Config) *Cluster {
+	t.Helper()
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name + "-node", Annotations: map[string]string{api.AnnotationTopology: flatTopology(8)}}}
+	kube := fake.NewClientset(node)
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{api.CPUReservationGVR: "CPUReservationList"})
+	sched, err := extender.NewScheduler(api.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := extender.NewCache(kube, sched, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := extender.NewReservationController(dyn, sched, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go rc.Run(ctx, cache.Synced)
+
+	c, err := NewCluster(name, placerCfg, kube, dyn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Start(ctx)
+	return c
+}
+
+func body(cpu string, name string) string {
+	return fmt.Sprintf(`{"apiVersion":"corepin.io/v1alpha1","kind":"CPUReservation","metadata":{"namespace":"default","name":%q},
+"spec":{"template":{"metadata":{"annotations":{"corepin.io/cpu-mode":"exclusive"}},
+"spec":{"containers":[{"name":"engine","resources":{"limits":{"cpu":%q}}}]}}}}`, name, cpu)
+}
+
+func call(t *testing.T, srv *httptest.Server, method, path, reqBody string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(reqBody))
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if len(data) > 0 {
+		if err := json.Unmarshal(data, &out); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, path, resp.StatusCode, data, err)
+		}
+	}
+	return resp.StatusCode, out
+}
+
+// The placer fills cluster a, then places in b; when a's extender refuses
+// what the placer's view allowed (here: the view runs laxer rules), the
+// reservation there is deleted and b is tried; when no cluster fits, 409
+// with each cluster's reasons.
+func TestPlacer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	one := 1.0
+	lax := api.Config{NodePolicy: api.NodePolicy{MaxExclusiveRatio: &one}} // 8 of 8, where the extenders allow 5
+	a, b := memberCluster(t, ctx, "a", lax), memberCluster(t, ctx, "b", lax)
+	p := New([]*Cluster{a, b})
+	p.Wait, p.Poll = 5*time.Second, 10*time.Millisecond
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	for deadline := time.Now().Add(10 * time.Second); !p.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("placer not ready")
+		}
+	}
+
+	code, got := call(t, srv, "POST", "/v1/placements", body("4", "r1"))
+	if code != http.StatusCreated || got["cluster"] != "a" || got["node"] != "a-node" || got["namespace"] != "default" || got["name"] != "r1" {
+		t.Fatalf("r1: %d %v, want 201 in cluster a (the first of a tie)", code, got)
+	}
+	cpus, err := api.ParseCPUList(fmt.Sprint(got["cpus"]))
+	if err != nil || cpus.Size() != 4 || got["containers"].(map[string]any)["engine"] != got["cpus"] {
+		t.Fatalf("r1 cpus %v containers %v", got["cpus"], got["containers"])
+	}
+
+	// a holds 4 of its 5: its extender refuses 2 more, b takes them.
+	code, got = call(t, srv, "POST", "/v1/placements", body("2", "r2"))
+	if code != http.StatusCreated || got["cluster"] != "b" {
+		t.Fatalf("r2: %d %v, want 201 in cluster b", code, got)
+	}
+	if _, err := a.Dynamic.Resource(api.CPUReservationGVR).Namespace("default").Get(ctx, "r2", metav1.GetOptions{}); err == nil {
+		t.Error("the reservation a's extender refused was not deleted")
+	}
+
+	// 4 more fit nowhere by the extenders' rules.
+	code, got = call(t, srv, "POST", "/v1/placements", body("4", "r3"))
+	clusters, _ := got["clusters"].(map[string]any)
+	if code != http.StatusConflict || got["error"] != "no cluster fits" || !strings.Contains(fmt.Sprint(clusters["a"]), "exclusive limit 5 reached") ||
+		!strings.Contains(fmt.Sprint(clusters["b"]), "exclusive limit 5 reached") {
+		t.Fatalf("r3: %d %v, want 409 with both clusters' reasons", code, got)
+	}
+	// 9 fit in no view: refused without asking any extender.
+	code, got = call(t, srv, "POST", "/v1/placements", body("9", "r4"))
+	if clusters, _ = got["clusters"].(map[string]any); code != http.StatusConflict || !strings.Contains(fmt.Sprint(clusters["a"]), "0/1 nodes fit: a-node: ") {
+		t.Fatalf("r4: %d %v", code, got)
+	}
+
+	code, got = call(t, srv, "GET", "/v1/placements/a/default/r1", "")
+	if code != http.StatusOK || got["phase"] != "Reserved" || got["node"] != "a-node" {
+		t.Fatalf("GET r1: %d %v", code, got)
+	}
+	if code, got = call(t, srv, "GET", "/v1/placements/c/default/r1", ""); code != http.StatusNotFound || !strings.Contains(fmt.Sprint(got["error"]), `unknown cluster "c" (member clusters: a, b)`) {
+		t.Errorf("unknown cluster: %d %v", code, got)
+	}
+	if code, _ = call(t, srv, "DELETE", "/v1/placements/a/default/r1", ""); code != http.StatusNoContent {
+		t.Errorf("DELETE r1: %d", code)
+	}
+	if code, _ = call(t, srv, "GET", "/v1/placements/a/default/r1", ""); code != http.StatusNotFound {
+		t.Errorf("GET after DELETE: %d", code)
+	}
+}
+
+// Bad input is refused with 400 naming the field.
+func TestPlacerBadInput(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := New([]*Cluster{memberCluster(t, ctx, "a", api.Config{})})
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	for deadline := time.Now().Add(10 * time.Second); !p.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("placer not ready")
+		}
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`{"metadata":{"namespace":"default","name":"x"},"spec":{"template":{"spec":{"containers":[{"name":"e"}]}},"ttl":5}}`, `unknown field "spec.ttl"`},
+		{`{"metadata":{"name":"x"},"spec":{"template":{"spec":{"containers":[{"name":"e"}]}}}}`, "metadata.namespace: required"},
+		{`{"metadata":{"namespace":"default","name":"x"},"spec":{"ttlSeconds":"ten"}}`, "ttlSeconds"},
+		{`{"metadata":{"namespace":"default","name":"x"},"spec":{"template":{"spec":{"containers":[]}}}}`, "spec.template.spec.containers: required"},
+		{`not json`, "malformed CPUReservation"},
+		{strings.Replace(body("4", "x"), `"exclusive"`, `"shared"`, 1), "spec.template: not an exclusive pod"},
+		{strings.Replace(body("4", "x"), `"4"`, `"1500m"`, 1), "spec.template: "},
+	} {
+		code, got := call(t, srv, "POST", "/v1/placements", tc.body)
+		if code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(got["error"]), tc.want) {
+			t.Errorf("%s: %d %v, want 400 with %q", tc.body, code, got, tc.want)
+		}
+	}
+	// A name already taken in the chosen cluster: 409, nothing deleted.
+	if code, got := call(t, srv, "POST", "/v1/placements", body("2", "dup")); code != http.StatusCreated {
+		t.Fatalf("dup: %d %v", code, got)
+	}
+	if code, got := call(t, srv, "POST", "/v1/placements", body("2", "dup")); code != http.StatusConflict || !strings.Contains(fmt.Sprint(got["error"]), "already exists") {
+		t.Errorf("second dup: %d %v, want 409 already exists", code, got)
+	}
+	if code, got := call(t, srv, "GET", "/v1/placements/a/default/dup", ""); code != http.StatusOK || got["phase"] != "Reserved" {
+		t.Errorf("dup after the refused second: %d %v", code, got)
+	}
+}
