@@ -61,7 +61,7 @@ lint: $(STATICCHECK)
 	$(GO) vet $(PKGS)
 	$(STATICCHECK) $(PKGS)
 
-# Container images of the plugin and the extender, as tarballs in bin/images
+# Container images of the plugin, the extender and corepin-placer, as tarballs in bin/images
 # (importable with `ctr -n k8s.io images import` or `kind load image-archive`).
 images: build
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/workload ./test/images/workload

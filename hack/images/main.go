@@ -77,6 +77,8 @@ func run(o options) error {
 			files: map[string]string{"corepin-nri": filepath.Join(o.bin, "corepin-nri")}, entrypoint: []string{"/corepin-nri"}},
 		{file: "corepin-extender.tar", ref: "corepin/corepin-extender:" + Tag,
 			files: map[string]string{"corepin-extender": filepath.Join(o.bin, "corepin-extender")}, entrypoint: []string{"/corepin-extender"}},
+		{file: "corepin-placer.tar", ref: "corepin/corepin-placer:" + Tag,
+			files: map[string]string{"corepin-placer": filepath.Join(o.bin, "corepin-placer")}, entrypoint: []string{"/corepin-placer"}},
 	}
 	if o.local {
 		items = append(items,
