@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -35,14 +34,7 @@ func (cpusetWriter) CreateContainer(context.Context, *api.PodSandbox, *api.Conta
 // caller.
 func conflictOverNRI(t *testing.T, p *Plugin) string {
 	t.Helper()
-	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
-		_, err := cb(ctx, nil, nil)
-		return err
-	}
-	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
-		return nil, nil
-	}
-	runtime, socket := startRuntime(t, syncFn, updateFn)
+	runtime, socket := startQuietRuntime(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, s := range []struct {

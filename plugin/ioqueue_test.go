@@ -63,14 +63,7 @@ func queuePod(id, name, cpus string) *api.PodSandbox {
 func queuedOverNRI(t *testing.T) (p *Plugin, log *bytes.Buffer, events *record.FakeRecorder, runtime *adaptation.Adaptation,
 	create func(*api.PodSandbox, *api.Container) (*api.CreateContainerResponse, error)) {
 	t.Helper()
-	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
-		_, err := cb(ctx, nil, nil)
-		return err
-	}
-	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
-		return nil, nil
-	}
-	runtime, socket := startRuntime(t, syncFn, updateFn)
+	runtime, socket := startQuietRuntime(t)
 	p, log = queuedPlugin(t)
 	events = record.NewFakeRecorder(10)
 	p.SetEventRecorder(events)

@@ -40,11 +40,10 @@ func startRuntime(t *testing.T, syncFn adaptation.SyncFn, updateFn adaptation.Up
 	return runtime, socket
 }
 
-// TestOverNRI runs the plugin against the runtime side of NRI
-// (pkg/adaptation, as containerd embeds it) over a real socket: the
-// exclusive container's adjustment and the shared containers' updates come
-// back in the CreateContainer reply, and a stop grows the pool back.
-func TestOverNRI(t *testing.T) {
+// startQuietRuntime is startRuntime for tests that need no pre-existing
+// pods and ignore unsolicited updates.
+func startQuietRuntime(t *testing.T) (*adaptation.Adaptation, string) {
+	t.Helper()
 	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
 		_, err := cb(ctx, nil, nil)
 		return err
@@ -52,16 +51,31 @@ func TestOverNRI(t *testing.T) {
 	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
 		return nil, nil
 	}
-	runtime, socket := startRuntime(t, syncFn, updateFn)
+	return startRuntime(t, syncFn, updateFn)
+}
 
-	p := newTestPlugin(t)
+// runCorepin connects p to the runtime on socket as plugin 10-corepin,
+// until ctx ends.
+func runCorepin(t *testing.T, ctx context.Context, p *Plugin, socket string) {
+	t.Helper()
 	s, err := stub.New(p, stub.WithSocketPath(socket), stub.WithPluginIdx("10"), stub.WithPluginName("corepin"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	go func() { _ = s.Run(ctx) }()
+}
+
+// TestOverNRI runs the plugin against the runtime side of NRI
+// (pkg/adaptation, as containerd embeds it) over a real socket: the
+// exclusive container's adjustment and the shared containers' updates come
+// back in the CreateContainer reply, and a stop grows the pool back.
+func TestOverNRI(t *testing.T) {
+	runtime, socket := startQuietRuntime(t)
+
+	p := newTestPlugin(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = s.Run(ctx) }()
+	runCorepin(t, ctx, p, socket)
 
 	create := func(sb *api.PodSandbox, c *api.Container) *api.CreateContainerResponse {
 		t.Helper()

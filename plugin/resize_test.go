@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
-	"github.com/containerd/nri/pkg/stub"
 	"google.golang.org/grpc/status"
 )
 
@@ -190,22 +188,11 @@ func TestResizeExclusiveRefused(t *testing.T) {
 // carries the shared shrink and the container's new cpuset, the runtime's
 // own container last; a refusal reaches the runtime as corepin's message.
 func TestResizeOverNRI(t *testing.T) {
-	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
-		_, err := cb(ctx, nil, nil)
-		return err
-	}
-	updateFn := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
-		return nil, nil
-	}
-	runtime, socket := startRuntime(t, syncFn, updateFn)
+	runtime, socket := startQuietRuntime(t)
 	p := newTestPlugin(t)
-	s, err := stub.New(p, stub.WithSocketPath(socket), stub.WithPluginIdx("10"), stub.WithPluginName("corepin"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = s.Run(ctx) }()
+	runCorepin(t, ctx, p, socket)
 	web, db := sandbox("s-web", "default", "web", nil), exclusivePod("s-db", "db", "2-3")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
