@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,8 +33,9 @@ import (
 // to /v1/placements and requires 201 with 8 CPUs for the container; its
 // time covers the placer's decision, the create in the chosen cluster, that
 // cluster's extender placing it and writing its status, and the placer
-// seeing it Reserved. Placements are sent one at a time. It reports
-// placements/s and the p50 and p99 latency of one placement.
+// seeing it Reserved. Placements are sent one at a time, or
+// COREPIN_PLACER_CLIENTS at once. It reports placements/s and the p50 and
+// p99 latency of one placement.
 //
 //	go test -c -tags integration -o /tmp/pb.test ./test/integration/ && cd test/integration &&
 //	  /tmp/pb.test -test.run '^$' -test.bench BenchmarkPlacerThroughAPIServers -test.benchtime 100x
@@ -101,17 +105,41 @@ func BenchmarkPlacerThroughAPIServers(b *testing.B) {
 		return nil
 	}
 
+	// COREPIN_PLACER_CLIENTS=N: each iteration sends N placements at once
+	// (N×b.N in all); 1 by default.
+	clients := 1
+	if v := os.Getenv("COREPIN_PLACER_CLIENTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("COREPIN_PLACER_CLIENTS=%q", v)
+		}
+		clients = n
+	}
 	var latencies []time.Duration
 	// b.Loop runs this function once (the setup above is not repeated)
 	// and times only the loop.
 	i := 0
 	for b.Loop() {
-		t0 := time.Now()
-		if err := place(fmt.Sprintf("bench-%06d", i)); err != nil {
-			b.Fatal(err)
+		took := make([]time.Duration, clients)
+		errs := make([]error, clients)
+		var wg sync.WaitGroup
+		for c := range clients {
+			wg.Add(1)
+			go func(name string) {
+				defer wg.Done()
+				t0 := time.Now()
+				errs[c] = place(name)
+				took[c] = time.Since(t0)
+			}(fmt.Sprintf("bench-%06d", i))
+			i++
 		}
-		latencies = append(latencies, time.Since(t0))
-		i++
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		latencies = append(latencies, took...)
 	}
 	b.StopTimer()
 	elapsed := b.Elapsed()
@@ -120,6 +148,6 @@ func BenchmarkPlacerThroughAPIServers(b *testing.B) {
 	b.ReportMetric(float64(len(latencies))/elapsed.Seconds(), "placements/s")
 	b.ReportMetric(float64(quantile(0.50))/float64(time.Millisecond), "p50-ms")
 	b.ReportMetric(float64(quantile(0.99))/float64(time.Millisecond), "p99-ms")
-	b.Logf("%d placements in %s: p50 %s, p99 %s, max %s", len(latencies), elapsed.Round(time.Millisecond),
+	b.Logf("%d placements (%d at a time) in %s: p50 %s, p99 %s, max %s", len(latencies), clients, elapsed.Round(time.Millisecond),
 		quantile(0.50).Round(time.Microsecond), quantile(0.99).Round(time.Microsecond), latencies[len(latencies)-1].Round(time.Microsecond))
 }
