@@ -222,21 +222,47 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
 		return
 	}
-	reasons := map[string]string{}
-	var cands []candidate
-	for _, c := range p.Clusters {
-		cand, err := c.Sched.BestNode(res)
-		if err != nil {
-			p.placements.WithLabelValues("invalid").Inc()
-			writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
+	// Placements in flight are not in the views until their extender's
+	// status comes back, so concurrent ones can all choose the same node and
+	// all but a few be refused. When every candidate refused, choose again
+	// from the views as they are now (optimistic, as kube-scheduler retries):
+	// a few rounds, not forever.
+	var reasons map[string]string
+	for round := 0; round < placeRounds; round++ {
+		var cands []candidate
+		reasons = map[string]string{}
+		for _, c := range p.Clusters {
+			cand, err := c.Sched.BestNode(res)
+			if err != nil {
+				p.placements.WithLabelValues("invalid").Inc()
+				writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
+				return
+			}
+			if cand.Node == "" {
+				reasons[c.Name] = cand.Reason
+				continue
+			}
+			cands = append(cands, candidate{c, cand})
+		}
+		if len(cands) == 0 {
+			break
+		}
+		if p.tryCandidates(w, r, res, cands, reasons) {
 			return
 		}
-		if cand.Node == "" {
-			reasons[c.Name] = cand.Reason
-			continue
-		}
-		cands = append(cands, candidate{c, cand})
 	}
+	p.placements.WithLabelValues("no_fit").Inc()
+	writeJSON(w, http.StatusConflict, errorBody{Error: "no cluster fits", Clusters: reasons})
+}
+
+// placeRounds bounds how often a placement whose every candidate was
+// refused chooses again.
+const placeRounds = 3
+
+// tryCandidates reserves in each candidate, best first, until one places
+// it; it reports whether an answer was written (placed, or an error), and
+// records each refusal in reasons.
+func (p *Placer) tryCandidates(w http.ResponseWriter, r *http.Request, res *api.CPUReservation, cands []candidate, reasons map[string]string) bool {
 	// Highest score first; the stable sort keeps flag order among ties.
 	slices.SortStableFunc(cands, func(a, b candidate) int { return int(b.Score - a.Score) })
 	for _, cand := range cands {
@@ -249,18 +275,17 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 				code = http.StatusConflict
 			}
 			writeJSON(w, code, errorBody{Error: err.Error()})
-			return
+			return true
 		}
 		if placed != nil {
 			p.placements.WithLabelValues("placed").Inc()
 			klog.InfoS("Placed", "reservation", klog.KObj(res), "cluster", placed.Cluster, "node", placed.Node, "cpus", placed.CPUs)
 			writeJSON(w, http.StatusCreated, placed)
-			return
+			return true
 		}
 		reasons[cand.cluster.Name] = reason
 	}
-	p.placements.WithLabelValues("no_fit").Inc()
-	writeJSON(w, http.StatusConflict, errorBody{Error: "no cluster fits", Clusters: reasons})
+	return false
 }
 
 // reserveIn creates the reservation on the candidate's node and waits for
