@@ -63,7 +63,9 @@ func NewCache(client kubernetes.Interface, sched *Scheduler, recorder record.Eve
 		UpdateFunc: func(_, obj any) { c.upsertNode(obj) },
 		DeleteFunc: func(obj any) {
 			if n, ok := unwrap(obj).(*v1.Node); ok {
-				sched.DeleteNode(n.Name)
+				if kept := sched.DeleteNode(n.Name); kept > 0 {
+					klog.InfoS("Node deleted: what is placed there keeps its CPUs until it goes or the node returns", "node", n.Name, "placements", kept)
+				}
 			}
 		},
 	})

@@ -85,6 +85,9 @@ type nodeState struct {
 	unplaced map[string]*policy.Placement
 	// order is the node's pods as /preempt ranks them (preempt.go).
 	order atomic.Pointer[preemptOrder]
+	// gone: the node object was deleted; the state only keeps what is
+	// still placed there (DeleteNode).
+	gone bool
 }
 
 // DefaultAssumeTTL is how long a bound pod the informers have not shown
@@ -213,20 +216,27 @@ func (s *Scheduler) internTopology(value unique.Handle[string]) (*policy.Topolog
 	return t, nil
 }
 
-// DeleteNode forgets a node and the pods on it.
-func (s *Scheduler) DeleteNode(name string) {
+// DeleteNode forgets a node object. What is still placed on it (pods the
+// pod GC has not deleted yet, Reserved reservations, binds in flight) stays
+// there, without a topology, as pods seen before their node do: a node
+// deleted and registered again (a kubelet re-registering) gets them all
+// back, and none of their CPUs is given away meanwhile. The node is gone
+// from NodeNames, and from the cache once the last of them goes. It returns
+// how many placements it kept.
+func (s *Scheduler) DeleteNode(name string) (kept int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok := s.nodes[name]; ok {
+		left := &nodeState{node: policy.NewNode(name, nil, s.cfg.Limits()), gone: true}
 		for _, p := range st.node.Pods() {
-			delete(s.podNode, p.Key)
-			delete(s.assumed, p.Key)
+			left.place(p)
 		}
-		for key := range st.unplaced {
-			delete(s.podNode, key)
+		for _, p := range st.unplaced {
+			left.place(p)
 		}
-		delete(s.nodes, name)
-		delete(s.engines, name)
+		kept = len(left.unplaced)
+		s.setNode(name, left)
+		s.dropGoneLocked(name)
 	}
 	// Interned topologies no node uses any more are dropped lazily.
 	if len(s.topologies) > 2*len(s.nodes)+16 {
@@ -236,6 +246,15 @@ func (s *Scheduler) DeleteNode(name string) {
 				s.topologies[st.topology] = st.node.Topo
 			}
 		}
+	}
+	return kept
+}
+
+// dropGoneLocked forgets a deleted node once nothing is placed on it.
+func (s *Scheduler) dropGoneLocked(name string) {
+	if st := s.nodes[name]; st != nil && st.gone && len(st.unplaced) == 0 && st.node.Len() == 0 {
+		delete(s.nodes, name)
+		delete(s.engines, name)
 	}
 }
 
@@ -380,6 +399,7 @@ func (s *Scheduler) removeLocked(key string) bool {
 	if st := s.nodes[name]; st != nil {
 		st.node.Remove(key)
 		delete(st.unplaced, key)
+		s.dropGoneLocked(name)
 	}
 	delete(s.podNode, key)
 	delete(s.assumed, key)
@@ -720,7 +740,14 @@ func (s *Scheduler) Placed(key string) bool {
 func (s *Scheduler) NodeNames() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return slices.Sorted(maps.Keys(s.nodes))
+	names := make([]string, 0, len(s.nodes))
+	for name, st := range s.nodes {
+		if !st.gone {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // NodeSnapshot returns a copy of a node's state, for inspection (corepinctl,
