@@ -34,6 +34,9 @@ type reservations struct {
 	// changed under the Scheduler (consumed, released): the controller
 	// writes its status. It must not block.
 	notify func(key string)
+	// assumed are corepin-placer's placements in flight, by reservation
+	// key (reservation_assume.go).
+	assumed map[string]*assumedReservation
 }
 
 type consumer struct {
@@ -99,6 +102,7 @@ func (r *reservation) view() ReservationView {
 func (rs *reservations) init() {
 	if rs.byKey == nil {
 		rs.byKey, rs.consumerOf, rs.boundBefore = map[string]*reservation{}, map[string]string{}, map[string]consumer{}
+		rs.assumed = map[string]*assumedReservation{}
 	}
 }
 
@@ -129,6 +133,7 @@ func (s *Scheduler) UpsertReservation(obj *api.CPUReservation) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.res.init()
+	defer s.endAssumptionLocked(obj) // after the reservation holds its CPUs
 	key := obj.Key()
 	r := s.res.byKey[key]
 	if r != nil && r.uid != obj.UID {
@@ -225,6 +230,7 @@ func (s *Scheduler) releaseLocked(r *reservation) {
 	if st := s.nodes[r.status.Node]; st != nil {
 		st.node.Remove(placementKey(r.key))
 		delete(st.unplaced, placementKey(r.key))
+		s.dropGoneLocked(r.status.Node)
 	}
 }
 
