@@ -16,13 +16,16 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	sigsjson "sigs.k8s.io/json"
 
@@ -43,6 +46,11 @@ type Cluster struct {
 	// informer only: placing them is the cluster's extender's work).
 	Reservations *extender.ReservationController
 	Dynamic      dynamic.Interface
+
+	// waiters are the placements waiting for their reservation's answer,
+	// by reservation key: the informer kicks them at each event.
+	mu      sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
 }
 
 // NewCluster builds a member cluster's view from its clients.
@@ -59,7 +67,70 @@ func NewCluster(name string, cfg api.Config, client kubernetes.Interface, dyn dy
 	if err != nil {
 		return nil, err
 	}
-	return &Cluster{Name: name, Sched: sched, Cache: c, Reservations: rc, Dynamic: dyn}, nil
+	cl := &Cluster{Name: name, Sched: sched, Cache: c, Reservations: rc, Dynamic: dyn, waiters: map[string]map[chan struct{}]struct{}{}}
+	kick := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			cl.kick(key)
+		}
+	}
+	if _, err := rc.Informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: kick, UpdateFunc: func(_, obj any) { kick(obj) }, DeleteFunc: kick,
+	}); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// watch registers a waiter for key's events; stop it with unwatch.
+func (c *Cluster) watch(key string) chan struct{} {
+	ch := make(chan struct{}, 1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.waiters[key] == nil {
+		c.waiters[key] = map[chan struct{}]struct{}{}
+	}
+	c.waiters[key][ch] = struct{}{}
+	return ch
+}
+
+func (c *Cluster) unwatch(key string, ch chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.waiters[key], ch)
+	if len(c.waiters[key]) == 0 {
+		delete(c.waiters, key)
+	}
+}
+
+// kick wakes key's waiters; one pending kick is enough, they read the
+// informer's store.
+func (c *Cluster) kick(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ch := range c.waiters[key] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// decided returns the reservation as the informer shows it, when it is the
+// object uid and the cluster's extender answered (Reserved, Unschedulable).
+func (c *Cluster) decided(key string, uid types.UID) (*api.CPUReservation, bool) {
+	obj, ok, err := c.Reservations.Informer.GetIndexer().GetByKey(key)
+	if err != nil || !ok {
+		return nil, false
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok || u.GetUID() != uid {
+		return nil, false
+	}
+	r, err := api.ReservationFromUnstructured(u.Object)
+	if err != nil {
+		return nil, false
+	}
+	return r, r.Status.Phase == api.ReservationReserved || r.Status.Phase == api.ReservationUnschedulable
 }
 
 // Start runs the cluster's informers.
@@ -79,8 +150,9 @@ type Placer struct {
 	// reservation (Reserved or Unschedulable) before the next cluster is
 	// tried. Default 30 s.
 	Wait time.Duration
-	// Poll is how often the reservation's status is read meanwhile.
-	// Default 100 ms.
+	// Poll is how often the reservation is read from the API server
+	// meanwhile, in case the cluster's watch lags: the informer's events
+	// answer first. Default 1 s.
 	Poll time.Duration
 
 	registry   *prometheus.Registry
@@ -90,13 +162,21 @@ type Placer struct {
 
 // New returns a Placer over clusters.
 func New(clusters []*Cluster) *Placer {
-	p := &Placer{Clusters: clusters, Wait: 30 * time.Second, Poll: 100 * time.Millisecond, registry: prometheus.NewRegistry(),
+	p := &Placer{Clusters: clusters, Wait: 30 * time.Second, Poll: time.Second, registry: prometheus.NewRegistry(),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "corepin_placer_placements_total",
 			Help: "Placement requests by result: placed, no_fit, invalid, error."}, []string{"result"}),
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "corepin_placer_placement_seconds",
 			Help: "Time to answer a placement request, the extender's wait included.", Buckets: prometheus.DefBuckets}),
 	}
-	p.registry.MustRegister(p.placements, p.seconds, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "corepin_placer_placements_in_flight",
+		Help: "Placements whose CPUs are assumed in the placer's views, waiting for a member cluster's extender."}, func() float64 {
+		n := 0
+		for _, c := range p.Clusters {
+			n += c.Sched.AssumedReservations()
+		}
+		return float64(n)
+	})
+	p.registry.MustRegister(p.placements, p.seconds, inFlight, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }
 
@@ -222,11 +302,10 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
 		return
 	}
-	// Placements in flight are not in the views until their extender's
-	// status comes back, so concurrent ones can all choose the same node and
-	// all but a few be refused. When every candidate refused, choose again
-	// from the views as they are now (optimistic, as kube-scheduler retries):
-	// a few rounds, not forever.
+	// Placements in flight hold their CPUs in the views (assumed), so
+	// concurrent ones choose apart. A cluster's extender can still refuse
+	// what its view here allowed (it saw a pod first): when every candidate
+	// refused, choose again from the views as they are now, a few rounds.
 	var reasons map[string]string
 	for round := 0; round < placeRounds; round++ {
 		var cands []candidate
@@ -270,8 +349,9 @@ func (p *Placer) tryCandidates(w http.ResponseWriter, r *http.Request, res *api.
 		if err != nil {
 			p.placements.WithLabelValues("error").Inc()
 			var status apierrors.APIStatus
+			var inFlight inFlightError
 			code := http.StatusBadGateway
-			if errors.As(err, &status) && apierrors.IsAlreadyExists(err) {
+			if (errors.As(err, &status) && apierrors.IsAlreadyExists(err)) || errors.As(err, &inFlight) {
 				code = http.StatusConflict
 			}
 			writeJSON(w, code, errorBody{Error: err.Error()})
@@ -288,12 +368,24 @@ func (p *Placer) tryCandidates(w http.ResponseWriter, r *http.Request, res *api.
 	return false
 }
 
-// reserveIn creates the reservation on the candidate's node and waits for
-// that cluster's extender. Unschedulable (it moved on meanwhile) or no
-// answer in time: the reservation is deleted and the reason returned, for
-// the next cluster to be tried.
+// reserveIn assumes the reservation's CPUs on the candidate's node in the
+// cluster's view, creates it there with spec.nodeName and waits for that
+// cluster's extender. Unschedulable (it moved on meanwhile) or no answer in
+// time: the reservation is deleted and the reason returned, for the next
+// cluster to be tried. The assumption goes once the view holds the answer.
 func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPUReservation) (*Placement, string, error) {
-	c := cand.cluster
+	c, key := cand.cluster, res.Key()
+	if _, err := c.Sched.AssumeReservation(res, cand.Node); err != nil {
+		if errors.Is(err, extender.ErrPlacementInFlight) {
+			return nil, "", inFlightError{err}
+		}
+		// A concurrent placement took the CPUs since BestNode.
+		return nil, fmt.Sprintf("node %s: %v", cand.Node, err), nil
+	}
+	defer c.Sched.ForgetAssumedReservation(key)
+	kick := c.watch(key)
+	defer c.unwatch(key, kick)
+
 	obj := res.DeepCopy()
 	obj.Spec.NodeName = cand.Node
 	obj.ResourceVersion, obj.UID = "", ""
@@ -304,53 +396,78 @@ func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPURese
 	client := c.Dynamic.Resource(api.CPUReservationGVR).Namespace(res.Namespace)
 	created, err := client.Create(ctx, &unstructured.Unstructured{Object: u}, metav1.CreateOptions{FieldManager: "corepin-placer"})
 	if err != nil {
-		return nil, "", fmt.Errorf("cluster %s: creating CPUReservation %s: %w", c.Name, res.Key(), err)
+		return nil, "", fmt.Errorf("cluster %s: creating CPUReservation %s: %w", c.Name, key, err)
 	}
-	var got *api.CPUReservation
-	waitErr := waitFor(ctx, p.Poll, p.Wait, func(ctx context.Context) (bool, error) {
-		u, err := client.Get(ctx, res.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		if got, err = api.ReservationFromUnstructured(u.Object); err != nil {
-			return false, err
-		}
-		return got.Status.Phase == api.ReservationReserved || got.Status.Phase == api.ReservationUnschedulable, nil
-	})
+	uid := created.GetUID()
+	c.Sched.AssumedReservationCreated(key, uid)
+	got, waitErr := p.await(ctx, c, client, key, uid, kick)
 	if waitErr == nil && got.Status.Phase == api.ReservationReserved {
+		// The view's own handler of the same event may not have run yet:
+		// keep the assumption until the view holds the reservation
+		// (briefly), so that its CPUs never look free here.
+		for deadline := time.Now().Add(time.Second); c.Sched.ReservationAssumed(key) && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		return &Placement{Cluster: c.Name, Namespace: res.Namespace, Name: res.Name, Node: got.Status.Node, CPUs: got.Status.CPUs,
 			Containers: got.Status.Containers, Mems: got.Status.Mems}, "", nil
 	}
-	reason := fmt.Sprintf("node %s: the cluster's extender did not answer within %s", cand.Node, p.Wait)
-	if waitErr == nil {
+	var reason string
+	switch {
+	case waitErr == nil:
 		reason = got.Status.Reason
+	case apierrors.IsNotFound(waitErr):
+		reason = fmt.Sprintf("node %s: CPUReservation %s was deleted in the cluster before its extender answered", cand.Node, key)
+	default:
+		reason = fmt.Sprintf("node %s: the cluster's extender did not answer within %s", cand.Node, p.Wait)
 	}
-	klog.InfoS("Cluster refused the placement, trying the next", "reservation", res.Key(), "cluster", c.Name, "reason", reason)
-	uid := created.GetUID()
+	klog.InfoS("Cluster refused the placement, trying the next", "reservation", key, "cluster", c.Name, "reason", reason)
 	if err := client.Delete(context.Background(), res.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
-		return nil, "", fmt.Errorf("cluster %s: deleting refused CPUReservation %s: %w", c.Name, res.Key(), err)
+		return nil, "", fmt.Errorf("cluster %s: deleting refused CPUReservation %s: %w", c.Name, key, err)
 	}
 	return nil, reason, nil
 }
 
-// waitFor polls cond every interval until it is true, it fails, or timeout.
-func waitFor(ctx context.Context, interval, timeout time.Duration, cond func(context.Context) (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// await waits until the cluster's extender decided the object uid (Reserved
+// or Unschedulable), as the cluster's informer shows it, or p.Wait passed.
+// Every p.Poll it reads the object from the API server too, in case the
+// watch lags.
+func (p *Placer) await(ctx context.Context, c *Cluster, client dynamic.ResourceInterface, key string, uid types.UID, kick <-chan struct{}) (*api.CPUReservation, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.Wait)
 	defer cancel()
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	poll := time.NewTicker(p.Poll)
+	defer poll.Stop()
 	for {
-		ok, err := cond(ctx)
-		if err != nil || ok {
-			return err
+		if r, ok := c.decided(key, uid); ok {
+			return r, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
+			return nil, ctx.Err()
+		case <-kick:
+		case <-poll.C:
+			u, err := client.Get(ctx, nameOf(key), metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			r, err := api.ReservationFromUnstructured(u.Object)
+			if err != nil {
+				return nil, err
+			}
+			if r.UID != uid {
+				return nil, apierrors.NewNotFound(api.CPUReservationGVR.GroupResource(), r.Name)
+			}
+			if r.Status.Phase == api.ReservationReserved || r.Status.Phase == api.ReservationUnschedulable {
+				return r, nil
+			}
 		}
 	}
 }
+
+// nameOf is the name in a namespace/name key.
+func nameOf(key string) string { return key[strings.IndexByte(key, '/')+1:] }
+
+// inFlightError is a second placement of a reservation already being placed.
+type inFlightError struct{ error }
 
 func (p *Placer) cluster(w http.ResponseWriter, r *http.Request) (*Cluster, dynamic.ResourceInterface, bool) {
 	name := r.PathValue("cluster")

@@ -8,15 +8,20 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/corepin/corepin/api"
 	extender "github.com/corepin/corepin/scheduler-extender"
@@ -41,10 +46,29 @@ func flatTopology(n int) string {
 // with placerCfg.
 func memberCluster(t *testing.T, ctx context.Context, name string, placerCfg api.Config) *Cluster {
 	t.Helper()
-	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name + "-node", Annotations: map[string]string{api.AnnotationTopology: flatTopology(8)}}}
-	kube := fake.NewClientset(node)
+	c, _ := memberClusterOf(t, ctx, name, placerCfg, name+"-node")
+	return c
+}
+
+// memberClusterOf is memberCluster with the named 8-CPU nodes; it also
+// returns the fake dynamic client, whose actions the tests read.
+func memberClusterOf(t *testing.T, ctx context.Context, name string, placerCfg api.Config, nodes ...string) (*Cluster, *dynamicfake.FakeDynamicClient) {
+	t.Helper()
+	var objs []runtime.Object
+	for _, n := range nodes {
+		objs = append(objs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Annotations: map[string]string{api.AnnotationTopology: flatTopology(8)}}})
+	}
+	kube := fake.NewClientset(objs...)
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{api.CPUReservationGVR: "CPUReservationList"})
+	// The API server gives every object its UID; the fake does not.
+	var uids atomic.Int64
+	dyn.PrependReactor("create", api.ResourceCPUReservation, func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if u, ok := action.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured); ok && u.GetUID() == "" {
+			u.SetUID(types.UID(fmt.Sprintf("uid-%s-%d", name, uids.Add(1))))
+		}
+		return false, nil, nil
+	})
 	sched, err := extender.NewScheduler(api.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +91,7 @@ func memberCluster(t *testing.T, ctx context.Context, name string, placerCfg api
 		t.Fatal(err)
 	}
 	c.Start(ctx)
-	return c
+	return c, dyn
 }
 
 func body(cpu string, name string) string {
@@ -195,5 +219,55 @@ func TestPlacerBadInput(t *testing.T) {
 	}
 	if code, got := call(t, srv, "GET", "/v1/placements/a/default/dup", ""); code != http.StatusOK || got["phase"] != "Reserved" {
 		t.Errorf("dup after the refused second: %d %v", code, got)
+	}
+}
+
+// Concurrent placements hold their CPUs in the placer's view while in
+// flight, so they choose apart: 8 at once over 4 nodes, each allowing two
+// (5 exclusive CPUs of 8), are all placed on first try, two per node,
+// with no reservation refused and deleted by the cluster's extender.
+func TestPlacerConcurrentPlacementsChooseApart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, dyn := memberClusterOf(t, ctx, "a", api.Config{}, "n1", "n2", "n3", "n4")
+	p := New([]*Cluster{c})
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	for deadline := time.Now().Add(10 * time.Second); !p.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("placer not ready")
+		}
+	}
+	var wg sync.WaitGroup
+	codes, nodes := make([]int, 8), make([]string, 8)
+	for i := range codes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			code, got := call(t, srv, "POST", "/v1/placements", body("2", fmt.Sprintf("db-%d", i)))
+			codes[i], nodes[i] = code, fmt.Sprint(got["node"])
+		}(i)
+	}
+	wg.Wait()
+	perNode := map[string]int{}
+	for i, code := range codes {
+		if code != http.StatusCreated {
+			t.Errorf("db-%d: %d, want 201", i, code)
+		}
+		perNode[nodes[i]]++
+	}
+	for _, n := range []string{"n1", "n2", "n3", "n4"} {
+		if perNode[n] != 2 {
+			t.Errorf("placements per node %v, want 2 on each", perNode)
+			break
+		}
+	}
+	for _, a := range dyn.Actions() {
+		if a.GetVerb() == "delete" {
+			t.Errorf("a placement was refused by the extender and deleted: %v", a)
+		}
+	}
+	if n := c.Sched.AssumedReservations(); n != 0 {
+		t.Errorf("%d placements still assumed after all were answered", n)
 	}
 }
