@@ -20,6 +20,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 )
 
 // TestPlacerRendersDeployPlacer: with placer.enabled the chart renders, on
@@ -256,8 +257,8 @@ placer:
 			spec := dep.Spec.Template.Spec
 			c := placerContainer(t, objs)
 			placerAccepts(t, c.Args)
-			if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
-				t.Errorf("replicas %v, want 2", dep.Spec.Replicas)
+			if r := dep.Spec.Replicas; r == nil || *r != 2 {
+				t.Errorf("replicas %v, want 2", ptr.Deref(r, -1))
 			}
 			if c.Image != "registry.example.com/corepin/corepin-placer:v0.3.0" || c.ImagePullPolicy != v1.PullAlways {
 				t.Errorf("image %s %s", c.Image, c.ImagePullPolicy)
