@@ -48,14 +48,15 @@ const (
 // deploy/'s, with the value each must have: the only labels the comparison
 // with deploy/ ignores.
 var helmAdded = map[string]string{
-	"helm.sh/chart":                "corepin-0.2.0",
+	"helm.sh/chart":                "corepin-0.3.0",
 	"app.kubernetes.io/managed-by": "Helm",
 	"app.kubernetes.io/instance":   release,
 	"app.kubernetes.io/version":    "dev",
 }
 
 // checksumAnnotation is on the scheduler's pod template (a changed
-// configuration rolls the pods), the only annotation the comparison ignores.
+// configuration rolls the pods), the only annotation the comparison ignores
+// (the placer's reads no ConfigMap of the chart's by default, and has none).
 const checksumAnnotation = "checksum/config"
 
 // keepPolicy is on the Namespace: `helm uninstall` keeps it, with the
@@ -167,18 +168,19 @@ func decode(t *testing.T, what string, data []byte) objects {
 	return out
 }
 
-// kustomize renders deploy/ as `kubectl apply -k deploy/` does.
-func kustomize(t *testing.T) objects {
+// kustomize renders deploy/dir as `kubectl apply -k deploy/dir` does.
+func kustomize(t *testing.T, dir string) objects {
 	t.Helper()
-	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), "..")
+	what := path.Join("deploy", dir) + "/"
+	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), filepath.Join("..", dir))
 	if err != nil {
-		t.Fatalf("kustomize build deploy/: %v", err)
+		t.Fatalf("kustomize build %s: %v", what, err)
 	}
 	data, err := res.AsYaml()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return decode(t, "deploy/", data)
+	return decode(t, what, data)
 }
 
 // rendered renders the chart with values and checks what every render must
@@ -259,11 +261,30 @@ func TestLint(t *testing.T) {
 // field, ignoring only the labels in helmAdded and the checksum annotation,
 // plus the release-all hooks, which only the chart has.
 // Embedded configuration files (ConfigMap keys ending .yaml) are compared
-// as the YAML they hold, not as text.
+// as the YAML they hold.
 func TestDefaultsRenderDeploy(t *testing.T) {
-	want := kustomize(t)
+	want := kustomize(t, ".")
 	compareCRDs(t, want) // CRDs live in crds/, which helm template leaves out
-	got := rendered(t, "")
+	if len(want) < 15 {
+		t.Errorf("deploy/ renders only %d objects: %v", len(want), sortedKeys(want))
+	}
+	compareRender(t, want, rendered(t, ""))
+}
+
+func sortedKeys(o objects) []string {
+	ks := make([]string, 0, len(o))
+	for k := range o {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// compareRender compares the chart's objects got with kustomize's want,
+// object by object and field by field, ignoring only what the chart adds
+// on purpose (stripHelm) and taking the release-all hooks out of got.
+func compareRender(t *testing.T, want, got objects) {
+	t.Helper()
 	if h := hooks(want); len(h) > 0 {
 		t.Errorf("deploy/ has Helm hooks: %v", h)
 	}
@@ -280,25 +301,17 @@ func TestDefaultsRenderDeploy(t *testing.T) {
 			}
 		}
 	}
-	keys := func(o objects) []string {
-		var ks []string
-		for k := range o {
-			ks = append(ks, k)
-		}
-		sort.Strings(ks)
-		return ks
-	}
-	for _, k := range keys(want) {
+	for _, k := range sortedKeys(want) {
 		if _, ok := got[k]; !ok {
 			t.Errorf("missing from the chart: %s", k)
 		}
 	}
-	for _, k := range keys(got) {
+	for _, k := range sortedKeys(got) {
 		if _, ok := want[k]; !ok {
 			t.Errorf("extra in the chart: %s", k)
 		}
 	}
-	for _, k := range keys(want) {
+	for _, k := range sortedKeys(want) {
 		g, ok := got[k]
 		if !ok {
 			continue
@@ -311,9 +324,6 @@ func TestDefaultsRenderDeploy(t *testing.T) {
 		for _, d := range diffs {
 			t.Errorf("%s: %s", k, d)
 		}
-	}
-	if len(want) < 15 {
-		t.Errorf("deploy/ renders only %d objects: %v", len(want), keys(want))
 	}
 }
 
@@ -339,7 +349,7 @@ func stripHelm(t *testing.T, k string, obj map[string]any) {
 			delete(obj["metadata"].(map[string]any), "annotations")
 		}
 	}
-	if !strings.HasPrefix(k, "Deployment/") {
+	if k != key("Deployment", namespace, "corepin-scheduler") {
 		return
 	}
 	ann := nested(obj, "spec", "template", "metadata", "annotations")

@@ -56,4 +56,21 @@ refuses unknown keys; the chart test parses what this renders).
 {{- if and (not $tls.enabled) (or $tls.clientSecretName $tls.serverName) }}
 {{- fail "scheduler.extender.tls.clientSecretName and serverName take effect only with scheduler.extender.tls.enabled" }}
 {{- end }}
+{{- $p := .Values.placer | default dict }}
+{{- if dig "enabled" false $p }}
+{{- /* helm upgrade --reuse-values from a chart without placer.* keeps the old values: none of these. */}}
+{{- if not (and (dig "placer" "" (.Values.images | default dict)) $p.clusters $p.kubeconfigSecret $p.tls) }}
+{{- fail "placer.enabled needs images.placer, placer.clusters, placer.kubeconfigSecret and placer.tls: after helm upgrade --reuse-values from a chart without the placer, give --reset-then-reuse-values instead" }}
+{{- end }}
+{{- if and $p.tls.enabled (not $p.tls.secretName) }}
+{{- fail "placer.tls.enabled needs placer.tls.secretName: the Secret with the placer's tls.crt and tls.key" }}
+{{- end }}
+{{- if and (not $p.tls.enabled) $p.tls.clientCASecretName }}
+{{- fail (printf "placer.tls.clientCASecretName %q takes effect only with placer.tls.enabled" $p.tls.clientCASecretName) }}
+{{- end }}
+{{- end }}
+{{- $m := dig "memberRBAC" dict $p }}
+{{- if and (dig "subjects" list $m) (not (dig "enabled" false $m)) }}
+{{- fail "placer.memberRBAC.subjects are bound to ClusterRole corepin-placer, which only placer.memberRBAC.enabled renders" }}
+{{- end }}
 {{- end }}
