@@ -113,6 +113,14 @@ func (s *Scheduler) endAssumptionLocked(obj *api.CPUReservation) {
 	s.forgetAssumedLocked(obj.Key())
 }
 
+// ReservationAssumed reports whether key's placement is still assumed.
+func (s *Scheduler) ReservationAssumed(key string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.res.assumed[key]
+	return ok
+}
+
 // AssumedReservations is the number of assumed reservations held.
 func (s *Scheduler) AssumedReservations() int {
 	s.mu.RLock()
