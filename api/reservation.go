@@ -48,6 +48,9 @@ const (
 	ReservationExpired ReservationPhase = "Expired"
 )
 
+// ReservationPhases lists every phase, Pending first.
+var ReservationPhases = []ReservationPhase{ReservationPending, ReservationReserved, ReservationUnschedulable, ReservationConsumed, ReservationExpired}
+
 // CPUReservation holds exclusive CPUs for a pod that does not exist yet.
 type CPUReservation struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -2,6 +2,8 @@ package extender
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/corepin/corepin/api"
 )
 
 // Metrics are the extender's Prometheus metrics.
@@ -19,6 +21,24 @@ type Metrics struct {
 	PodEvents *prometheus.CounterVec
 	// PodEventEntries is the number of pods remembered for event dedupe.
 	PodEventEntries prometheus.Gauge
+	// ReservationTransitions counts CPUReservations moved to each phase.
+	ReservationTransitions *prometheus.CounterVec
+}
+
+// reservationsCollector reports the CPUReservations the Scheduler holds, by
+// phase, read at each scrape.
+type reservationsCollector struct {
+	s    *Scheduler
+	desc *prometheus.Desc
+}
+
+func (c reservationsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c reservationsCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.s.ReservationCounts()
+	for _, phase := range api.ReservationPhases {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[phase]), string(phase))
+	}
 }
 
 // ReasonClasses are the values of the reason label of
@@ -58,7 +78,13 @@ func NewMetrics(s *Scheduler) *Metrics {
 	m.PodEventEntries = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "corepin_extender_pod_event_dedupe_entries", Help: "Pending pods remembered to deduplicate CorepinNodesRejected events.",
 	})
+	m.ReservationTransitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "corepin_extender_reservation_transitions_total",
+		Help: "CPUReservations moved to a phase (Reserved, Unschedulable, Consumed, Expired) by this extender's status writes.",
+	}, []string{"phase"})
+	reservations := reservationsCollector{s: s, desc: prometheus.NewDesc("corepin_extender_reservations",
+		"CPUReservations in the extender's cache, by phase.", []string{"phase"}, nil)}
 	m.Registry.MustRegister(m.RequestSeconds, m.Rejections, m.Binds, m.CacheNodes, m.CachePods, m.CacheAssumed,
-		m.NotReady, m.PodEvents, m.PodEventEntries)
+		m.NotReady, m.PodEvents, m.PodEventEntries, m.ReservationTransitions, reservations)
 	return m
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
@@ -49,7 +51,20 @@ type ReservationController struct {
 	// the pods' and nodes' handlers read it from their own goroutines.
 	retryDelay atomic.Int64
 	now        func() time.Time
+
+	// Recorder, when set, gets an event on the reservation at each phase
+	// it moves to; Metrics, when set, counts the moves.
+	Recorder record.EventRecorder
+	Metrics  *Metrics
 }
+
+// Event reasons on a CPUReservation, one per phase it moves to.
+const (
+	ReasonReservationReserved      = "CorepinReserved"
+	ReasonReservationUnschedulable = "CorepinReservationUnschedulable"
+	ReasonReservationConsumed      = "CorepinReservationConsumed"
+	ReasonReservationExpired       = "CorepinReservationExpired"
+)
 
 // NewReservationController wires a CPUReservation informer to sched. c, when
 // not nil, is the pods' and nodes' cache: their changes retry the waiting
@@ -263,5 +278,36 @@ func (rc *ReservationController) writeStatus(ctx context.Context, u *unstructure
 	case err != nil:
 		return fmt.Errorf("writing the status of CPUReservation %s (%s): %w", r.Key(), want.Phase, err)
 	}
+	if want.Phase != r.Phase() {
+		rc.moved(r, want)
+	}
 	return nil
+}
+
+// moved records a reservation's move to a new phase, once its status says
+// so: an event on the reservation and the transitions counter.
+func (rc *ReservationController) moved(r *api.CPUReservation, st api.CPUReservationStatus) {
+	if rc.Metrics != nil {
+		rc.Metrics.ReservationTransitions.WithLabelValues(string(st.Phase)).Inc()
+	}
+	if rc.Recorder == nil {
+		return
+	}
+	ref := &v1.ObjectReference{APIVersion: api.CPUReservationGVK.GroupVersion().String(), Kind: api.KindCPUReservation,
+		Namespace: r.Namespace, Name: r.Name, UID: r.UID}
+	switch st.Phase {
+	case api.ReservationReserved:
+		rc.Recorder.Eventf(ref, v1.EventTypeNormal, ReasonReservationReserved, "Reserved CPUs %s on node %s (mems %s) for %ds from %s",
+			st.CPUs, st.Node, st.Mems, int(r.TTL().Seconds()), st.ReservedAt.UTC().Format(time.RFC3339))
+	case api.ReservationUnschedulable:
+		rc.Recorder.Eventf(ref, v1.EventTypeWarning, ReasonReservationUnschedulable, "%s", truncate(st.Reason, maxEventMessage))
+	case api.ReservationConsumed:
+		by := "a pod"
+		if st.ConsumedBy != nil {
+			by = "pod " + st.ConsumedBy.Name
+		}
+		rc.Recorder.Eventf(ref, v1.EventTypeNormal, ReasonReservationConsumed, "CPUs %s on node %s handed to %s", st.CPUs, st.Node, by)
+	case api.ReservationExpired:
+		rc.Recorder.Eventf(ref, v1.EventTypeNormal, ReasonReservationExpired, "%s", truncate(st.Reason, maxEventMessage))
+	}
 }

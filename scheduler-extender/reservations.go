@@ -260,6 +260,17 @@ func (s *Scheduler) Reservation(key string) (ReservationView, bool) {
 	return r.view(), true
 }
 
+// ReservationCounts is the number of reservations in each phase.
+func (s *Scheduler) ReservationCounts() map[api.ReservationPhase]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	counts := map[api.ReservationPhase]int{}
+	for _, r := range s.res.byKey {
+		counts[r.phase]++
+	}
+	return counts
+}
+
 // WaitingReservations lists the reservations not placed yet (Pending or
 // Unschedulable), sorted: the controller tries them again when the
 // cluster changes.

@@ -3,6 +3,7 @@ package extender
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/corepin/corepin/api"
 )
@@ -256,7 +260,21 @@ func TestReservationController(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc.SetRetryDelay(10 * time.Millisecond)
+	recorder, metrics := record.NewFakeRecorder(100), NewMetrics(sched)
+	rc.Recorder, rc.Metrics = recorder, metrics
 	go rc.Run(ctx, c.Synced)
+	// event waits for the next event on a reservation and checks its text.
+	event := func(want string) {
+		t.Helper()
+		select {
+		case e := <-recorder.Events:
+			if !strings.HasPrefix(e, want) {
+				t.Errorf("event %q, want %q...", e, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("no event, want %q", want)
+		}
+	}
 
 	create := func(r *api.CPUReservation) {
 		t.Helper()
@@ -297,6 +315,7 @@ func TestReservationController(t *testing.T) {
 	if cpus.Size() != 6 {
 		t.Fatalf("reserved %s, want 6 CPUs", st.CPUs)
 	}
+	event(fmt.Sprintf("Normal CorepinReserved Reserved CPUs %s on node n1 (mems 0) for 600s from ", st.CPUs))
 
 	// No room for 4 more on n1: Unschedulable, with the filter's reason.
 	create(testReservation("db-8", map[string]int64{"main": 4}))
@@ -304,6 +323,7 @@ func TestReservationController(t *testing.T) {
 	if !strings.Contains(st.Reason, "0/1 nodes fit: n1: ") {
 		t.Errorf("Unschedulable reason %q", st.Reason)
 	}
+	event("Warning CorepinReservationUnschedulable 0/1 nodes fit: n1: ")
 	// A new node: tried again, placed there.
 	if _, err := kube.CoreV1().Nodes().Create(ctx, testNode("n2", topologyJSON(8, "")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -311,6 +331,7 @@ func TestReservationController(t *testing.T) {
 	if st = status("db-8", api.ReservationReserved); st.Node != "n2" {
 		t.Errorf("db-8 reserved on %s, want n2", st.Node)
 	}
+	event("Normal CorepinReserved Reserved CPUs " + st.CPUs + " on node n2")
 
 	// A one-second TTL: Expired, the CPUs free.
 	short := testReservation("db-9", map[string]int64{"main": 1})
@@ -321,6 +342,24 @@ func TestReservationController(t *testing.T) {
 	st = status("db-9", api.ReservationExpired)
 	if !strings.Contains(st.Reason, "not consumed within ttlSeconds 1") {
 		t.Errorf("Expired reason %q", st.Reason)
+	}
+	event("Normal CorepinReserved Reserved CPUs ")
+	event("Normal CorepinReservationExpired not consumed within ttlSeconds 1 of reservedAt: CPUs ")
+	for phase, want := range map[string]float64{"Reserved": 3, "Unschedulable": 1, "Expired": 1, "Consumed": 0} {
+		if got := testutil.ToFloat64(metrics.ReservationTransitions.WithLabelValues(phase)); got != want {
+			t.Errorf("corepin_extender_reservation_transitions_total{phase=%q} %v, want %v", phase, got, want)
+		}
+	}
+	if err := testutil.GatherAndCompare(metrics.Registry, strings.NewReader(`
+# HELP corepin_extender_reservations CPUReservations in the extender's cache, by phase.
+# TYPE corepin_extender_reservations gauge
+corepin_extender_reservations{phase="Consumed"} 0
+corepin_extender_reservations{phase="Expired"} 1
+corepin_extender_reservations{phase="Pending"} 0
+corepin_extender_reservations{phase="Reserved"} 2
+corepin_extender_reservations{phase="Unschedulable"} 0
+`), "corepin_extender_reservations"); err != nil {
+		t.Error(err)
 	}
 	for _, node := range []string{"n1", "n2"} {
 		n, _ := sched.NodeSnapshot(node)

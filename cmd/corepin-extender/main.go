@@ -106,6 +106,7 @@ func run(kubeconfig, configFile, listen, healthListen string, profiling, allocSt
 		// Ready only once the reservations are held too: a pod bound
 		// before would be given reserved CPUs.
 		srv.Ready = func() bool { return c.Synced() && rc.Synced() }
+		rc.Recorder, rc.Metrics = recorder, metrics
 		go rc.Run(ctx, c.Synced)
 	}
 	go srv.RunEvents(ctx)
