@@ -490,21 +490,34 @@ func container(t *testing.T, spec v1.PodSpec, name string) v1.Container {
 // its volume mounts to a secret volume's items; "" when the file comes from
 // no secret.
 func secretFile(spec v1.PodSpec, c v1.Container, file string) (secret, key string) {
+	return volumeFile(spec, c, file, func(v v1.Volume) (string, []v1.KeyToPath, bool) {
+		if v.Secret == nil {
+			return "", nil, false
+		}
+		return v.Secret.SecretName, v.Secret.Items, true
+	})
+}
+
+// volumeFile follows a container's mounts to the volume serving file, of
+// the kind source reads (its name and items), and returns that name and
+// the key file comes from; "" when none.
+func volumeFile(spec v1.PodSpec, c v1.Container, file string, source func(v1.Volume) (string, []v1.KeyToPath, bool)) (name, key string) {
 	for _, m := range c.VolumeMounts {
 		rel, ok := strings.CutPrefix(file, strings.TrimSuffix(m.MountPath, "/")+"/")
 		if !ok {
 			continue
 		}
 		for _, vol := range spec.Volumes {
-			if vol.Name != m.Name || vol.Secret == nil {
+			name, items, ok := source(vol)
+			if vol.Name != m.Name || !ok {
 				continue
 			}
-			if len(vol.Secret.Items) == 0 {
-				return vol.Secret.SecretName, rel
+			if len(items) == 0 {
+				return name, rel
 			}
-			for _, it := range vol.Secret.Items {
+			for _, it := range items {
 				if path.Clean(it.Path) == rel {
-					return vol.Secret.SecretName, it.Key
+					return name, it.Key
 				}
 			}
 		}

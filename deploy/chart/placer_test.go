@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -143,26 +142,12 @@ func containerPort(c v1.Container, p intstr.IntOrString) string {
 // configMapFile says which ConfigMap and key a container reads at file
 // ("" when none).
 func configMapFile(spec v1.PodSpec, c v1.Container, file string) (configMap, key string) {
-	for _, m := range c.VolumeMounts {
-		rel, ok := strings.CutPrefix(file, strings.TrimSuffix(m.MountPath, "/")+"/")
-		if !ok {
-			continue
+	return volumeFile(spec, c, file, func(v v1.Volume) (string, []v1.KeyToPath, bool) {
+		if v.ConfigMap == nil {
+			return "", nil, false
 		}
-		for _, vol := range spec.Volumes {
-			if vol.Name != m.Name || vol.ConfigMap == nil {
-				continue
-			}
-			if len(vol.ConfigMap.Items) == 0 {
-				return vol.ConfigMap.Name, rel
-			}
-			for _, it := range vol.ConfigMap.Items {
-				if path.Clean(it.Path) == rel {
-					return vol.ConfigMap.Name, it.Key
-				}
-			}
-		}
-	}
-	return "", ""
+		return v.ConfigMap.Name, v.ConfigMap.Items, true
+	})
 }
 
 // flagValues are the values of --name=VALUE in args, in order.
