@@ -103,7 +103,6 @@ func TestPreemption(t *testing.T) {
 		}
 	}
 	ext := cp.StartExtender(t)
-	extURL := ext.URL
 	verbs := ext.Verbs()
 	verbs.PreemptVerb = "preempt"
 	cp.StartScheduler(t, "kube-scheduler", "", verbs)
@@ -233,7 +232,7 @@ func TestPreemption(t *testing.T) {
 		{"max-per-node held by pods of the same priority", "db-2", "2", framework.Exclusive(api.AnnotationMaxPerNode, "1"), map[string]string{"app": "db"}},
 	} {
 		t.Run("no set helps: "+tc.name, func(t *testing.T) {
-			before, err := preemptCalls(extURL)
+			before, err := preemptCalls(ext.URL)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -259,7 +258,7 @@ func TestPreemption(t *testing.T) {
 				if p := cp.GetPod(t, tc.pod); p.Spec.NodeName != "" {
 					t.Fatalf("%s bound to %s", tc.pod, p.Spec.NodeName)
 				}
-				calls, err := preemptCalls(extURL)
+				calls, err := preemptCalls(ext.URL)
 				return err == nil && calls >= before+3, fmt.Errorf("%d preemption calls answered (%v)", calls-before, err)
 			})
 			// And for a moment after the last one.

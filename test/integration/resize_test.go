@@ -119,7 +119,7 @@ var exclusiveEverything = map[string]string{api.AnnotationNodePolicy: `{"maxExcl
 // arrives, whichever order they come in.
 func TestResizeWithContainerd(t *testing.T) {
 	host := framework.SplitHostCPUs(t)
-	n, all, one := host.N, host.All, host.Exclusive
+	n, one, pool := host.N, host.Exclusive, host.Pool
 	two := cpuset.New(n-2, n-1)
 	ctx := context.Background()
 
@@ -133,7 +133,6 @@ func TestResizeWithContainerd(t *testing.T) {
 	web := ctrd.RunContainer(t, webID, webCfg, "app", 500)
 	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), framework.AllocStatusFor(one))
 	db := ctrd.RunContainer(t, dbID, dbCfg, "engine", 1000)
-	pool := all.Difference(one)
 	if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
 		t.Fatalf("shared container: %+v, want %s", got, pool)
 	}
