@@ -100,7 +100,7 @@ func (ic *invariantChecker) assert(t testing.TB) {
 func TestExtender(t *testing.T) {
 	cp := framework.StartControlPlane(t)
 	c := cp.Client
-	cp.CreateNodes(t, framework.FlatTopology(8), nil, "node-a", "node-b")
+	cp.CreateNodes(t, "1s-vm", nil, "node-a", "node-b")
 	ext := cp.StartExtender(t)
 	cp.StartScheduler(t, "kube-scheduler", "", ext.Verbs())
 	checker := watchInvariants(t, c, 5)
@@ -176,7 +176,7 @@ func TestExtender(t *testing.T) {
 func TestAllocStatusWrites(t *testing.T) {
 	cp := framework.StartControlPlane(t)
 	c := cp.Client
-	cp.CreateNodes(t, framework.FlatTopology(8), nil, "node-a")
+	cp.CreateNodes(t, "1s-vm", nil, "node-a")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w, err := c.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{})
@@ -241,7 +241,7 @@ func TestExtenderChurn(t *testing.T) {
 	c := cp.Client
 	const nodes, pods, workers = 20, 300, 30
 	for i := 0; i < nodes; i++ {
-		cp.CreateNodes(t, framework.FlatTopology(8), nil, fmt.Sprintf("node-%02d", i))
+		cp.CreateNodes(t, "1s-vm", nil, fmt.Sprintf("node-%02d", i))
 	}
 	cp.StartScheduler(t, "kube-scheduler", "", cp.StartExtender(t).Verbs())
 	checker := watchInvariants(t, c, 5)
@@ -294,7 +294,7 @@ func TestExtenderChurn(t *testing.T) {
 // certificate from the configured client CA gets nothing.
 func TestExtenderTLS(t *testing.T) {
 	cp := framework.StartControlPlane(t)
-	cp.CreateNodes(t, framework.FlatTopology(8), nil, "node-a")
+	cp.CreateNodes(t, "1s-vm", nil, "node-a")
 
 	serverCA, schedulerCA, otherCA := newTestCA(t, "extender CA"), newTestCA(t, "kube-scheduler CA"), newTestCA(t, "another CA")
 	file := func(name string, data []byte) string {

@@ -38,7 +38,7 @@ import (
 //	go test -c -tags integration -o /tmp/pb.test ./test/integration/ && cd test/integration &&
 //	  /tmp/pb.test -test.run '^$' -test.bench BenchmarkPlacerThroughAPIServers -test.benchtime 100x
 func BenchmarkPlacerThroughAPIServers(b *testing.B) {
-	const nodesPerCluster, nodeCPUs, reservationCPUs = 1000, 64, 8
+	const nodesPerCluster, reservationCPUs = 1000, 8
 	names := []string{"a", "b"}
 	cps := map[string]*framework.ControlPlane{}
 	for _, name := range names {
@@ -46,11 +46,10 @@ func BenchmarkPlacerThroughAPIServers(b *testing.B) {
 		cp.ApplyReservationCRD(b)
 		cps[name] = cp
 	}
-	topology := framework.FlatTopology(nodeCPUs)
 	start := time.Now()
 	workqueue.ParallelizeUntil(context.Background(), 32, len(names)*nodesPerCluster, func(piece int) {
 		cluster := names[piece/nodesPerCluster]
-		cps[cluster].CreateNodes(b, topology, nil, fmt.Sprintf("%s-node-%04d", cluster, piece%nodesPerCluster))
+		cps[cluster].CreateNodes(b, "1s-vm-64", nil, fmt.Sprintf("%s-node-%04d", cluster, piece%nodesPerCluster))
 	})
 	if b.Failed() {
 		b.FailNow()

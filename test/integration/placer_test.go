@@ -29,7 +29,7 @@ func TestReservationPlacer(t *testing.T) {
 	for _, name := range []string{"a", "b"} {
 		cp := framework.StartControlPlane(t)
 		cp.ApplyReservationCRD(t)
-		cp.CreateNodes(t, framework.FlatTopology(8), nil, name+"-node")
+		cp.CreateNodes(t, "1s-vm", nil, name+"-node")
 		cp.StartExtender(t)
 		cps[name] = cp
 	}

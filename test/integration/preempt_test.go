@@ -95,7 +95,7 @@ func TestPreemption(t *testing.T) {
 	c := cp.Client
 	ctx := context.Background()
 	nodes := []string{"node-a", "node-b"}
-	cp.CreateNodes(t, framework.NUMATopology(2, 4), map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 0.75}`}, nodes...)
+	cp.CreateNodes(t, "8-cpu-2-numa", map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 0.75}`}, nodes...)
 	for name, value := range map[string]int32{"low": 100, "high": 1000} {
 		if _, err := c.SchedulingV1().PriorityClasses().Create(ctx, &schedulingv1.PriorityClass{
 			ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}, metav1.CreateOptions{}); err != nil {

@@ -134,7 +134,7 @@ func TestReservation(t *testing.T) {
 	c := cp.Client
 	cp.ApplyReservationCRD(t)
 	rs := reservations{t, cp.Dynamic}
-	cp.CreateNodes(t, framework.FlatTopology(8), nil, "node-a", "node-b")
+	cp.CreateNodes(t, "1s-vm", nil, "node-a", "node-b")
 	ext := cp.StartExtender(t)
 	cp.StartScheduler(t, "kube-scheduler", "", ext.Verbs())
 	checker := watchInvariants(t, c, 5)

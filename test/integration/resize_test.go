@@ -51,7 +51,7 @@ func TestResizeThroughAPIServer(t *testing.T) {
 	c := cp.Client
 	ctx := context.Background()
 	// 8 CPUs: exclusive limit floor(2/3*8) = 5.
-	cp.CreateNodes(t, framework.FlatTopology(8), nil, "node-a")
+	cp.CreateNodes(t, "1s-vm", nil, "node-a")
 	cp.CreatePod(t, framework.BoundPod("db", "2", framework.AllocStatusFor(cpuset.New(2, 3))))
 	cp.CreatePod(t, framework.BoundPod("other", "1", framework.AllocStatusFor(cpuset.New(5))))
 	cp.StartExtender(t)

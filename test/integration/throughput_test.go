@@ -58,7 +58,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			cp.CreateNodes(b, framework.FlatTopology(8), nil, fmt.Sprintf("node-%04d", i))
+			cp.CreateNodes(b, "1s-vm", nil, fmt.Sprintf("node-%04d", i))
 		}(i)
 	}
 	wg.Wait()

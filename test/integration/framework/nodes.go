@@ -6,29 +6,19 @@ import (
 	"testing"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/testtopo"
 )
 
-// FlatTopology is a node of n CPUs without SMT on one socket, NUMA node and
-// L3 group, nothing reserved.
-func FlatTopology(n int) api.Topology {
-	return NUMATopology(1, n)
-}
-
-// NUMATopology is a node without SMT of numas NUMA nodes (each its own L3
-// group) of perNUMA CPUs each, on one socket, nothing reserved.
-func NUMATopology(numas, perNUMA int) api.Topology {
-	topo := api.Topology{Version: api.TopologyVersion, CPUs: []api.CPUInfo{}}
-	for i := 0; i < numas*perNUMA; i++ {
-		topo.CPUs = append(topo.CPUs, api.CPUInfo{ID: i, Core: i, NUMA: i / perNUMA, L3: i / perNUMA})
-	}
-	return topo
-}
-
-// CreateNodes creates a Ready node (CreateNode) of topo's CPUs for each
-// name, publishing topo as corepin.io/topology beside the given
-// annotations, as the node plugin would.
-func (cp *ControlPlane) CreateNodes(t testing.TB, topo api.Topology, annotations map[string]string, names ...string) {
+// CreateNodes creates a Ready node (CreateNode) for each name with the
+// named test topology's CPUs (internal/testtopo), publishing it as
+// corepin.io/topology beside the given annotations, as the node plugin
+// would.
+func (cp *ControlPlane) CreateNodes(t testing.TB, topology string, annotations map[string]string, names ...string) {
 	t.Helper()
+	topo, err := testtopo.Load(topology)
+	if err != nil {
+		t.Fatal(err)
+	}
 	value, err := json.Marshal(topo)
 	if err != nil {
 		t.Fatal(err)
