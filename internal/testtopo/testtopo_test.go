@@ -49,6 +49,7 @@ func TestTopologyFacts(t *testing.T) {
 		siblingsOf0, online, reserved string
 	}{
 		{"1s-vm", 8, 8, 1, 1, "0", "0-7", ""},
+		{"1s-vm-64", 64, 64, 1, 1, "0", "0-63", ""},
 		{"2s-smt-server", 32, 16, 2, 2, "0,16", "0-31", ""},
 		{"seed-104", 104, 52, 2, 2, "0,52", "0-103", "0-3,52-55"},
 		{"xeon-4208-2s-cpu5-offline", 31, 16, 2, 2, "0,16", "0-4,6-31", ""},
@@ -57,6 +58,7 @@ func TestTopologyFacts(t *testing.T) {
 		{"epyc-7313p", 32, 16, 1, 4, "0,16", "0-31", ""},
 		{"epyc-7763-2s", 256, 128, 2, 16, "0,128", "0-255", ""},
 		{"256-cpu", 256, 128, 4, 4, "0,128", "0-255", ""},
+		{"8-cpu-2-numa", 8, 8, 2, 2, "0", "0-7", ""},
 	} {
 		topo := MustLoad(tc.name)
 		cores, numas, l3s := map[int]bool{}, map[int]bool{}, map[int]bool{}

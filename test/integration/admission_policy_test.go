@@ -208,7 +208,7 @@ func TestAdmissionPolicy(t *testing.T) {
 	pods := func(c kubernetes.Interface) corev1client.PodInterface { return c.CoreV1().Pods("default") }
 	status := `{"node":"node-a","cpus":"1","containers":{"engine":"1"},"mems":"0"}`
 	withStatus := func(name string) *v1.Pod {
-		return newPod(name, podOpts{cpu: "1", annotations: exclusive(api.AnnotationAllocStatus, status)})
+		return framework.ExclusivePod(name, "1", api.AnnotationAllocStatus, status)
 	}
 
 	// A policy takes effect once the API server's policy informer has
@@ -231,7 +231,7 @@ func TestAdmissionPolicy(t *testing.T) {
 		_, err := pods(alice).Create(ctx, withStatus("alice-forged"), metav1.CreateOptions{})
 		refusedByPolicy(t, "creating a pod with alloc-status", err)
 
-		plain, err := pods(alice).Create(ctx, newPod("alice-plain", podOpts{cpu: "1", annotations: exclusive()}), metav1.CreateOptions{})
+		plain, err := pods(alice).Create(ctx, framework.ExclusivePod("alice-plain", "1"), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatalf("creating a pod without alloc-status: %v", err)
 		}
@@ -316,7 +316,7 @@ func TestAdmissionPolicy(t *testing.T) {
 		created, err := pods(extender).Create(ctx, withStatus("extender-created"), metav1.CreateOptions{})
 		mustSucceed(t, "creating a pod with alloc-status", err)
 
-		plain, err := pods(extender).Create(ctx, newPod("extender-patched", podOpts{cpu: "1", annotations: exclusive()}), metav1.CreateOptions{})
+		plain, err := pods(extender).Create(ctx, framework.ExclusivePod("extender-patched", "1"), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatalf("creating a pod without alloc-status: %v", err)
 		}
@@ -324,7 +324,7 @@ func TestAdmissionPolicy(t *testing.T) {
 			annotationPatch(api.AnnotationAllocStatus, &status), metav1.PatchOptions{})
 		mustSucceed(t, "patching alloc-status onto a pod", err)
 
-		bound, err := pods(extender).Create(ctx, newPod("extender-bound", podOpts{cpu: "1", annotations: exclusive()}), metav1.CreateOptions{})
+		bound, err := pods(extender).Create(ctx, framework.ExclusivePod("extender-bound", "1"), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

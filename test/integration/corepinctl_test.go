@@ -6,9 +6,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -18,23 +16,10 @@ import (
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
-// buildCorepinctl builds the corepinctl binary of this checkout into dir.
-func buildCorepinctl(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	bin := filepath.Join(t.TempDir(), "corepinctl")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/corepinctl")
-	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build corepinctl: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // corepinctl node and nodes read a real API server: Nodes with topology
 // annotations and pods with alloc-status, listed by field selector.
 func TestCorepinctlNode(t *testing.T) {
-	bin := buildCorepinctl(t)
+	bin := framework.BuildBinary(t, t.TempDir(), "./cmd/corepinctl")
 	cp := framework.StartControlPlane(t)
 	ctx := context.Background()
 	// 1 socket, 2 cores x 2 threads: core c has CPUs c and c+2; CPU 0 reserved.
@@ -42,12 +27,12 @@ func TestCorepinctlNode(t *testing.T) {
 		`{"id":2,"core":0,"socket":0,"numa":0,"l3":0},{"id":3,"core":1,"socket":0,"numa":0,"l3":0}],"reserved":"0"}`
 	cp.CreateNode(t, "node-a", 4, map[string]string{api.AnnotationTopology: topo})
 	cp.CreateNode(t, "node-b", 4, nil)
-	db := newPod("db", podOpts{cpu: "2", annotations: exclusive(api.AnnotationAllocStatus,
-		`{"node":"node-a","cpus":"1,3","containers":{"engine":"1,3"},"mems":"0"}`)})
+	db := framework.ExclusivePod("db", "2", api.AnnotationAllocStatus,
+		`{"node":"node-a","cpus":"1,3","containers":{"engine":"1,3"},"mems":"0"}`)
 	db.Spec.NodeName = "node-a"
-	web := newPod("web", podOpts{cpu: "500m"})
+	web := framework.NewPod("web", framework.PodOpts{CPU: "500m"})
 	web.Spec.NodeName = "node-a"
-	elsewhere := newPod("elsewhere", podOpts{cpu: "1"})
+	elsewhere := framework.NewPod("elsewhere", framework.PodOpts{CPU: "1"})
 	elsewhere.Spec.NodeName = "node-b"
 	for _, pod := range []*v1.Pod{db, web, elsewhere} {
 		if _, err := cp.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {

@@ -17,16 +17,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -35,123 +32,6 @@ import (
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
-
-// repoBin is a binary built by `make build`.
-func repoBin(t testing.TB, name string) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	path := filepath.Join(filepath.Dir(file), "..", "..", "bin", name)
-	if _, err := os.Stat(path); err != nil {
-		t.Fatalf("%s: %v (run `make build`)", path, err)
-	}
-	return path
-}
-
-// startExtender runs the corepin-extender binary and waits until it is ready.
-func startExtender(t testing.TB, cp *framework.ControlPlane, port int, extraArgs ...string) *framework.Process {
-	t.Helper()
-	args := append([]string{"--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2"}, extraArgs...)
-	p := framework.Start(t, cp.Dir, fmt.Sprintf("corepin-extender-%d", time.Now().UnixNano()), repoBin(t, "corepin-extender"), args...)
-	waitServing(t, p, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/readyz", port), 60*time.Second)
-	return p
-}
-
-// waitServing waits until url answers 200 through client, failing the
-// test with the end of p's log if p exits first.
-func waitServing(t testing.TB, p *framework.Process, client *http.Client, url string, timeout time.Duration) {
-	t.Helper()
-	framework.Eventually(t, timeout, p.Name+" "+url, func() (bool, error) {
-		if exited, err := p.Exited(); exited {
-			t.Fatalf("%s exited: %v\n%s", p.Name, err, framework.Tail(p.Log, 30))
-		}
-		resp, err := client.Get(url)
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200, fmt.Errorf("status %d", resp.StatusCode)
-	})
-}
-
-// flatTopology is a node of n CPUs without SMT on one NUMA node.
-func flatTopology(n int) string {
-	var b strings.Builder
-	b.WriteString(`{"version":1,"cpus":[`)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"id":%d,"core":%d,"socket":0,"numa":0,"l3":0}`, i, i)
-	}
-	b.WriteString(`],"reserved":""}`)
-	return b.String()
-}
-
-type podOpts struct {
-	cpu         string
-	annotations map[string]string
-	labels      map[string]string
-}
-
-func newPod(name string, o podOpts) *v1.Pod {
-	q := resource.MustParse(o.cpu)
-	return &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Annotations: o.annotations, Labels: o.labels},
-		Spec: v1.PodSpec{
-			AutomountServiceAccountToken: new(bool),
-			Containers: []v1.Container{{Name: "engine", Image: "corepin.io/test/workload:latest",
-				Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: q, v1.ResourceMemory: resource.MustParse("64Mi")}}}},
-		},
-	}
-}
-
-func exclusive(extra ...string) map[string]string {
-	m := map[string]string{api.AnnotationCPUMode: "exclusive"}
-	for i := 0; i+1 < len(extra); i += 2 {
-		m[extra[i]] = extra[i+1]
-	}
-	return m
-}
-
-func waitScheduled(t testing.TB, c kubernetes.Interface, name string) *v1.Pod {
-	t.Helper()
-	var pod *v1.Pod
-	framework.Eventually(t, 60*time.Second, "pod "+name+" scheduled", func() (bool, error) {
-		var err error
-		pod, err = c.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
-		return err == nil && pod.Spec.NodeName != "", err
-	})
-	return pod
-}
-
-// waitEvent waits for a FailedScheduling event on the pod containing substr.
-func waitEvent(t testing.TB, c kubernetes.Interface, pod, substr string) {
-	t.Helper()
-	framework.Eventually(t, 60*time.Second, fmt.Sprintf("FailedScheduling event for %s with %q", pod, substr), func() (bool, error) {
-		events, err := c.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{
-			FieldSelector: fields.OneTermEqualSelector("involvedObject.name", pod).String()})
-		if err != nil {
-			return false, err
-		}
-		var seen []string
-		for _, e := range events.Items {
-			if e.Reason == "FailedScheduling" && strings.Contains(e.Message, substr) {
-				return true, nil
-			}
-			seen = append(seen, e.Message)
-		}
-		return false, fmt.Errorf("events so far: %q", seen)
-	})
-}
-
-func allocStatus(t testing.TB, pod *v1.Pod) api.AllocStatus {
-	t.Helper()
-	st, err := api.ParseAllocStatus(pod.Annotations[api.AnnotationAllocStatus])
-	if err != nil {
-		t.Fatalf("pod %s: %v", pod.Name, err)
-	}
-	return st
-}
 
 // invariantChecker watches every pod and checks, at every event, that no
 // CPU is held by two pods on a node and no node is over its exclusive
@@ -220,26 +100,17 @@ func (ic *invariantChecker) assert(t testing.TB) {
 func TestExtender(t *testing.T) {
 	cp := framework.StartControlPlane(t)
 	c := cp.Client
-	for _, n := range []string{"node-a", "node-b"} {
-		cp.CreateNode(t, n, 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
-	}
-	extPort := framework.FreePort(t)
-	ext := startExtender(t, cp, extPort)
-	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+	cp.CreateNodes(t, "1s-vm", nil, "node-a", "node-b")
+	ext := cp.StartExtender(t)
+	cp.StartScheduler(t, "kube-scheduler", "", ext.Verbs())
 	checker := watchInvariants(t, c, 5)
 	ctx := context.Background()
-	create := func(p *v1.Pod) {
-		t.Helper()
-		if _, err := c.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
 
 	t.Run("exclusive pods land with alloc-status written before binding", func(t *testing.T) {
-		create(newPod("db-0", podOpts{cpu: "4", annotations: exclusive()}))
-		create(newPod("db-1", podOpts{cpu: "4", annotations: exclusive()}))
-		a, b := waitScheduled(t, c, "db-0"), waitScheduled(t, c, "db-1")
-		sa, sb := allocStatus(t, a), allocStatus(t, b)
+		cp.CreatePod(t, framework.ExclusivePod("db-0", "4"))
+		cp.CreatePod(t, framework.ExclusivePod("db-1", "4"))
+		a, b := cp.WaitScheduled(t, "db-0"), cp.WaitScheduled(t, "db-1")
+		sa, sb := framework.AllocStatus(t, a), framework.AllocStatus(t, b)
 		if sa.Node != a.Spec.NodeName || sb.Node != b.Spec.NodeName || sa.CPUs.Size() != 4 || sb.CPUs.Size() != 4 {
 			t.Fatalf("alloc-status %v on %s, %v on %s", sa, a.Spec.NodeName, sb, b.Spec.NodeName)
 		}
@@ -250,22 +121,22 @@ func TestExtender(t *testing.T) {
 	})
 
 	t.Run("an unschedulable pod's event carries the extender's reason", func(t *testing.T) {
-		create(newPod("db-big", podOpts{cpu: "2", annotations: exclusive()}))
-		waitEvent(t, c, "db-big", "exclusive limit 5 reached (needs 2, holds 4)")
-		create(newPod("bad-spec", podOpts{cpu: "1", annotations: exclusive(api.AnnotationAllocSpec, `{"cpu":"Packed"}`)}))
-		waitEvent(t, c, "bad-spec", `must be SameCoreFirst, Spread or BindAllCPUs (got "Packed")`)
+		cp.CreatePod(t, framework.ExclusivePod("db-big", "2"))
+		cp.WaitFailedScheduling(t, "db-big", "exclusive limit 5 reached (needs 2, holds 4)")
+		cp.CreatePod(t, framework.ExclusivePod("bad-spec", "1", api.AnnotationAllocSpec, `{"cpu":"Packed"}`))
+		cp.WaitFailedScheduling(t, "bad-spec", `must be SameCoreFirst, Spread or BindAllCPUs (got "Packed")`)
 	})
 
 	t.Run("max-per-node holds", func(t *testing.T) {
-		opts := podOpts{cpu: "100m", annotations: map[string]string{api.AnnotationMaxPerNode: "1"}, labels: map[string]string{"app": "cache"}}
-		create(newPod("cache-0", opts))
-		create(newPod("cache-1", opts))
-		p0, p1 := waitScheduled(t, c, "cache-0"), waitScheduled(t, c, "cache-1")
+		opts := framework.PodOpts{CPU: "100m", Annotations: map[string]string{api.AnnotationMaxPerNode: "1"}, Labels: map[string]string{"app": "cache"}}
+		cp.CreatePod(t, framework.NewPod("cache-0", opts))
+		cp.CreatePod(t, framework.NewPod("cache-1", opts))
+		p0, p1 := cp.WaitScheduled(t, "cache-0"), cp.WaitScheduled(t, "cache-1")
 		if p0.Spec.NodeName == p1.Spec.NodeName {
 			t.Fatalf("two cache pods on %s with max-per-node 1", p0.Spec.NodeName)
 		}
-		create(newPod("cache-2", opts))
-		waitEvent(t, c, "cache-2", `max-per-node 1 reached for app "cache"`)
+		cp.CreatePod(t, framework.NewPod("cache-2", opts))
+		cp.WaitFailedScheduling(t, "cache-2", `max-per-node 1 reached for app "cache"`)
 	})
 
 	t.Run("restarting the extender loses nothing", func(t *testing.T) {
@@ -273,17 +144,17 @@ func TestExtender(t *testing.T) {
 		if err := c.CoreV1().Pods("default").Delete(ctx, "db-big", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		create(newPod("db-2", podOpts{cpu: "1", annotations: exclusive()}))
-		create(newPod("db-3", podOpts{cpu: "1", annotations: exclusive()}))
-		ext = startExtender(t, cp, extPort)
-		p2, p3 := waitScheduled(t, c, "db-2"), waitScheduled(t, c, "db-3")
+		cp.CreatePod(t, framework.ExclusivePod("db-2", "1"))
+		cp.CreatePod(t, framework.ExclusivePod("db-3", "1"))
+		ext.Start(t)
+		p2, p3 := cp.WaitScheduled(t, "db-2"), cp.WaitScheduled(t, "db-3")
 		// Each node now holds 4 + 1: the restarted extender rebuilt the first
 		// pods' CPUs from their annotations and placed around them.
 		for _, p := range []*v1.Pod{p2, p3} {
-			st := allocStatus(t, p)
+			st := framework.AllocStatus(t, p)
 			for _, old := range []string{"db-0", "db-1"} {
 				o, _ := c.CoreV1().Pods("default").Get(ctx, old, metav1.GetOptions{})
-				if so := allocStatus(t, o); so.Node == st.Node && !so.CPUs.Intersection(st.CPUs.Set()).IsEmpty() {
+				if so := framework.AllocStatus(t, o); so.Node == st.Node && !so.CPUs.Intersection(st.CPUs.Set()).IsEmpty() {
 					t.Fatalf("%s got CPUs %s of %s after the restart", p.Name, st.CPUs, old)
 				}
 			}
@@ -305,7 +176,7 @@ func TestExtender(t *testing.T) {
 func TestAllocStatusWrites(t *testing.T) {
 	cp := framework.StartControlPlane(t)
 	c := cp.Client
-	cp.CreateNode(t, "node-a", 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+	cp.CreateNodes(t, "1s-vm", nil, "node-a")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w, err := c.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{})
@@ -313,9 +184,8 @@ func TestAllocStatusWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Stop()
-	extPort := framework.FreePort(t)
-	ext := startExtender(t, cp, extPort)
-	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+	ext := cp.StartExtender(t)
+	cp.StartScheduler(t, "kube-scheduler", "", ext.Verbs())
 
 	// firstWithStatus reads the watch until the pod is seen with alloc-status
 	// and returns that version, failing if any version is bound without it.
@@ -343,29 +213,22 @@ func TestAllocStatusWrites(t *testing.T) {
 			}
 		}
 	}
-	create := func(name string) {
-		t.Helper()
-		if _, err := c.CoreV1().Pods("default").Create(ctx, newPod(name, podOpts{cpu: "2", annotations: exclusive()}), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	create("patched")
+	cp.CreatePod(t, framework.ExclusivePod("patched", "2"))
 	if p := firstWithStatus("patched"); p.Spec.NodeName != "" {
 		t.Fatalf("default extender: alloc-status first seen together with node %s, want a PATCH before the Binding", p.Spec.NodeName)
 	}
-	if st := allocStatus(t, waitScheduled(t, c, "patched")); st.Node != "node-a" || st.CPUs.Size() != 2 {
+	if st := framework.AllocStatus(t, cp.WaitScheduled(t, "patched")); st.Node != "node-a" || st.CPUs.Size() != 2 {
 		t.Fatalf("patched: alloc-status %+v", st)
 	}
 
 	ext.Stop()
-	startExtender(t, cp, extPort, "--alloc-status-in-binding")
-	create("in-binding")
+	ext.Start(t, "--alloc-status-in-binding")
+	cp.CreatePod(t, framework.ExclusivePod("in-binding", "2"))
 	p := firstWithStatus("in-binding")
 	if p.Spec.NodeName != "node-a" {
 		t.Fatalf("--alloc-status-in-binding: alloc-status first seen on node %q, want it in the write that binds to node-a", p.Spec.NodeName)
 	}
-	st, other := allocStatus(t, p), allocStatus(t, waitScheduled(t, c, "patched"))
+	st, other := framework.AllocStatus(t, p), framework.AllocStatus(t, cp.WaitScheduled(t, "patched"))
 	if st.Node != "node-a" || st.CPUs.Size() != 2 || !st.CPUs.Intersection(other.CPUs.Set()).IsEmpty() {
 		t.Fatalf("in-binding: alloc-status %+v next to %+v", st, other)
 	}
@@ -378,11 +241,9 @@ func TestExtenderChurn(t *testing.T) {
 	c := cp.Client
 	const nodes, pods, workers = 20, 300, 30
 	for i := 0; i < nodes; i++ {
-		cp.CreateNode(t, fmt.Sprintf("node-%02d", i), 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+		cp.CreateNodes(t, "1s-vm", nil, fmt.Sprintf("node-%02d", i))
 	}
-	extPort := framework.FreePort(t)
-	startExtender(t, cp, extPort)
-	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+	cp.StartScheduler(t, "kube-scheduler", "", cp.StartExtender(t).Verbs())
 	checker := watchInvariants(t, c, 5)
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -394,7 +255,7 @@ func TestExtenderChurn(t *testing.T) {
 			for i := w; i < pods; i += workers {
 				name := fmt.Sprintf("churn-%03d", i)
 				cpus := fmt.Sprint(1 + i%3)
-				if _, err := c.CoreV1().Pods("default").Create(ctx, newPod(name, podOpts{cpu: cpus, annotations: exclusive()}), metav1.CreateOptions{}); err != nil {
+				if _, err := c.CoreV1().Pods("default").Create(ctx, framework.ExclusivePod(name, cpus), metav1.CreateOptions{}); err != nil {
 					errs <- err
 					return
 				}
@@ -433,8 +294,7 @@ func TestExtenderChurn(t *testing.T) {
 // certificate from the configured client CA gets nothing.
 func TestExtenderTLS(t *testing.T) {
 	cp := framework.StartControlPlane(t)
-	c := cp.Client
-	cp.CreateNode(t, "node-a", 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+	cp.CreateNodes(t, "1s-vm", nil, "node-a")
 
 	serverCA, schedulerCA, otherCA := newTestCA(t, "extender CA"), newTestCA(t, "kube-scheduler CA"), newTestCA(t, "another CA")
 	file := func(name string, data []byte) string {
@@ -469,10 +329,10 @@ func TestExtenderTLS(t *testing.T) {
 	}
 	port := framework.FreePort(t)
 	base := fmt.Sprintf("https://127.0.0.1:%d", port)
-	ext := framework.Start(t, cp.Dir, "corepin-extender", repoBin(t, "corepin-extender"),
+	ext := framework.Start(t, cp.Dir, "corepin-extender", framework.RepoBinary(t, "corepin-extender"),
 		"--kubeconfig", cp.Kubeconfig, "--config", config, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "-v", "2")
 	trusted := client(schedCert, schedKey)
-	waitServing(t, ext, trusted, base+"/readyz", 60*time.Second)
+	framework.WaitServing(t, ext, trusted, base+"/readyz", 60*time.Second)
 
 	t.Run("clients without a certificate from the client CA are refused", func(t *testing.T) {
 		body := `{"pod":{"metadata":{"name":"x","namespace":"default"}},"nodenames":["node-a"]}`
@@ -501,13 +361,11 @@ func TestExtenderTLS(t *testing.T) {
 
 	t.Run("kube-scheduler binds an exclusive pod through the extender over HTTPS", func(t *testing.T) {
 		cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: base, HTTPTimeout: 10 * time.Second, TLS: sched})
-		if _, err := c.CoreV1().Pods("default").Create(context.Background(), newPod("db-tls", podOpts{cpu: "2", annotations: exclusive()}), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		cp.CreatePod(t, framework.ExclusivePod("db-tls", "2"))
 		// Only the extender writes alloc-status, at bind: the pod went
 		// through filter, prioritize and bind over mutual TLS.
-		pod := waitScheduled(t, c, "db-tls")
-		if st := allocStatus(t, pod); st.Node != "node-a" || st.CPUs.Size() != 2 {
+		pod := cp.WaitScheduled(t, "db-tls")
+		if st := framework.AllocStatus(t, pod); st.Node != "node-a" || st.CPUs.Size() != 2 {
 			t.Fatalf("alloc-status %+v", st)
 		}
 	})

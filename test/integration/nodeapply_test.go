@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -87,17 +86,11 @@ func TestNodeWritesNeverCreateANode(t *testing.T) {
 	}
 
 	// The plugin.
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("the plugin part needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	exclusiveCPU := cpuset.New(n - 1)
-	cp.CreateNode(t, "node-a", n, nil)
+	host := framework.SplitHostCPUs(t)
+	all, exclusiveCPU := host.All, host.Exclusive
+	cp.CreateNode(t, "node-a", host.N, nil)
 	ctrd := framework.StartContainerd(t)
-	plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
-		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(),
-		"--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
+	plugin := ctrd.StartPlugin(t, "--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
 	published := func(what string, want cpuset.CPUSet) {
 		t.Helper()
 		framework.Eventually(t, 30*time.Second, what, func() (bool, error) {
@@ -117,7 +110,7 @@ func TestNodeWritesNeverCreateANode(t *testing.T) {
 		})
 	}
 	published("topology and pool published", all)
-	dbID, dbCfg := ctrd.RunPod(t, "default", "db", allocStatusFor(exclusiveCPU))
+	dbID, dbCfg := ctrd.RunPod(t, "default", "db", framework.AllocStatusFor(exclusiveCPU))
 	if _, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000); err != nil {
 		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
 	}

@@ -16,11 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/cpuset"
 
-	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
@@ -40,19 +38,18 @@ import (
 //	go test -c -tags integration -o /tmp/pb.test ./test/integration/ && cd test/integration &&
 //	  /tmp/pb.test -test.run '^$' -test.bench BenchmarkPlacerThroughAPIServers -test.benchtime 100x
 func BenchmarkPlacerThroughAPIServers(b *testing.B) {
-	const nodesPerCluster, nodeCPUs, reservationCPUs = 1000, 64, 8
+	const nodesPerCluster, reservationCPUs = 1000, 8
 	names := []string{"a", "b"}
 	cps := map[string]*framework.ControlPlane{}
 	for _, name := range names {
 		cp := framework.StartControlPlane(b)
-		applyReservationCRD(b, dynamic.NewForConfigOrDie(cp.Config))
+		cp.ApplyReservationCRD(b)
 		cps[name] = cp
 	}
-	topology := map[string]string{api.AnnotationTopology: flatTopology(nodeCPUs)}
 	start := time.Now()
 	workqueue.ParallelizeUntil(context.Background(), 32, len(names)*nodesPerCluster, func(piece int) {
 		cluster := names[piece/nodesPerCluster]
-		cps[cluster].CreateNode(b, fmt.Sprintf("%s-node-%04d", cluster, piece%nodesPerCluster), nodeCPUs, topology)
+		cps[cluster].CreateNodes(b, "1s-vm-64", nil, fmt.Sprintf("%s-node-%04d", cluster, piece%nodesPerCluster))
 	})
 	if b.Failed() {
 		b.FailNow()
@@ -63,14 +60,14 @@ func BenchmarkPlacerThroughAPIServers(b *testing.B) {
 	args := []string{}
 	for _, name := range names {
 		// The extender at the deployed verbosity (deploy/base runs it without -v).
-		startExtender(b, cps[name], framework.FreePort(b), "-v", "0")
+		cps[name].StartExtender(b, "-v", "0")
 		args = append(args, "--cluster", name+"="+cps[name].Kubeconfig)
 	}
 	port := framework.FreePort(b)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	p := framework.Start(b, cps["a"].Dir, "corepin-placer", repoBin(b, "corepin-placer"),
+	p := framework.Start(b, cps["a"].Dir, "corepin-placer", framework.RepoBinary(b, "corepin-placer"),
 		append(args, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--wait", "30s", "-v", "0")...)
-	waitServing(b, p, http.DefaultClient, url+"/readyz", 120*time.Second)
+	framework.WaitServing(b, p, http.DefaultClient, url+"/readyz", 120*time.Second)
 	b.Logf("extenders and placer ready in %s", time.Since(start).Round(time.Millisecond))
 
 	place := func(name string) error {

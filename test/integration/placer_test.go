@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/dynamic"
-
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
@@ -30,9 +28,9 @@ func TestReservationPlacer(t *testing.T) {
 	cps := map[string]*framework.ControlPlane{}
 	for _, name := range []string{"a", "b"} {
 		cp := framework.StartControlPlane(t)
-		applyReservationCRD(t, dynamic.NewForConfigOrDie(cp.Config))
-		cp.CreateNode(t, name+"-node", 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
-		startExtender(t, cp, framework.FreePort(t))
+		cp.ApplyReservationCRD(t)
+		cp.CreateNodes(t, "1s-vm", nil, name+"-node")
+		cp.StartExtender(t)
 		cps[name] = cp
 	}
 	lax := filepath.Join(cps["a"].Dir, "placer.yaml")
@@ -41,9 +39,9 @@ func TestReservationPlacer(t *testing.T) {
 	}
 	port := framework.FreePort(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	p := framework.Start(t, cps["a"].Dir, "corepin-placer", repoBin(t, "corepin-placer"), "--cluster", "a="+cps["a"].Kubeconfig,
+	p := framework.Start(t, cps["a"].Dir, "corepin-placer", framework.RepoBinary(t, "corepin-placer"), "--cluster", "a="+cps["a"].Kubeconfig,
 		"--cluster", "b="+cps["b"].Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--config", lax, "--wait", "20s", "-v", "2")
-	waitServing(t, p, http.DefaultClient, url+"/readyz", 60*time.Second)
+	framework.WaitServing(t, p, http.DefaultClient, url+"/readyz", 60*time.Second)
 
 	post := func(body string) (int, map[string]any) {
 		t.Helper()
@@ -81,7 +79,7 @@ spec:
 			t.Fatal(err)
 		}
 		var stdout, stderr bytes.Buffer
-		cmd := exec.Command(repoBin(t, "corepinctl"), "place", "--placer", url, "-f", file)
+		cmd := exec.Command(framework.RepoBinary(t, "corepinctl"), "place", "--placer", url, "-f", file)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("corepinctl place: %v\n%s%s", err, stdout.String(), stderr.String())
@@ -94,7 +92,7 @@ spec:
 			t.Fatalf("placed %v, want cluster a (the first of a tie)", got)
 		}
 		// The cluster's extender holds it: the API shows it Reserved there.
-		r := reservations{t, dynamic.NewForConfigOrDie(cps["a"].Config)}.get("r1")
+		r := reservations{t, cps["a"].Dynamic}.get("r1")
 		if r.Status.Phase != api.ReservationReserved || r.Status.CPUs != got["cpus"] || r.Spec.NodeName != "a-node" {
 			t.Fatalf("cluster a shows %+v (nodeName %q)", r.Status, r.Spec.NodeName)
 		}

@@ -15,54 +15,25 @@ import (
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
-func startPlugin(t testing.TB, ctrd *framework.Containerd) *framework.Process {
-	t.Helper()
-	p := framework.Start(t, ctrd.Dir, fmt.Sprintf("corepin-nri-%d", time.Now().UnixNano()), repoBin(t, "corepin-nri"),
-		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir())
-	framework.Eventually(t, 30*time.Second, "corepin-nri connected", func() (bool, error) {
-		if exited, err := p.Exited(); exited {
-			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(p.Log, 20))
-		}
-		return strings.Contains(framework.Tail(p.Log, 50), "Synchronized"), nil
-	})
-	return p
-}
-
-func allocStatusFor(cpus cpuset.CPUSet) map[string]string {
-	return map[string]string{
-		api.AnnotationCPUMode:     "exclusive",
-		api.AnnotationAllocStatus: fmt.Sprintf(`{"node":"node-a","cpus":%q,"containers":{"engine":%q},"mems":"0"}`, cpus, cpus),
-	}
-}
-
 // TestPluginWithContainerd runs corepin-nri against a real containerd and
 // runc, creating pods through CRI, and checks the CPUs from inside the
 // containers. Sized from this machine: the last CPU is exclusive (the
 // exclusive limit on 2 CPUs is floor(2/3*2) = 1), the rest is the pool.
 func TestPluginWithContainerd(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	exclusiveCPU := cpuset.New(n - 1)
-	pool := all.Difference(exclusiveCPU)
+	host := framework.SplitHostCPUs(t)
+	all, exclusiveCPU, pool := host.All, host.Exclusive, host.Pool
 
 	parent := t
 	ctrd := framework.StartContainerd(t)
-	plugin := startPlugin(t, ctrd)
+	plugin := ctrd.StartPlugin(t)
 
 	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
-	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd.StartContainer(t, web)
+	web := ctrd.RunContainer(t, webID, webCfg, "app", 500)
 	if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(all) {
 		t.Fatalf("shared container before any exclusive one: %s, want %s", got.Allowed, all)
 	}
 
-	dbID, dbCfg := ctrd.RunPod(t, "default", "db", allocStatusFor(exclusiveCPU))
+	dbID, dbCfg := ctrd.RunPod(t, "default", "db", framework.AllocStatusFor(exclusiveCPU))
 	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
 	if err != nil {
 		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
@@ -80,7 +51,7 @@ func TestPluginWithContainerd(t *testing.T) {
 	}
 
 	t.Run("overlapping and malformed allocations are refused", func(t *testing.T) {
-		id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(exclusiveCPU))
+		id, cfg := ctrd.RunPod(t, "default", "db-2", framework.AllocStatusFor(exclusiveCPU))
 		_, err := ctrd.CreateContainer(id, cfg, "engine", 1000)
 		if err == nil || !strings.Contains(err.Error(), "corepin: pod default/db-2 container engine") || !strings.Contains(err.Error(), "held by pod default/db") {
 			t.Fatalf("overlap: %v", err)
@@ -97,7 +68,7 @@ func TestPluginWithContainerd(t *testing.T) {
 
 	t.Run("kill -9 of the plugin and its restart change no cpuset", func(t *testing.T) {
 		plugin.Kill()
-		plugin = startPlugin(parent, ctrd) // lives beyond this subtest
+		plugin = ctrd.StartPlugin(parent) // lives beyond this subtest
 		if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
 			t.Fatalf("shared container after the plugin restart: %s, want %s", got.Allowed, pool)
 		}
@@ -119,12 +90,8 @@ func TestPluginWithContainerd(t *testing.T) {
 		framework.Eventually(t, 60*time.Second, "plugin resynchronized", func() (bool, error) {
 			return strings.Count(framework.Tail(plugin.Log, 200), "Synchronized") >= 2, nil
 		})
-		id, cfg := ctrd.RunPod(t, "default", "db-4", allocStatusFor(exclusiveCPU))
-		c, err := ctrd.CreateContainer(id, cfg, "engine", 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctrd.StartContainer(t, c)
+		id, cfg := ctrd.RunPod(t, "default", "db-4", framework.AllocStatusFor(exclusiveCPU))
+		c := ctrd.RunContainer(t, id, cfg, "engine", 1000)
 		if got := ctrd.ExecStatus(t, c); !got.Allowed.Equals(exclusiveCPU) {
 			t.Fatalf("exclusive container after the containerd restart: %s", got.Allowed)
 		}
@@ -132,14 +99,6 @@ func TestPluginWithContainerd(t *testing.T) {
 			t.Fatalf("shared container after the containerd restart: %s", got.Allowed)
 		}
 	})
-}
-
-func makeRange(lo, hi int) []int {
-	var out []int
-	for i := lo; i <= hi; i++ {
-		out = append(out, i)
-	}
-	return out
 }
 
 // BenchmarkContainerCreateStart measures container create+start through
@@ -153,11 +112,7 @@ func BenchmarkContainerCreateStart(b *testing.B) {
 	const rounds, perRound = 8, 6
 	ctrd := framework.StartContainerd(b)
 	webID, webCfg := ctrd.RunPod(b, "default", "web", nil)
-	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctrd.StartContainer(b, web)
+	ctrd.RunContainer(b, webID, webCfg, "app", 500)
 	exclusiveCPU := cpuset.New(runtime.NumCPU() - 1)
 
 	round := func(name string, annotations map[string]string) time.Duration {
@@ -181,7 +136,7 @@ func BenchmarkContainerCreateStart(b *testing.B) {
 		var plugin *framework.Process
 		for r := 0; r < rounds; r++ {
 			without += round(fmt.Sprintf("bare-%d-%d", n, r), nil)
-			plugin = startPlugin(b, ctrd)
+			plugin = ctrd.StartPlugin(b)
 			with += round(fmt.Sprintf("pinned-%d-%d", n, r), nil)
 			// engine-0 is exclusive (its creation shrinks the pool under
 			// web); the pod's other containers run in the shared pool.

@@ -6,9 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,28 +14,12 @@ import (
 
 	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
-
-// startPluginWith runs corepin-nri on ctrd's NRI socket with extra flags
-// and waits for its first Synchronize.
-func startPluginWith(t testing.TB, ctrd *framework.Containerd, extra ...string) *framework.Process {
-	t.Helper()
-	args := append([]string{"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir()}, extra...)
-	p := framework.Start(t, ctrd.Dir, fmt.Sprintf("corepin-nri-%d", time.Now().UnixNano()), repoBin(t, "corepin-nri"), args...)
-	framework.Eventually(t, 30*time.Second, "corepin-nri connected", func() (bool, error) {
-		if exited, err := p.Exited(); exited {
-			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(p.Log, 20))
-		}
-		return strings.Contains(framework.Tail(p.Log, 50), "Synchronized"), nil
-	})
-	return p
-}
 
 // coreOf reads a CPU's physical core (package and core id) from sysfs.
 func coreOf(t *testing.T, cpu int) string {
@@ -58,10 +40,7 @@ func coreOf(t *testing.T, cpu int) string {
 // guarantees one, so containerd refuses the container with corepin's
 // reason naming the queue. Placed on the queue's CPU, it runs there.
 func TestPluginRefusesFewerIOQueues(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
+	n := framework.SplitHostCPUs(t).N
 	queueCPU := -1
 	for c := n - 1; c > 0; c-- {
 		if coreOf(t, c) != coreOf(t, 0) {
@@ -88,10 +67,10 @@ func TestPluginRefusesFewerIOQueues(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctrd := framework.StartContainerd(t)
-	plugin := startPluginWith(t, ctrd, "--proc-root", proc)
+	plugin := ctrd.StartPlugin(t, "--proc-root", proc)
 
 	queued := func(cpus cpuset.CPUSet) map[string]string {
-		a := allocStatusFor(cpus)
+		a := framework.AllocStatusFor(cpus)
 		a[api.AnnotationAllocSpec] = `{"ioQueueSpread": true}`
 		return a
 	}
@@ -119,21 +98,6 @@ func TestPluginRefusesFewerIOQueues(t *testing.T) {
 	}
 }
 
-// buildCPUSetWriter builds test/integration/cpusetwriter into a temporary
-// directory.
-func buildCPUSetWriter(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	bin := filepath.Join(t.TempDir(), "cpusetwriter")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/corepin/corepin/test/integration/cpusetwriter")
-	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building cpusetwriter: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestAnotherCPUSetWriter runs corepin-nri (index 10) and a second NRI
 // plugin that also sets every container's cpuset (index 20) on a real
 // containerd, with a real kube-apiserver. containerd refuses the container
@@ -144,17 +108,14 @@ func buildCPUSetWriter(t *testing.T) string {
 // the refused creation through NRI, so the exclusive CPU it was pinned to
 // is free for another pod once the other plugin is gone.
 func TestAnotherCPUSetWriter(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
+	host := framework.SplitHostCPUs(t)
 	ctx := context.Background()
-	exclusiveCPU := cpuset.New(n - 1)
-	writerBin := buildCPUSetWriter(t)
+	exclusiveCPU := host.Exclusive
+	writerBin := framework.BuildBinary(t, t.TempDir(), "github.com/corepin/corepin/test/integration/cpusetwriter")
 	cp := framework.StartControlPlane(t)
-	cp.CreateNode(t, "node-a", n, nil)
+	cp.CreateNode(t, "node-a", host.N, nil)
 	ctrd := framework.StartContainerd(t)
-	plugin := startPluginWith(t, ctrd, "--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
+	plugin := ctrd.StartPlugin(t, "--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
 	writer := framework.Start(t, ctrd.Dir, "cpusetwriter", writerBin, "--nri-socket", ctrd.NRISocket, "--plugin-index", "20", "--cpus", "0")
 	framework.Eventually(t, 30*time.Second, "cpusetwriter connected", func() (bool, error) {
 		if exited, err := writer.Exited(); exited {
@@ -163,16 +124,10 @@ func TestAnotherCPUSetWriter(t *testing.T) {
 		return strings.Contains(framework.Tail(ctrd.Process.Log, 200), `plugin \"20-cpuset-writer\" connected`), nil
 	})
 
-	annotations := allocStatusFor(exclusiveCPU)
-	apiPod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", Annotations: annotations},
-		Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{{Name: "engine", Image: framework.WorkloadImage,
-			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}}}}}
-	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, apiPod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	annotations := framework.AllocStatusFor(exclusiveCPU)
+	created := cp.CreatePod(t, framework.BoundPod("db", "1", annotations))
 	id, cfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), annotations)
-	_, err = ctrd.CreateContainer(id, cfg, "engine", 1000)
+	_, err := ctrd.CreateContainer(id, cfg, "engine", 1000)
 	msg := status.Convert(err).Message()
 	if want := `plugins "20-cpuset-writer" and "10-corepin" both tried to set CPUSetCPUs`; err == nil || !strings.Contains(msg, want) {
 		t.Fatalf("CRI CreateContainer with two cpuset writers: %v, want an error with %q", err, want)

@@ -10,13 +10,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/cpuset"
@@ -31,28 +28,15 @@ import (
 // (cpuset widened and CFS quota lifted, then both restored), and corrects
 // a cpuset rewritten behind its back (drift), counting it in /metrics.
 func TestPluginWithAPIServer(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	exclusiveCPU := cpuset.New(n - 1)
-	pool := all.Difference(exclusiveCPU)
+	host := framework.SplitHostCPUs(t)
+	all, exclusiveCPU, pool := host.All, host.Exclusive, host.Pool
 	ctx := context.Background()
 
 	cp := framework.StartControlPlane(t)
-	cp.CreateNode(t, "node-a", n, nil)
+	cp.CreateNode(t, "node-a", host.N, nil)
 	ctrd := framework.StartContainerd(t)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort(t))
-	plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
-		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(),
-		"--kubeconfig", cp.Kubeconfig, "--metrics-addr", metricsAddr, "--drift-interval", "0")
-	framework.Eventually(t, 30*time.Second, "corepin-nri connected", func() (bool, error) {
-		if exited, err := plugin.Exited(); exited {
-			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(plugin.Log, 20))
-		}
-		return strings.Contains(framework.Tail(plugin.Log, 50), "Synchronized"), nil
-	})
+	ctrd.StartPlugin(t, "--kubeconfig", cp.Kubeconfig, "--metrics-addr", metricsAddr, "--drift-interval", "0")
 	published := func(key string) string {
 		node, err := cp.Client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
 		if err != nil {
@@ -86,26 +70,12 @@ func TestPluginWithAPIServer(t *testing.T) {
 	// in containerd under the same name and UID (the kubelet passes the API
 	// server's UID to the runtime; the plugin ignores a release switch
 	// whose UID is not its sandbox's).
-	annotations := allocStatusFor(exclusiveCPU)
-	apiPod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db", Annotations: annotations},
-		Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{{Name: "engine", Image: framework.WorkloadImage,
-			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}}}}}
-	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, apiPod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	annotations := framework.AllocStatusFor(exclusiveCPU)
+	created := cp.CreatePod(t, framework.BoundPod("db", "1", annotations))
 	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
-	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd.StartContainer(t, web)
+	web := ctrd.RunContainer(t, webID, webCfg, "app", 500)
 	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), annotations)
-	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
-	if err != nil {
-		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
-	}
-	ctrd.StartContainer(t, db)
+	db := ctrd.RunContainer(t, dbID, dbCfg, "engine", 1000)
 	if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) || got.Quota != "100000" {
 		t.Fatalf("exclusive container before release: %+v, want %s with quota 100000", got, exclusiveCPU)
 	}
@@ -137,7 +107,7 @@ func TestPluginWithAPIServer(t *testing.T) {
 	waitStatus("restored: its own CPU and quota", exclusiveCPU, "100000", annotate(nil))
 
 	// A refusal is an event on the pod, next to kubelet's own error.
-	id2, cfg2 := ctrd.RunPod(t, "default", "db-2", allocStatusFor(exclusiveCPU))
+	id2, cfg2 := ctrd.RunPod(t, "default", "db-2", framework.AllocStatusFor(exclusiveCPU))
 	if _, err := ctrd.CreateContainer(id2, cfg2, "engine", 1000); err == nil {
 		t.Fatal("an overlapping allocation was accepted")
 	}
@@ -216,7 +186,7 @@ func TestPluginRefusesStaticCPUManager(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(kubelet, "cpu_manager_state"), []byte(`{"policyName":"static","defaultCpuSet":"0-1","checksum":1}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := framework.Start(t, t.TempDir(), "corepin-nri-static", repoBin(t, "corepin-nri"),
+	p := framework.Start(t, t.TempDir(), "corepin-nri-static", framework.RepoBinary(t, "corepin-nri"),
 		"--nri-socket", filepath.Join(t.TempDir(), "none.sock"), "--node-name", "node-s", "--kubelet-root", kubelet, "--kubeconfig", cp.Kubeconfig)
 	framework.Eventually(t, 30*time.Second, "corepin-nri exits", func() (bool, error) {
 		exited, _ := p.Exited()

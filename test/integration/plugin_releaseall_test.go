@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/cpuset"
@@ -32,32 +30,18 @@ import (
 // under it pins nothing back, and `release-all --clear` (a reinstall)
 // pins everything again.
 func TestPluginReleaseAll(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	exclusiveCPU := cpuset.New(n - 1)
-	pool := all.Difference(exclusiveCPU)
+	host := framework.SplitHostCPUs(t)
+	all, exclusiveCPU, pool := host.All, host.Exclusive, host.Pool
 	ctx := context.Background()
 
 	cp := framework.StartControlPlane(t)
-	cp.CreateNode(t, "node-a", n, nil)
+	cp.CreateNode(t, "node-a", host.N, nil)
 	ctrd := framework.StartContainerd(t)
-	bin := repoBin(t, "corepin-nri")
+	bin := framework.RepoBinary(t, "corepin-nri")
 	start := func() *framework.Process {
 		t.Helper()
 		// A drift check every second: it must not re-pin anything under release-all.
-		p := framework.Start(t, ctrd.Dir, fmt.Sprintf("corepin-nri-%d", time.Now().UnixNano()), bin,
-			"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(),
-			"--kubeconfig", cp.Kubeconfig, "--drift-interval", "1s")
-		framework.Eventually(t, 30*time.Second, "corepin-nri synchronized", func() (bool, error) {
-			if exited, err := p.Exited(); exited {
-				t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(p.Log, 20))
-			}
-			return strings.Contains(framework.Tail(p.Log, 50), "Synchronized"), nil
-		})
-		return p
+		return ctrd.StartPlugin(t, "--kubeconfig", cp.Kubeconfig, "--drift-interval", "1s")
 	}
 	plugin := start()
 	// The DaemonSet's pod on node-a, as release-all finds it (no kubelet:
@@ -71,22 +55,12 @@ func TestPluginReleaseAll(t *testing.T) {
 
 	// db: exclusive on the last CPU, released (every CPU, quota lifted);
 	// web: shared; dns: a system namespace's.
-	annotations := allocStatusFor(exclusiveCPU)
-	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "db", Annotations: annotations},
-		Spec: v1.PodSpec{NodeName: "node-a", Containers: []v1.Container{{Name: "engine", Image: framework.WorkloadImage,
-			Resources: v1.ResourceRequirements{Limits: v1.ResourceList{v1.ResourceCPU: resource.MustParse("1")}}}}}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	annotations := framework.AllocStatusFor(exclusiveCPU)
+	created := cp.CreatePod(t, framework.BoundPod("db", "1", annotations))
 	run := func(namespace, name, uid string, annotations map[string]string, container string, milli int64) string {
 		t.Helper()
 		podID, cfg := ctrd.RunPodUID(t, namespace, name, uid, annotations)
-		id, err := ctrd.CreateContainer(podID, cfg, container, milli)
-		if err != nil {
-			t.Fatalf("creating %s/%s: %v\n%s", name, container, err, framework.Tail(plugin.Log, 20))
-		}
-		ctrd.StartContainer(t, id)
-		return id
+		return ctrd.RunContainer(t, podID, cfg, container, milli)
 	}
 	web := run("default", "web", "web-uid", nil, "app", 500)
 	dns := run("kube-system", "dns", "dns-uid", nil, "dns", 100)

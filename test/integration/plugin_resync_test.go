@@ -5,7 +5,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -26,13 +25,8 @@ import (
 // reported. With a valid alloc-status its CPUs are kept; with one that no
 // longer parses either, the CPUs the container runs on are.
 func TestPluginResyncKeepsUnparsedPodsCPUs(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	exclusiveCPU := cpuset.New(n - 1)
-	pool := all.Difference(exclusiveCPU)
+	host := framework.SplitHostCPUs(t)
+	exclusiveCPU, pool := host.Exclusive, host.Pool
 	for _, tc := range []struct {
 		name, allocStatus string
 	}{
@@ -45,22 +39,14 @@ func TestPluginResyncKeepsUnparsedPodsCPUs(t *testing.T) {
 			// The state the old version left: created with no plugin
 			// connected, then pinned through CRI as it would have.
 			webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
-			web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctrd.StartContainer(t, web)
+			web := ctrd.RunContainer(t, webID, webCfg, "app", 500)
 			dbID, dbCfg := ctrd.RunPod(t, "default", "db", map[string]string{
 				api.AnnotationCPUMode:     "exclusive",
 				api.AnnotationApp:         "db",
 				api.AnnotationMaxPerNode:  "01",
 				api.AnnotationAllocStatus: tc.allocStatus,
 			})
-			db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctrd.StartContainer(t, db)
+			db := ctrd.RunContainer(t, dbID, dbCfg, "engine", 1000)
 			pin(t, ctrd, db, exclusiveCPU, 1000)
 			pin(t, ctrd, web, pool, 500)
 			if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
@@ -68,14 +54,7 @@ func TestPluginResyncKeepsUnparsedPodsCPUs(t *testing.T) {
 			}
 
 			metricsAddr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort(t))
-			plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
-				"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(), "--metrics-addr", metricsAddr)
-			framework.Eventually(t, 30*time.Second, "corepin-nri synchronized", func() (bool, error) {
-				if exited, err := plugin.Exited(); exited {
-					t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(plugin.Log, 20))
-				}
-				return strings.Contains(framework.Tail(plugin.Log, 50), "Synchronized"), nil
-			})
+			plugin := ctrd.StartPlugin(t, "--metrics-addr", metricsAddr)
 			// The updates of synchronize are applied as the plugin
 			// registers: watch for a while that none widens web.
 			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
@@ -87,7 +66,7 @@ func TestPluginResyncKeepsUnparsedPodsCPUs(t *testing.T) {
 			if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) {
 				t.Fatalf("db after synchronize: %s, want %s", got.Allowed, exclusiveCPU)
 			}
-			id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(exclusiveCPU))
+			id, cfg := ctrd.RunPod(t, "default", "db-2", framework.AllocStatusFor(exclusiveCPU))
 			if _, err := ctrd.CreateContainer(id, cfg, "engine", 1000); err == nil || !strings.Contains(err.Error(), "corepin: pod default/db-2 container engine") {
 				t.Fatalf("another pod on db's CPU: %v, want refused", err)
 			}
@@ -113,28 +92,15 @@ func TestPluginResyncKeepsUnparsedPodsCPUs(t *testing.T) {
 // node). The kubelet then restarts the container in its sandbox: it must be
 // created, on its CPUs (it was refused as growth, and the pod crash-looped).
 func TestPluginRestartInSandboxAfterContainerdRestart(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	exclusiveCPU := cpuset.New(n - 1)
-	pool := all.Difference(exclusiveCPU)
+	host := framework.SplitHostCPUs(t)
+	all, exclusiveCPU, pool := host.All, host.Exclusive, host.Pool
 
 	ctrd := framework.StartContainerd(t)
-	plugin := startPlugin(t, ctrd)
+	plugin := ctrd.StartPlugin(t)
 	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
-	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd.StartContainer(t, web)
-	dbID, dbCfg := ctrd.RunPod(t, "default", "db", allocStatusFor(exclusiveCPU))
-	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
-	if err != nil {
-		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
-	}
-	ctrd.StartContainer(t, db)
+	web := ctrd.RunContainer(t, webID, webCfg, "app", 500)
+	dbID, dbCfg := ctrd.RunPod(t, "default", "db", framework.AllocStatusFor(exclusiveCPU))
+	db := ctrd.RunContainer(t, dbID, dbCfg, "engine", 1000)
 	if got := ctrd.ExecStatus(t, db); !got.Allowed.Equals(exclusiveCPU) {
 		t.Fatalf("db: %s, want %s", got.Allowed, exclusiveCPU)
 	}
@@ -157,7 +123,7 @@ func TestPluginRestartInSandboxAfterContainerdRestart(t *testing.T) {
 	// A shared pod of half the node: P - h*M <= 0, no room for any
 	// exclusive CPU by the formula.
 	batchID, batchCfg := ctrd.RunPod(t, "default", "batch", nil)
-	batch, err := ctrd.CreateContainer(batchID, batchCfg, "app", int64((n+1)/2*1000))
+	batch, err := ctrd.CreateContainer(batchID, batchCfg, "app", int64((host.N+1)/2*1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +144,7 @@ func TestPluginRestartInSandboxAfterContainerdRestart(t *testing.T) {
 		}
 	}
 	// The fallen limit still holds for new pods.
-	id, cfg := ctrd.RunPod(t, "default", "db-2", allocStatusFor(cpuset.New(0)))
+	id, cfg := ctrd.RunPod(t, "default", "db-2", framework.AllocStatusFor(cpuset.New(0)))
 	if _, err := ctrd.CreateContainer(id, cfg, "engine", 1000); err == nil || !strings.Contains(err.Error(), "exclusive limit 0 reached") {
 		t.Fatalf("a new exclusive pod under the fallen limit: %v, want refused", err)
 	}

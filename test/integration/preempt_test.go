@@ -23,20 +23,6 @@ import (
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
-// numaTopology is a node without SMT of numas NUMA nodes of per CPUs each.
-func numaTopology(numas, per int) string {
-	var b strings.Builder
-	b.WriteString(`{"version":1,"cpus":[`)
-	for i := 0; i < numas*per; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"id":%d,"core":%d,"socket":0,"numa":%d,"l3":%d}`, i, i, i/per, i/per)
-	}
-	b.WriteString(`],"reserved":""}`)
-	return b.String()
-}
-
 // preemptCalls reads how many /preempt requests the extender has answered
 // from its /metrics.
 func preemptCalls(extURL string) (int, error) {
@@ -76,7 +62,7 @@ func terminating(c kubernetes.Interface) ([]v1.Pod, error) {
 // takes as room made), so a pod bound to node straight away is deleted.
 func poke(t *testing.T, c kubernetes.Interface, node string, i int) {
 	t.Helper()
-	p := newPod(fmt.Sprintf("poke-%d", i), podOpts{cpu: "100m"})
+	p := framework.NewPod(fmt.Sprintf("poke-%d", i), framework.PodOpts{CPU: "100m"})
 	p.Spec.NodeName = node
 	if _, err := c.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -109,47 +95,34 @@ func TestPreemption(t *testing.T) {
 	c := cp.Client
 	ctx := context.Background()
 	nodes := []string{"node-a", "node-b"}
-	for _, n := range nodes {
-		cp.CreateNode(t, n, 8, map[string]string{api.AnnotationTopology: numaTopology(2, 4),
-			api.AnnotationNodePolicy: `{"maxExclusiveRatio": 0.75}`})
-	}
+	cp.CreateNodes(t, "8-cpu-2-numa", map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 0.75}`}, nodes...)
 	for name, value := range map[string]int32{"low": 100, "high": 1000} {
 		if _, err := c.SchedulingV1().PriorityClasses().Create(ctx, &schedulingv1.PriorityClass{
 			ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	extPort := framework.FreePort(t)
-	extURL := fmt.Sprintf("http://127.0.0.1:%d", extPort)
-	startExtender(t, cp, extPort)
-	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: extURL, HTTPTimeout: 10 * time.Second, PreemptVerb: "preempt"})
+	ext := cp.StartExtender(t)
+	verbs := ext.Verbs()
+	verbs.PreemptVerb = "preempt"
+	cp.StartScheduler(t, "kube-scheduler", "", verbs)
 	checker := watchInvariants(t, c, 6)
 	create := func(name, class, cpu string, annotations map[string]string, labels map[string]string) {
 		t.Helper()
-		p := newPod(name, podOpts{cpu: cpu, annotations: annotations, labels: labels})
+		p := framework.NewPod(name, framework.PodOpts{CPU: cpu, Annotations: annotations, Labels: labels})
 		p.Spec.PriorityClassName = class
-		if _, err := c.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	get := func(name string) *v1.Pod {
-		t.Helper()
-		p, err := c.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
+		cp.CreatePod(t, p)
 	}
 
 	var low []string
 	for i := 0; i < 6; i++ {
 		name := fmt.Sprintf("low-%d", i)
-		create(name, "low", "2", exclusive(), nil)
+		create(name, "low", "2", framework.Exclusive(), nil)
 		low = append(low, name)
 	}
 	perNode := map[string]int{}
 	for _, name := range low {
-		p := waitScheduled(t, c, name)
+		p := cp.WaitScheduled(t, name)
 		if *p.Spec.Priority != 100 {
 			t.Fatalf("%s: priority %d, want the class's 100", name, *p.Spec.Priority)
 		}
@@ -161,7 +134,7 @@ func TestPreemption(t *testing.T) {
 
 	var node string // where the preemptor went
 	t.Run("a high-priority pod is bound once exactly the victims it needs are gone", func(t *testing.T) {
-		create("urgent", "high", "4", exclusive(), map[string]string{"app": "db"})
+		create("urgent", "high", "4", framework.Exclusive(), map[string]string{"app": "db"})
 		var victims []v1.Pod
 		framework.Eventually(t, 60*time.Second, "two low pods on one node being preempted", func() (bool, error) {
 			var err error
@@ -184,18 +157,18 @@ func TestPreemption(t *testing.T) {
 			if len(now) != 2 {
 				return fmt.Errorf("%d pods terminating, want the 2 victims", len(now))
 			}
-			if p := get("urgent"); p.Spec.NodeName != "" {
+			if p := cp.GetPod(t, "urgent"); p.Spec.NodeName != "" {
 				return fmt.Errorf("urgent bound to %s while its victims still hold their CPUs", p.Spec.NodeName)
 			}
 			return nil
 		})
-		if p := get("urgent"); p.Status.NominatedNodeName != node {
+		if p := cp.GetPod(t, "urgent"); p.Status.NominatedNodeName != node {
 			t.Fatalf("urgent nominated for %q, want %s", p.Status.NominatedNodeName, node)
 		}
 		// One victim gone: 4 exclusive CPUs held, 6 allowed, the pod needs 4.
 		finishTermination(t, c, victims[0].Name)
 		framework.Consistently(t, 3*time.Second, "with one victim gone", func() error {
-			if p := get("urgent"); p.Spec.NodeName != "" {
+			if p := cp.GetPod(t, "urgent"); p.Spec.NodeName != "" {
 				return fmt.Errorf("urgent bound to %s while %s still holds its CPUs", p.Spec.NodeName, victims[1].Name)
 			}
 			if now, err := terminating(c); err != nil || len(now) != 1 {
@@ -204,8 +177,8 @@ func TestPreemption(t *testing.T) {
 			return nil
 		})
 		finishTermination(t, c, victims[1].Name)
-		urgent := waitScheduled(t, c, "urgent")
-		st := allocStatus(t, urgent)
+		urgent := cp.WaitScheduled(t, "urgent")
+		st := framework.AllocStatus(t, urgent)
 		if urgent.Spec.NodeName != node || st.Node != node || st.CPUs.Size() != 4 {
 			t.Fatalf("urgent on %s with %+v, want 4 CPUs on %s", urgent.Spec.NodeName, st, node)
 		}
@@ -222,7 +195,7 @@ func TestPreemption(t *testing.T) {
 			if p.DeletionTimestamp != nil {
 				t.Fatalf("pod %s is being deleted too", p.Name)
 			}
-			if other := allocStatus(t, &p); other.Node == node && !other.CPUs.Intersection(st.CPUs.Set()).IsEmpty() {
+			if other := framework.AllocStatus(t, &p); other.Node == node && !other.CPUs.Intersection(st.CPUs.Set()).IsEmpty() {
 				t.Fatalf("urgent got CPUs %s, of which %s are held by %s", st.CPUs, other.CPUs.Set().Intersection(st.CPUs.Set()), p.Name)
 			}
 		}
@@ -242,7 +215,7 @@ func TestPreemption(t *testing.T) {
 	// lands on the other node (urgent, app db, holds the first); it keeps
 	// the app's pods off it.
 	create("db-cache", "high", "100m", map[string]string{api.AnnotationMaxPerNode: "1"}, map[string]string{"app": "db"})
-	if p := waitScheduled(t, c, "db-cache"); p.Spec.NodeName != other {
+	if p := cp.WaitScheduled(t, "db-cache"); p.Spec.NodeName != other {
 		t.Fatalf("db-cache on %s, want %s", p.Spec.NodeName, other)
 	}
 
@@ -254,12 +227,12 @@ func TestPreemption(t *testing.T) {
 		annotations    map[string]string
 		labels         map[string]string
 	}{
-		{"over the exclusive limit", "too-big", "7", exclusive(), nil},
-		{"numa Required larger than any NUMA node", "too-wide", "5", exclusive(api.AnnotationAllocSpec, `{"numa":"Required"}`), nil},
-		{"max-per-node held by pods of the same priority", "db-2", "2", exclusive(api.AnnotationMaxPerNode, "1"), map[string]string{"app": "db"}},
+		{"over the exclusive limit", "too-big", "7", framework.Exclusive(), nil},
+		{"numa Required larger than any NUMA node", "too-wide", "5", framework.Exclusive(api.AnnotationAllocSpec, `{"numa":"Required"}`), nil},
+		{"max-per-node held by pods of the same priority", "db-2", "2", framework.Exclusive(api.AnnotationMaxPerNode, "1"), map[string]string{"app": "db"}},
 	} {
 		t.Run("no set helps: "+tc.name, func(t *testing.T) {
-			before, err := preemptCalls(extURL)
+			before, err := preemptCalls(ext.URL)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -282,10 +255,10 @@ func TestPreemption(t *testing.T) {
 				if len(now) > 0 {
 					t.Fatalf("pod %s is being deleted (preempted for %s?)", now[0].Name, tc.pod)
 				}
-				if p := get(tc.pod); p.Spec.NodeName != "" {
+				if p := cp.GetPod(t, tc.pod); p.Spec.NodeName != "" {
 					t.Fatalf("%s bound to %s", tc.pod, p.Spec.NodeName)
 				}
-				calls, err := preemptCalls(extURL)
+				calls, err := preemptCalls(ext.URL)
 				return err == nil && calls >= before+3, fmt.Errorf("%d preemption calls answered (%v)", calls-before, err)
 			})
 			// And for a moment after the last one.
@@ -310,10 +283,10 @@ func TestPreemption(t *testing.T) {
 	held := cpuset.New()
 	for _, name := range slices.Sorted(slices.Values(low)) {
 		if p, err := c.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{}); err == nil && p.Spec.NodeName == node {
-			held = held.Union(allocStatus(t, p).CPUs.Set())
+			held = held.Union(framework.AllocStatus(t, p).CPUs.Set())
 		}
 	}
-	if u := allocStatus(t, get("urgent")); !u.CPUs.Set().Intersection(held).IsEmpty() {
+	if u := framework.AllocStatus(t, cp.GetPod(t, "urgent")); !u.CPUs.Set().Intersection(held).IsEmpty() {
 		t.Fatalf("urgent's CPUs %s overlap the remaining low pods' %s", u.CPUs, held)
 	}
 }

@@ -5,9 +5,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -15,48 +12,11 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
-
-var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-// applyReservationCRD creates the CRD exactly as deploy/ ships it and waits
-// until the API server serves it.
-func applyReservationCRD(t testing.TB, dyn dynamic.Interface) {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "base", "cpureservation-crd.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var obj map[string]any
-	if err := yaml.Unmarshal(data, &obj); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if _, err := dyn.Resource(crdGVR).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("the API server refuses deploy/base/cpureservation-crd.yaml: %v", err)
-	}
-	framework.Eventually(t, 30*time.Second, "CRD established", func() (bool, error) {
-		u, err := dyn.Resource(crdGVR).Get(ctx, "cpureservations.corepin.io", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-		for _, c := range conds {
-			m := c.(map[string]any)
-			if m["type"] == "Established" && m["status"] == "True" {
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("conditions %v", conds)
-	})
-}
 
 // reservationObj is a CPUReservation of an exclusive pod whose one container
 // "engine" has cpu CPUs.
@@ -66,7 +26,7 @@ func reservationObj(name, cpu, node string, ttl int64) *api.CPUReservation {
 	if ttl > 0 {
 		r.Spec.TTLSeconds = &ttl
 	}
-	pod := newPod(name, podOpts{cpu: cpu, annotations: exclusive()})
+	pod := framework.ExclusivePod(name, cpu)
 	r.Spec.Template.Annotations = pod.Annotations
 	r.Spec.Template.Spec.Containers = pod.Spec.Containers
 	return r
@@ -123,16 +83,15 @@ func onNode(p *v1.Pod, node string) *v1.Pod {
 }
 
 func consumer(name, cpu, reservation string) *v1.Pod {
-	return newPod(name, podOpts{cpu: cpu, annotations: exclusive(api.AnnotationReservation, reservation)})
+	return framework.ExclusivePod(name, cpu, api.AnnotationReservation, reservation)
 }
 
 // TestReservationCRD: the API server takes the CRD of deploy/ and its
 // schema refuses what the contract rules out, with a message naming it.
 func TestReservationCRD(t *testing.T) {
 	cp := framework.StartControlPlane(t)
-	dyn := dynamic.NewForConfigOrDie(cp.Config)
-	applyReservationCRD(t, dyn)
-	rs := reservations{t, dyn}
+	cp.ApplyReservationCRD(t)
+	rs := reservations{t, cp.Dynamic}
 
 	zero := reservationObj("zero-ttl", "2", "", 0)
 	var z int64
@@ -173,28 +132,22 @@ func TestReservationCRD(t *testing.T) {
 func TestReservation(t *testing.T) {
 	cp := framework.StartControlPlane(t)
 	c := cp.Client
-	dyn := dynamic.NewForConfigOrDie(cp.Config)
-	applyReservationCRD(t, dyn)
-	rs := reservations{t, dyn}
-	for _, n := range []string{"node-a", "node-b"} {
-		cp.CreateNode(t, n, 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
-	}
-	extPort := framework.FreePort(t)
-	ext := startExtender(t, cp, extPort)
-	cp.StartScheduler(t, "kube-scheduler", "", &framework.SchedulerExtender{URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 10 * time.Second})
+	cp.ApplyReservationCRD(t)
+	rs := reservations{t, cp.Dynamic}
+	cp.CreateNodes(t, "1s-vm", nil, "node-a", "node-b")
+	ext := cp.StartExtender(t)
+	cp.StartScheduler(t, "kube-scheduler", "", ext.Verbs())
 	checker := watchInvariants(t, c, 5)
 	ctx := context.Background()
-	create := func(p *v1.Pod) {
+	// scheduledOnceFreed waits for the pod to be bound to node once what held
+	// its room there is gone, poking kube-scheduler to try it again.
+	scheduledOnceFreed := func(t *testing.T, name, node, freed string) {
 		t.Helper()
-		if _, err := c.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deletePod := func(name string) {
-		t.Helper()
-		if err := c.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
-			t.Fatal(err)
-		}
+		framework.Eventually(t, 60*time.Second, name+" scheduled after "+freed, func() (bool, error) {
+			poke(t, c, node, int(time.Now().UnixNano()%1e9))
+			p, err := c.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+			return err == nil && p.Spec.NodeName == node, err
+		})
 	}
 
 	t.Run("a reservation is Reserved and the pod naming it gets exactly its cores", func(t *testing.T) {
@@ -206,9 +159,9 @@ func TestReservation(t *testing.T) {
 		if err != nil || held.CPUs.Size() != 4 || held.Containers["engine"].Set().Size() != 4 || r.Status.ReservedAt == nil {
 			t.Fatalf("Reserved status %+v (%v)", r.Status, err)
 		}
-		create(consumer("db-7-0", "4", "db-7"))
-		pod := waitScheduled(t, c, "db-7-0")
-		st := allocStatus(t, pod)
+		cp.CreatePod(t, consumer("db-7-0", "4", "db-7"))
+		pod := cp.WaitScheduled(t, "db-7-0")
+		st := framework.AllocStatus(t, pod)
 		if pod.Spec.NodeName != held.Node || st.String() != held.String() {
 			t.Fatalf("consumer on %s with %s, the reservation held %s", pod.Spec.NodeName, st, held)
 		}
@@ -228,24 +181,20 @@ func TestReservation(t *testing.T) {
 			t.Fatal(err)
 		}
 		rs.wait("db-8", api.ReservationReserved)
-		create(consumer("wrong", "3", "db-8"))
-		waitEvent(t, c, "wrong", "CPUReservation default/db-8 reserves exclusive containers engine=4, the pod's are engine=3")
-		create(consumer("second", "4", "db-7"))
-		waitEvent(t, c, "second", "CPUReservation default/db-7 is already consumed by pod default/db-7-0")
-		deletePod("wrong")
-		deletePod("second")
+		cp.CreatePod(t, consumer("wrong", "3", "db-8"))
+		cp.WaitFailedScheduling(t, "wrong", "CPUReservation default/db-8 reserves exclusive containers engine=4, the pod's are engine=3")
+		cp.CreatePod(t, consumer("second", "4", "db-7"))
+		cp.WaitFailedScheduling(t, "second", "CPUReservation default/db-7 is already consumed by pod default/db-7-0")
+		cp.DeletePod(t, "wrong")
+		cp.DeletePod(t, "second")
 	})
 
 	t.Run("deleting a reservation frees its cores", func(t *testing.T) {
 		// db-8 holds 4 of node B's 5: a 2-CPU pod does not fit there.
-		create(onNode(newPod("p1", podOpts{cpu: "2", annotations: exclusive()}), nodeB))
-		waitEvent(t, c, "p1", "exclusive limit 5 reached (needs 2, holds 4)")
+		cp.CreatePod(t, onNode(framework.ExclusivePod("p1", "2"), nodeB))
+		cp.WaitFailedScheduling(t, "p1", "exclusive limit 5 reached (needs 2, holds 4)")
 		rs.delete("db-8")
-		framework.Eventually(t, 60*time.Second, "p1 scheduled after db-8 was deleted", func() (bool, error) {
-			poke(t, c, nodeB, int(time.Now().UnixNano()%1e9))
-			p, err := c.CoreV1().Pods("default").Get(ctx, "p1", metav1.GetOptions{})
-			return err == nil && p.Spec.NodeName == nodeB, err
-		})
+		scheduledOnceFreed(t, "p1", nodeB, "db-8 was deleted")
 	})
 
 	t.Run("expiry frees the cores for the next pod", func(t *testing.T) {
@@ -254,17 +203,13 @@ func TestReservation(t *testing.T) {
 			t.Fatal(err)
 		}
 		rs.wait("db-9", api.ReservationReserved)
-		create(onNode(newPod("p2", podOpts{cpu: "1", annotations: exclusive()}), nodeA))
-		waitEvent(t, c, "p2", "exclusive limit 5 reached (needs 1, holds 5)")
+		cp.CreatePod(t, onNode(framework.ExclusivePod("p2", "1"), nodeA))
+		cp.WaitFailedScheduling(t, "p2", "exclusive limit 5 reached (needs 1, holds 5)")
 		r := rs.wait("db-9", api.ReservationExpired)
 		if !strings.Contains(r.Status.Reason, "not consumed within ttlSeconds 10") {
 			t.Errorf("Expired reason %q", r.Status.Reason)
 		}
-		framework.Eventually(t, 60*time.Second, "p2 scheduled after db-9 expired", func() (bool, error) {
-			poke(t, c, nodeA, int(time.Now().UnixNano()%1e9))
-			p, err := c.CoreV1().Pods("default").Get(ctx, "p2", metav1.GetOptions{})
-			return err == nil && p.Spec.NodeName == nodeA, err
-		})
+		scheduledOnceFreed(t, "p2", nodeA, "db-9 expired")
 	})
 
 	t.Run("restarting the extender loses no reservation and gives none away", func(t *testing.T) {
@@ -277,12 +222,12 @@ func TestReservation(t *testing.T) {
 			t.Fatal(err)
 		}
 		ext.Stop()
-		create(onNode(newPod("p3", podOpts{cpu: "1", annotations: exclusive()}), nodeB))
-		ext = startExtender(t, cp, extPort)
-		waitEvent(t, c, "p3", "exclusive limit 5 reached (needs 1, holds 5)")
-		create(consumer("db-10-0", "3", "db-10"))
-		pod := waitScheduled(t, c, "db-10-0")
-		if st := allocStatus(t, pod); st.String() != held.String() {
+		cp.CreatePod(t, onNode(framework.ExclusivePod("p3", "1"), nodeB))
+		ext.Start(t)
+		cp.WaitFailedScheduling(t, "p3", "exclusive limit 5 reached (needs 1, holds 5)")
+		cp.CreatePod(t, consumer("db-10-0", "3", "db-10"))
+		pod := cp.WaitScheduled(t, "db-10-0")
+		if st := framework.AllocStatus(t, pod); st.String() != held.String() {
 			t.Fatalf("after the restart the consumer got %s, the reservation held %s", st, held)
 		}
 		rs.wait("db-10", api.ReservationConsumed)

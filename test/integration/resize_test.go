@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -42,40 +40,6 @@ func resizeCPU(t testing.TB, c kubernetes.Interface, name, cpu string) {
 	}
 }
 
-// boundExclusivePod is an exclusive pod already bound to node-a with its
-// alloc-status (created so: no kube-scheduler, no kubelet in this test).
-func boundExclusivePod(name, cpu string, cpus cpuset.CPUSet) *v1.Pod {
-	p := newPod(name, podOpts{cpu: cpu, annotations: allocStatusFor(cpus)})
-	p.Spec.NodeName = "node-a"
-	return p
-}
-
-func waitPodEvent(t testing.TB, c kubernetes.Interface, pod, reason string, contains ...string) {
-	t.Helper()
-	framework.Eventually(t, 30*time.Second, fmt.Sprintf("%s event on %s", reason, pod), func() (bool, error) {
-		events, err := c.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{
-			FieldSelector: fields.OneTermEqualSelector("involvedObject.name", pod).String()})
-		if err != nil {
-			return false, err
-		}
-		var seen []string
-		for _, e := range events.Items {
-			if e.Reason != reason {
-				continue
-			}
-			ok := true
-			for _, s := range contains {
-				ok = ok && strings.Contains(e.Message, s)
-			}
-			if ok {
-				return true, nil
-			}
-			seen = append(seen, e.Message)
-		}
-		return false, fmt.Errorf("%s events so far: %q", reason, seen)
-	})
-}
-
 // TestResizeThroughAPIServer runs corepin-extender against a real
 // kube-apiserver: resizing a bound exclusive pod through its resize
 // subresource gets it a new alloc-status on the same node, written by
@@ -87,13 +51,10 @@ func TestResizeThroughAPIServer(t *testing.T) {
 	c := cp.Client
 	ctx := context.Background()
 	// 8 CPUs: exclusive limit floor(2/3*8) = 5.
-	cp.CreateNode(t, "node-a", 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
-	for _, p := range []*v1.Pod{boundExclusivePod("db", "2", cpuset.New(2, 3)), boundExclusivePod("other", "1", cpuset.New(5))} {
-		if _, err := c.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	startExtender(t, cp, framework.FreePort(t))
+	cp.CreateNodes(t, "1s-vm", nil, "node-a")
+	cp.CreatePod(t, framework.BoundPod("db", "2", framework.AllocStatusFor(cpuset.New(2, 3))))
+	cp.CreatePod(t, framework.BoundPod("other", "1", framework.AllocStatusFor(cpuset.New(5))))
+	cp.StartExtender(t)
 
 	resizeCPU(t, c, "db", "3")
 	var pod *v1.Pod
@@ -106,7 +67,7 @@ func TestResizeThroughAPIServer(t *testing.T) {
 		st, err := api.ParseAllocStatus(pod.Annotations[api.AnnotationAllocStatus])
 		return err == nil && st.CPUs.Size() == 3, fmt.Errorf("alloc-status %s", pod.Annotations[api.AnnotationAllocStatus])
 	})
-	st := allocStatus(t, pod)
+	st := framework.AllocStatus(t, pod)
 	if cpus := st.CPUs.Set(); st.Node != "node-a" || !cpuset.New(2, 3).IsSubsetOf(cpus) || cpus.Contains(5) || !st.Containers["engine"].Set().Equals(cpus) {
 		t.Fatalf("resized alloc-status %s: want node-a, 2-3 kept, not other's 5", pod.Annotations[api.AnnotationAllocStatus])
 	}
@@ -120,25 +81,16 @@ func TestResizeThroughAPIServer(t *testing.T) {
 
 	// db 3 + other 1 = 4 held; other to 3 needs 2 more: 6 > 5.
 	resizeCPU(t, c, "other", "3")
-	waitPodEvent(t, c, "other", "CorepinResizeInfeasible", "engine 1 -> 3 CPUs on node node-a", "exclusive limit 5 reached", "keeps CPUs 5")
-	if got := allocStatus(t, getPod(t, c, "other")); got.CPUs.Set().String() != "5" {
+	cp.WaitEvent(t, 30*time.Second, "other", "CorepinResizeInfeasible", "engine 1 -> 3 CPUs on node node-a", "exclusive limit 5 reached", "keeps CPUs 5")
+	if got := framework.AllocStatus(t, cp.GetPod(t, "other")); got.CPUs.Set().String() != "5" {
 		t.Fatalf("an infeasible resize changed the alloc-status to %s", got.CPUs.Set())
 	}
 
 	resizeCPU(t, c, "db", "1500m")
-	waitPodEvent(t, c, "db", "CorepinResizeInfeasible", `container "engine" to 1500m CPUs refused`)
-	if got := allocStatus(t, getPod(t, c, "db")); !got.CPUs.Set().Equals(st.CPUs.Set()) {
+	cp.WaitEvent(t, 30*time.Second, "db", "CorepinResizeInfeasible", `container "engine" to 1500m CPUs refused`)
+	if got := framework.AllocStatus(t, cp.GetPod(t, "db")); !got.CPUs.Set().Equals(st.CPUs.Set()) {
 		t.Fatalf("a resize to a fraction changed the alloc-status to %s", got.CPUs.Set())
 	}
-}
-
-func getPod(t testing.TB, c kubernetes.Interface, name string) *v1.Pod {
-	t.Helper()
-	pod, err := c.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pod
 }
 
 // updateCPU is the kubelet's half of a resize: CRI UpdateContainerResources
@@ -151,6 +103,11 @@ func updateCPU(ctrd *framework.Containerd, id string, milli int64) error {
 	return err
 }
 
+// exclusiveEverything is a node policy that lets exclusive CPUs take every
+// CPU (ratio 1, headroom 0), so that a 2-CPU machine can grow an exclusive
+// container from 1 to 2.
+var exclusiveEverything = map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 1, "sharedHeadroom": 0}`}
+
 // TestResizeWithContainerd runs corepin-nri with a real containerd and a
 // real kube-apiserver, the test acting for the kubelet (CRI
 // UpdateContainerResources) and for the extender (the alloc-status patch).
@@ -161,45 +118,21 @@ func updateCPU(ctrd *framework.Containerd, id string, milli int64) error {
 // to its new CPUs when the second of the new amount and the alloc-status
 // arrives, whichever order they come in.
 func TestResizeWithContainerd(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
-	all := cpuset.New(makeRange(0, n-1)...)
-	one := cpuset.New(n - 1)
+	host := framework.SplitHostCPUs(t)
+	n, one, pool := host.N, host.Exclusive, host.Pool
 	two := cpuset.New(n-2, n-1)
 	ctx := context.Background()
 
 	cp := framework.StartControlPlane(t)
-	cp.CreateNode(t, "node-a", n, map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 1, "sharedHeadroom": 0}`})
+	cp.CreateNode(t, "node-a", n, exclusiveEverything)
 	ctrd := framework.StartContainerd(t)
-	plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
-		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(),
-		"--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
-	framework.Eventually(t, 30*time.Second, "corepin-nri connected", func() (bool, error) {
-		if exited, err := plugin.Exited(); exited {
-			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(plugin.Log, 20))
-		}
-		return strings.Contains(framework.Tail(plugin.Log, 50), "Synchronized"), nil
-	})
+	plugin := ctrd.StartPlugin(t, "--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
 
-	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, boundExclusivePod("db", "1", one), metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	created := cp.CreatePod(t, framework.BoundPod("db", "1", framework.AllocStatusFor(one)))
 	webID, webCfg := ctrd.RunPod(t, "default", "web", nil)
-	web, err := ctrd.CreateContainer(webID, webCfg, "app", 500)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrd.StartContainer(t, web)
-	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), allocStatusFor(one))
-	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
-	if err != nil {
-		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
-	}
-	ctrd.StartContainer(t, db)
-	pool := all.Difference(one)
+	web := ctrd.RunContainer(t, webID, webCfg, "app", 500)
+	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), framework.AllocStatusFor(one))
+	db := ctrd.RunContainer(t, dbID, dbCfg, "engine", 1000)
 	if got := ctrd.ExecStatus(t, web); !got.Allowed.Equals(pool) {
 		t.Fatalf("shared container: %+v, want %s", got, pool)
 	}
@@ -227,7 +160,7 @@ func TestResizeWithContainerd(t *testing.T) {
 	patchStatus := func(cpus cpuset.CPUSet) {
 		t.Helper()
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-			api.AnnotationAllocStatus: allocStatusFor(cpus)[api.AnnotationAllocStatus]}}})
+			api.AnnotationAllocStatus: framework.AllocStatusFor(cpus)[api.AnnotationAllocStatus]}}})
 		if _, err := cp.Client.CoreV1().Pods("default").Patch(ctx, "db", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -276,17 +209,13 @@ func TestResizeWithContainerd(t *testing.T) {
 // The node's policy lets exclusive CPUs take every CPU, so that a 2-CPU
 // machine can grow a container from 1 to 2.
 func TestResizeEndToEnd(t *testing.T) {
-	n := runtime.NumCPU()
-	if n < 2 {
-		t.Skip("needs at least 2 CPUs")
-	}
+	host := framework.SplitHostCPUs(t)
+	one := host.Exclusive
 	ctx := context.Background()
 	cp := framework.StartControlPlane(t)
-	cp.CreateNode(t, "node-a", n, map[string]string{api.AnnotationNodePolicy: `{"maxExclusiveRatio": 1, "sharedHeadroom": 0}`})
+	cp.CreateNode(t, "node-a", host.N, exclusiveEverything)
 	ctrd := framework.StartContainerd(t)
-	plugin := framework.Start(t, ctrd.Dir, "corepin-nri", repoBin(t, "corepin-nri"),
-		"--nri-socket", ctrd.NRISocket, "--node-name", "node-a", "--kubelet-root", t.TempDir(),
-		"--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
+	plugin := ctrd.StartPlugin(t, "--kubeconfig", cp.Kubeconfig, "--drift-interval", "0")
 	framework.Eventually(t, 30*time.Second, "the node's topology published", func() (bool, error) {
 		if exited, err := plugin.Exited(); exited {
 			t.Fatalf("corepin-nri exited: %v\n%s", err, framework.Tail(plugin.Log, 20))
@@ -294,23 +223,15 @@ func TestResizeEndToEnd(t *testing.T) {
 		node, err := cp.Client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
 		return err == nil && node.Annotations[api.AnnotationTopology] != "", err
 	})
-	one := cpuset.New(n - 1)
-	created, err := cp.Client.CoreV1().Pods("default").Create(ctx, boundExclusivePod("db", "1", one), metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startExtender(t, cp, framework.FreePort(t))
-	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), allocStatusFor(one))
-	db, err := ctrd.CreateContainer(dbID, dbCfg, "engine", 1000)
-	if err != nil {
-		t.Fatalf("exclusive create refused: %v\n%s", err, framework.Tail(plugin.Log, 20))
-	}
-	ctrd.StartContainer(t, db)
+	created := cp.CreatePod(t, framework.BoundPod("db", "1", framework.AllocStatusFor(one)))
+	cp.StartExtender(t)
+	dbID, dbCfg := ctrd.RunPodUID(t, "default", "db", string(created.UID), framework.AllocStatusFor(one))
+	db := ctrd.RunContainer(t, dbID, dbCfg, "engine", 1000)
 
 	resizeCPU(t, cp.Client, "db", "2")
 	var want cpuset.CPUSet
 	framework.Eventually(t, 30*time.Second, "the extender's alloc-status for 2 CPUs", func() (bool, error) {
-		st := allocStatus(t, getPod(t, cp.Client, "db"))
+		st := framework.AllocStatus(t, cp.GetPod(t, "db"))
 		want = st.CPUs.Set()
 		return want.Size() == 2 && one.IsSubsetOf(want), fmt.Errorf("alloc-status CPUs %s", want)
 	})

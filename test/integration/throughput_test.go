@@ -10,9 +10,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -26,7 +24,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
@@ -50,7 +47,7 @@ import (
 //	go test -tags integration -run '^$' -bench SchedulerThroughput -benchtime 3x ./test/integration/
 func BenchmarkSchedulerThroughput(b *testing.B) {
 	const nodes, pods = 1000, 300
-	nullBin := buildNullExtender(b)
+	nullBin := framework.BuildBinary(b, b.TempDir(), "github.com/corepin/corepin/test/integration/nullextender")
 	cp := framework.StartControlPlane(b)
 	c := cp.Client
 	var wg sync.WaitGroup
@@ -61,11 +58,10 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			cp.CreateNode(b, fmt.Sprintf("node-%04d", i), 8, map[string]string{api.AnnotationTopology: flatTopology(8)})
+			cp.CreateNodes(b, "1s-vm", nil, fmt.Sprintf("node-%04d", i))
 		}(i)
 	}
 	wg.Wait()
-	extPort := framework.FreePort(b)
 	// The extender logs at the deployed verbosity (deploy/base runs it
 	// without -v): at -v 2 it logs every shared pod's bind, which the
 	// deployed extender does not.
@@ -73,17 +69,17 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	if os.Getenv("COREPIN_ALLOC_STATUS_IN_BINDING") == "1" {
 		extArgs = append(extArgs, "--alloc-status-in-binding")
 	}
-	ext := startExtender(b, cp, extPort, extArgs...)
+	ext := cp.StartExtender(b, extArgs...)
 	nullPort := framework.FreePort(b)
 	nullExt := startNullExtender(b, cp, nullBin, nullPort)
 	defaultSched := cp.StartScheduler(b, "default-scheduler", "", nil)
 	nullSched := cp.StartScheduler(b, "null-scheduler", "null-scheduler", &framework.SchedulerExtender{
 		URL: fmt.Sprintf("http://127.0.0.1:%d", nullPort), HTTPTimeout: 30 * time.Second})
 	corepinSched := cp.StartScheduler(b, "corepin-scheduler", "corepin-scheduler", &framework.SchedulerExtender{
-		URL: fmt.Sprintf("http://127.0.0.1:%d", extPort), HTTPTimeout: 30 * time.Second})
+		URL: ext.URL, HTTPTimeout: 30 * time.Second})
 	time.Sleep(5 * time.Second) // the schedulers list the 1,000 nodes
 
-	procs := []*framework.Process{cp.Etcd, cp.APIServer, defaultSched, nullSched, corepinSched, ext, nullExt}
+	procs := []*framework.Process{cp.Etcd, cp.APIServer, defaultSched, nullSched, corepinSched, ext.Process, nullExt}
 	// What the idle cluster burns per second, to tell it from the rows' work.
 	idleStart := cpuTimes(b, procs)
 	time.Sleep(5 * time.Second)
@@ -96,7 +92,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		before := cpuTimes(b, procs)
 		requestsBefore := apiRequests(b, c)
 		if dir := os.Getenv("COREPIN_PROFILE_DIR"); dir != "" && schedulerName == "corepin-scheduler" {
-			defer profileExtender(b, extPort, filepath.Join(dir, prefix+".pprof"))()
+			defer profileExtender(b, ext.Port, filepath.Join(dir, prefix+".pprof"))()
 		}
 		rate := measure(b, c, prefix, pods, schedulerName, annotations)
 		var report strings.Builder
@@ -118,7 +114,7 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 		seconds[0] += pods / row(fmt.Sprintf("default-%d", i), "", nil)
 		seconds[1] += pods / row(fmt.Sprintf("null-%d", i), "null-scheduler", nil)
 		seconds[2] += pods / row(fmt.Sprintf("shared-%d", i), "corepin-scheduler", nil)
-		seconds[3] += pods / row(fmt.Sprintf("excl-%d", i), "corepin-scheduler", exclusive())
+		seconds[3] += pods / row(fmt.Sprintf("excl-%d", i), "corepin-scheduler", framework.Exclusive())
 	}
 	total := float64(pods * b.N)
 	base, null, withCorepin, excl := total/seconds[0], total/seconds[1], total/seconds[2], total/seconds[3]
@@ -132,27 +128,11 @@ func BenchmarkSchedulerThroughput(b *testing.B) {
 	b.ReportMetric(withCorepin/null, "ratio-shared-to-null")
 }
 
-// buildNullExtender builds test/integration/nullextender into a temporary
-// directory, from the module this file is in.
-func buildNullExtender(b *testing.B) string {
-	b.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	bin := filepath.Join(b.TempDir(), "nullextender")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/corepin/corepin/test/integration/nullextender")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("building the null extender: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // startNullExtender runs the null extender and waits until it serves.
 func startNullExtender(b *testing.B, cp *framework.ControlPlane, bin string, port int) *framework.Process {
 	b.Helper()
 	p := framework.Start(b, cp.Dir, "nullextender", bin, "--kubeconfig", cp.Kubeconfig, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
-	waitServing(b, p, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/healthz", port), 30*time.Second)
+	framework.WaitServing(b, p, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/healthz", port), 30*time.Second)
 	return p
 }
 
@@ -258,7 +238,7 @@ func measure(b *testing.B, c kubernetes.Interface, prefix string, n int, schedul
 			if annotations != nil {
 				cpu = "1"
 			}
-			p := newPod(fmt.Sprintf("%s-%03d", prefix, i), podOpts{cpu: cpu, annotations: annotations, labels: map[string]string{"row": prefix}})
+			p := framework.NewPod(fmt.Sprintf("%s-%03d", prefix, i), framework.PodOpts{CPU: cpu, Annotations: annotations, Labels: map[string]string{"row": prefix}})
 			p.Spec.SchedulerName = schedulerName
 			if _, err := c.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 				b.Error(err)

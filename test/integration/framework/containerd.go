@@ -201,6 +201,18 @@ func (c *Containerd) CreateContainer(podID string, pod *cri.PodSandboxConfig, na
 	return resp.ContainerId, nil
 }
 
+// RunContainer creates a workload container of milli millicores in the pod
+// sandbox and starts it, failing the test if either is refused.
+func (c *Containerd) RunContainer(t testing.TB, podID string, pod *cri.PodSandboxConfig, name string, milli int64) string {
+	t.Helper()
+	id, err := c.CreateContainer(podID, pod, name, milli)
+	if err != nil {
+		t.Fatalf("creating container %s in pod %s/%s: %v", name, pod.Metadata.Namespace, pod.Metadata.Name, err)
+	}
+	c.StartContainer(t, id)
+	return id
+}
+
 // StartContainer starts a created container.
 func (c *Containerd) StartContainer(t testing.TB, id string) {
 	t.Helper()

@@ -2,9 +2,7 @@ package framework
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/corepin/corepin/internal/ociimage"
@@ -21,15 +19,7 @@ const (
 // pause and workload images as image tarballs into dir, returning their paths.
 func BuildTestImages(t testing.TB, dir string) []string {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	bin := filepath.Join(dir, "workload")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./test/images/workload")
-	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the workload binary: %v\n%s", err, out)
-	}
-	data, err := os.ReadFile(bin)
+	data, err := os.ReadFile(BuildBinary(t, dir, "./test/images/workload"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -38,6 +39,7 @@ type ControlPlane struct {
 	Kubeconfig string
 	Config     *rest.Config
 	Client     kubernetes.Interface
+	Dynamic    dynamic.Interface
 	Etcd       *Process
 	APIServer  *Process
 }
@@ -92,6 +94,7 @@ func StartControlPlane(t testing.TB) *ControlPlane {
 	}
 	cp.Config.QPS, cp.Config.Burst = 500, 1000
 	cp.Client = kubernetes.NewForConfigOrDie(cp.Config)
+	cp.Dynamic = dynamic.NewForConfigOrDie(cp.Config)
 	Eventually(t, 90*time.Second, "kube-apiserver /readyz", func() (bool, error) {
 		if exited, err := cp.APIServer.Exited(); exited {
 			t.Fatalf("kube-apiserver exited: %v\n%s", err, Tail(cp.APIServer.Log, 30))
