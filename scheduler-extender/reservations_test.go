@@ -236,6 +236,41 @@ func TestReservationRebuilt(t *testing.T) {
 	if n, _ := s.NodeSnapshot("n1"); n.Len() != 1 {
 		t.Fatalf("%d placements on n1, want the pod's alone", n.Len())
 	}
+
+	// Seen bound, then updated (its deletion begins) before the reservation
+	// is seen: the update re-reads the pod and still remembers it consumed.
+	s = newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	if err := s.UpsertPod(pod); err != nil {
+		t.Fatal(err)
+	}
+	deleting := pod.DeepCopy()
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	if err := s.UpsertPod(deleting); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpsertReservation(r); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Reservation("default/db-7"); got.Phase != api.ReservationConsumed || got.Consumer != "default/db-7-0" {
+		t.Fatalf("reservation %+v after its consumer's update, want Consumed by it", got)
+	}
+	if n, _ := s.NodeSnapshot("n1"); n.Len() != 1 {
+		t.Fatalf("%d placements on n1, want the pod's alone", n.Len())
+	}
+
+	// A consumer deleted before its reservation is seen leaves nothing
+	// behind: the reservation is then held, as nobody consumed it here.
+	s = newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	if err := s.UpsertPod(pod); err != nil {
+		t.Fatal(err)
+	}
+	s.DeletePod(PodKey(pod))
+	if err := s.UpsertReservation(r); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Reservation("default/db-7"); got.Phase != api.ReservationReserved {
+		t.Fatalf("reservation %+v after its consumer went, want Reserved", got)
+	}
 }
 
 // The controller places a reservation and writes its status through the

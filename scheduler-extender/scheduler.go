@@ -285,16 +285,19 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		return nil
 	}
 	placement, perr := PlacementFromPod(pod)
-	s.consumeForBoundLocked(pod, placement)
 	if cur, ok := s.podNode[key]; ok {
 		if cur == nodeName && s.nodes[cur] != nil {
 			if p, ok := s.nodes[cur].node.Pod(key); ok && samePlacement(p, placement) {
+				s.consumeForBoundLocked(pod, placement)
 				delete(s.assumed, key)
 				return perr
 			}
 		}
 		s.removeLocked(key)
 	}
+	// After the old placement went (its removal gives a reservation back)
+	// and before the new one is added (on the reservation's CPUs).
+	s.consumeForBoundLocked(pod, placement)
 	st, ok := s.nodes[nodeName]
 	if !ok {
 		// The node is not known yet; the pod is recorded when it is
@@ -394,6 +397,8 @@ func (st *nodeState) place(p *policy.Placement) {
 func (s *Scheduler) removeLocked(key string) bool {
 	name, ok := s.podNode[key]
 	if !ok {
+		// A pod whose add failed may still be remembered as a consumer.
+		s.unconsumeLocked(key)
 		return false
 	}
 	if st := s.nodes[name]; st != nil {
