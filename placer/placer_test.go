@@ -270,4 +270,11 @@ func TestPlacerConcurrentPlacementsChooseApart(t *testing.T) {
 	if n := c.Sched.AssumedReservations(); n != 0 {
 		t.Errorf("%d placements still assumed after all were answered", n)
 	}
+	// The view holds what the cluster reserved, taken over from what it
+	// assumed: the next placements are counted against it.
+	for _, n := range []string{"n1", "n2", "n3", "n4"} {
+		if node, _ := c.Sched.NodeSnapshot(n); node.Len() != 2 || node.Exclusive().Size() != 4 {
+			t.Errorf("view of %s holds %s in %d placements, want its 2 reservations' 4 CPUs", n, node.Exclusive(), node.Len())
+		}
+	}
 }

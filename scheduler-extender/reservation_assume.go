@@ -3,8 +3,10 @@ package extender
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
 	"github.com/corepin/corepin/policy"
@@ -19,6 +21,9 @@ import (
 // the same name cannot take it over.
 type assumedReservation struct {
 	node string
+	// req is the template's request under the assumed key: a placement
+	// decided in the cluster on these CPUs moves the assumption to others.
+	req policy.Request
 	// uid is the created object's, once the API server answered: the
 	// informer showing that object decided (Reserved, Unschedulable)
 	// ends the assumption.
@@ -61,13 +66,17 @@ func (s *Scheduler) AssumeReservation(obj *api.CPUReservation, node string) (api
 	if err != nil {
 		return api.AllocStatus{}, err
 	}
-	p := policy.PlacementFor(req, alloc.CPUs)
-	p.Name = "CPUReservation " + key + " (placement in flight)"
-	if err := st.node.Add(p); err != nil {
+	if err := st.node.Add(assumedPlacement(key, req, alloc.CPUs)); err != nil {
 		return api.AllocStatus{}, err
 	}
-	s.res.assumed[key] = &assumedReservation{node: node}
+	s.res.assumed[key] = &assumedReservation{node: node, req: req}
 	return alloc.Status(node), nil
+}
+
+func assumedPlacement(key string, req policy.Request, cpus cpuset.CPUSet) *policy.Placement {
+	p := policy.PlacementFor(req, cpus)
+	p.Name = "CPUReservation " + key + " (placement in flight)"
+	return p
 }
 
 // AssumedReservationCreated records the UID of the object created for an
@@ -126,4 +135,41 @@ func (s *Scheduler) AssumedReservations() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return len(s.res.assumed)
+}
+
+// addDecidedLocked adds to st a placement the cluster decided (a reservation
+// its extender reserved, a pod it bound). Its CPUs are the cluster's choice,
+// not always those this view assumed for a placement in flight: an
+// assumption in the way moves to other free CPUs of the node, as only how
+// many CPUs are in flight matters to the next choice.
+func (s *Scheduler) addDecidedLocked(st *nodeState, p *policy.Placement) error {
+	err := st.node.Add(p)
+	if err == nil || !p.Exclusive() || len(s.res.assumed) == 0 {
+		return err
+	}
+	var moved []string
+	for key, a := range s.res.assumed {
+		if a.node != st.node.Name {
+			continue
+		}
+		if q, ok := st.node.Pod(assumedKey(key)); ok && !q.CPUs.Intersection(p.CPUs).IsEmpty() {
+			st.node.Remove(assumedKey(key))
+			moved = append(moved, key)
+		}
+	}
+	if len(moved) == 0 {
+		return err
+	}
+	err = st.node.Add(p)
+	slices.Sort(moved)
+	for _, key := range moved {
+		a := s.res.assumed[key]
+		if alloc, allocErr := st.node.Allocate(a.req); allocErr == nil && st.node.Add(assumedPlacement(key, a.req, alloc.CPUs)) == nil {
+			continue
+		}
+		// No room left: the node is full in the cluster, which will refuse
+		// this placement; it holds nothing here until the placer forgets it.
+		a.node = ""
+	}
+	return err
 }

@@ -100,6 +100,78 @@ func TestAssumedReservationEndsWithItsObject(t *testing.T) {
 	if got := n.Exclusive().String(); got != "4-5" {
 		t.Fatalf("node holds %s, want the reserved 4-5 alone", got)
 	}
+
+	// Most often the extender chooses the very CPUs assumed here: the
+	// reservation takes them over from its assumption.
+	same := testReservation("db-b", map[string]int64{"main": 2})
+	assumed, err := s.AssumeReservation(same, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.AssumedReservationCreated(same.Key(), same.UID)
+	if err := s.UpsertReservation(reservedAs(same, "n1", assumed.CPUs.String())); err != nil {
+		t.Fatalf("Reserved on the assumed CPUs %s: %v", assumed.CPUs, err)
+	}
+	if got, _ := s.Reservation(same.Key()); got.Phase != api.ReservationReserved || s.AssumedReservations() != 0 {
+		t.Fatalf("reservation %+v with %d assumed, want Reserved and none assumed", got, s.AssumedReservations())
+	}
+	n, _ = s.NodeSnapshot("n1")
+	if want := cpuset.New(4, 5).Union(assumed.CPUs.Set()); !n.Exclusive().Equals(want) || n.Len() != 2 {
+		t.Fatalf("node holds %s in %d placements, want %s in the two reservations'", n.Exclusive(), n.Len(), want)
+	}
+}
+
+// The cluster's extender chooses the CPUs: a reservation it reserved, or a
+// pod it bound, on CPUs this view assumed for another placement in flight
+// holds them, and that assumption moves to other free CPUs of the node.
+func TestDecidedPlacementMovesAnAssumption(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	a, b := testReservation("db-a", map[string]int64{"main": 2}), testReservation("db-b", map[string]int64{"main": 2})
+	assumedA, err := s.AssumeReservation(a, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AssumeReservation(b, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	s.AssumedReservationCreated(b.Key(), b.UID)
+	// The extender answered b first, on the CPUs assumed here for a.
+	bCPUs := assumedA.CPUs.Set()
+	if err := s.UpsertReservation(reservedAs(b, "n1", bCPUs.String())); err != nil {
+		t.Fatalf("b Reserved on %s, a's assumed CPUs: %v", bCPUs, err)
+	}
+	n, _ := s.NodeSnapshot("n1")
+	if n.Len() != 2 || n.Exclusive().Size() != 4 || !s.ReservationAssumed(a.Key()) {
+		t.Fatalf("node holds %s in %d placements, a assumed %v: want b's and a's moved assumption, 4 CPUs",
+			n.Exclusive(), n.Len(), s.ReservationAssumed(a.Key()))
+	}
+
+	// A pod bound on the CPUs a's assumption holds now.
+	webCPUs := n.Exclusive().Difference(bCPUs)
+	if err := s.UpsertPod(boundPod("web", "n1", 0, webCPUs.String())); err != nil {
+		t.Fatalf("pod bound on %s, a's assumed CPUs: %v", webCPUs, err)
+	}
+	n, _ = s.NodeSnapshot("n1")
+	if p, ok := n.Pod("default/web"); !ok || !p.CPUs.Equals(webCPUs) || n.Len() != 3 || n.Exclusive().Size() != 6 {
+		t.Fatalf("node holds %s in %d placements: want the pod on %s and a's assumption moved again", n.Exclusive(), n.Len(), webCPUs)
+	}
+
+	// The node full in the cluster: the assumption holds nothing here
+	// until the placer forgets it.
+	bigCPUs := cpuset.New(0, 1, 2, 3, 4, 5, 6, 7).Difference(bCPUs.Union(webCPUs))
+	if err := s.UpsertPod(boundPod("big", "n1", 0, bigCPUs.String())); err != nil {
+		t.Fatalf("pod bound on %s: %v", bigCPUs, err)
+	}
+	n, _ = s.NodeSnapshot("n1")
+	if n.Len() != 3 || n.Exclusive().Size() != 8 || !s.ReservationAssumed(a.Key()) {
+		t.Fatalf("node holds %s in %d placements: want b's, web's and big's, a still assumed", n.Exclusive(), n.Len())
+	}
+	if !s.ForgetAssumedReservation(a.Key()) {
+		t.Fatal("a's assumption was lost")
+	}
+	if n, _ = s.NodeSnapshot("n1"); n.Len() != 3 || n.Exclusive().Size() != 8 {
+		t.Fatalf("forgetting a changed the node: %s in %d placements", n.Exclusive(), n.Len())
+	}
 }
 
 // A node deleted and registered again (a kubelet re-registering) keeps what

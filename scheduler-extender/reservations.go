@@ -133,7 +133,9 @@ func (s *Scheduler) UpsertReservation(obj *api.CPUReservation) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.res.init()
-	defer s.endAssumptionLocked(obj) // after the reservation holds its CPUs
+	// Before the reservation holds its CPUs, most often the very ones
+	// assumed; under the one write lock nobody sees them free between.
+	s.endAssumptionLocked(obj)
 	key := obj.Key()
 	r := s.res.byKey[key]
 	if r != nil && r.uid != obj.UID {
@@ -214,7 +216,7 @@ func (s *Scheduler) holdLocked(r *reservation) error {
 		st.place(p)
 		return nil
 	}
-	if err := st.node.Add(p); err != nil {
+	if err := s.addDecidedLocked(st, p); err != nil {
 		st.place(p) // kept aside, as a pod whose CPUs do not fit
 		return fmt.Errorf("CPUReservation %s: its CPUs %s on %s cannot be held: %w", r.key, r.status.CPUs.Set(), node, err)
 	}

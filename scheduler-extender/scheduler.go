@@ -308,7 +308,7 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 	}
 	if st.node.Topo == nil && placement.Exclusive() {
 		st.place(placement) // held until the node's topology arrives
-	} else if err := st.node.Add(placement); err != nil {
+	} else if err := s.addDecidedLocked(st, placement); err != nil {
 		shared := *placement
 		shared.CPUs = policy.NoCPUs()
 		if addErr := st.node.Add(&shared); addErr != nil {
