@@ -158,6 +158,9 @@ type Placer struct {
 	registry   *prometheus.Registry
 	placements *prometheus.CounterVec
 	seconds    prometheus.Histogram
+	// refusals counts what a member cluster's extender refused of what
+	// this placer's view of it proposed: the view and the cluster differ.
+	refusals *prometheus.CounterVec
 }
 
 // New returns a Placer over clusters.
@@ -167,6 +170,8 @@ func New(clusters []*Cluster) *Placer {
 			Help: "Placement requests by result: placed, no_fit, invalid, error."}, []string{"result"}),
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "corepin_placer_placement_seconds",
 			Help: "Time to answer a placement request, the extender's wait included.", Buckets: prometheus.DefBuckets}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "corepin_placer_cluster_refusals_total",
+			Help: "Placements a member cluster's extender refused (or did not answer in time) on the node the placer's view chose."}, []string{"cluster"}),
 	}
 	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "corepin_placer_placements_in_flight",
 		Help: "Placements whose CPUs are assumed in the placer's views, waiting for a member cluster's extender."}, func() float64 {
@@ -176,7 +181,7 @@ func New(clusters []*Cluster) *Placer {
 		}
 		return float64(n)
 	})
-	p.registry.MustRegister(p.placements, p.seconds, inFlight, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.registry.MustRegister(p.placements, p.seconds, p.refusals, inFlight, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }
 
@@ -421,6 +426,7 @@ func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPURese
 		reason = fmt.Sprintf("node %s: the cluster's extender did not answer within %s", cand.Node, p.Wait)
 	}
 	klog.InfoS("Cluster refused the placement, trying the next", "reservation", key, "cluster", c.Name, "reason", reason)
+	p.refusals.WithLabelValues(c.Name).Inc()
 	if err := client.Delete(context.Background(), res.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
 		return nil, "", fmt.Errorf("cluster %s: deleting refused CPUReservation %s: %w", c.Name, key, err)
 	}

@@ -23,6 +23,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/corepin/corepin/api"
 	extender "github.com/corepin/corepin/scheduler-extender"
 )
@@ -162,6 +164,19 @@ func TestPlacer(t *testing.T) {
 	if code != http.StatusConflict || got["error"] != "no cluster fits" || !strings.Contains(fmt.Sprint(clusters["a"]), "exclusive limit 5 reached") ||
 		!strings.Contains(fmt.Sprint(clusters["b"]), "exclusive limit 5 reached") {
 		t.Fatalf("r3: %d %v, want 409 with both clusters' reasons", code, got)
+	}
+	// The views hold what was reserved: 5 fit in b's view alone (a's holds
+	// r1's 4 of 8), so only b's extender is asked, and refuses.
+	code, got = call(t, srv, "POST", "/v1/placements", body("5", "r5"))
+	clusters, _ = got["clusters"].(map[string]any)
+	if code != http.StatusConflict || !strings.Contains(fmt.Sprint(clusters["a"]), "0/1 nodes fit: a-node: ") ||
+		!strings.Contains(fmt.Sprint(clusters["b"]), "exclusive limit 5 reached") {
+		t.Fatalf("r5: %d %v, want a refused by the placer's view and b by its extender", code, got)
+	}
+	// A placement refused everywhere chooses again, placeRounds times.
+	if a, b := testutil.ToFloat64(p.refusals.WithLabelValues("a")), testutil.ToFloat64(p.refusals.WithLabelValues("b")); a != 1+placeRounds || b != 2*placeRounds {
+		t.Errorf("corepin_placer_cluster_refusals_total a=%v b=%v, want %d (r2, then r3 each round) and %d (r3 and r5 each round)",
+			a, b, 1+placeRounds, 2*placeRounds)
 	}
 	// 9 fit in no view: refused without asking any extender.
 	code, got = call(t, srv, "POST", "/v1/placements", body("9", "r4"))
