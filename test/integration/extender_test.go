@@ -4,15 +4,9 @@ package integration
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +24,7 @@ import (
 	"k8s.io/utils/cpuset"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/testpki"
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
@@ -296,7 +291,7 @@ func TestExtenderTLS(t *testing.T) {
 	cp := framework.StartControlPlane(t)
 	cp.CreateNodes(t, "1s-vm", nil, "node-a")
 
-	serverCA, schedulerCA, otherCA := newTestCA(t, "extender CA"), newTestCA(t, "kube-scheduler CA"), newTestCA(t, "another CA")
+	serverCA, schedulerCA, otherCA := testpki.NewCA(t, "extender CA"), testpki.NewCA(t, "kube-scheduler CA"), testpki.NewCA(t, "another CA")
 	file := func(name string, data []byte) string {
 		path := filepath.Join(cp.Dir, name)
 		if err := os.WriteFile(path, data, 0o600); err != nil {
@@ -304,19 +299,19 @@ func TestExtenderTLS(t *testing.T) {
 		}
 		return path
 	}
-	serverCert, serverKey := serverCA.issue(t, "corepin-extender", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
-	schedCert, schedKey := schedulerCA.issue(t, "kube-scheduler", x509.ExtKeyUsageClientAuth)
-	strangerCert, strangerKey := otherCA.issue(t, "kube-scheduler", x509.ExtKeyUsageClientAuth)
+	serverCert, serverKey := serverCA.Issue(t, "corepin-extender", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
+	schedCert, schedKey := schedulerCA.Issue(t, "kube-scheduler", x509.ExtKeyUsageClientAuth)
+	strangerCert, strangerKey := otherCA.Issue(t, "kube-scheduler", x509.ExtKeyUsageClientAuth)
 	config := file("extender.yaml", fmt.Appendf(nil, "tls:\n  certFile: %s\n  keyFile: %s\n  clientCAFile: %s\n",
-		file("tls.crt", serverCert), file("tls.key", serverKey), file("scheduler-ca.crt", schedulerCA.certPEM)))
-	sched := &framework.ExtenderTLS{CAFile: file("extender-ca.crt", serverCA.certPEM),
+		file("tls.crt", serverCert), file("tls.key", serverKey), file("scheduler-ca.crt", schedulerCA.CertPEM)))
+	sched := &framework.ExtenderTLS{CAFile: file("extender-ca.crt", serverCA.CertPEM),
 		CertFile: file("scheduler.crt", schedCert), KeyFile: file("scheduler.key", schedKey)}
 
 	// client is an HTTPS client that trusts the extender's CA and presents
 	// the given certificate, if any.
 	client := func(certPEM, keyPEM []byte) *http.Client {
 		roots := x509.NewCertPool()
-		roots.AddCert(serverCA.cert)
+		roots.AddCert(serverCA.Cert)
 		cfg := &tls.Config{RootCAs: roots}
 		if certPEM != nil {
 			pair, err := tls.X509KeyPair(certPEM, keyPEM)
@@ -369,61 +364,4 @@ func TestExtenderTLS(t *testing.T) {
 			t.Fatalf("alloc-status %+v", st)
 		}
 	})
-}
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	certPEM []byte
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a PEM certificate and key for name, valid for usage and,
-// for a server, for the given IP addresses.
-func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage, ips ...net.IP) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: name}, IPAddresses: ips,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-}
-
-func serial(t *testing.T) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
