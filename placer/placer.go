@@ -201,6 +201,20 @@ func (p *Placer) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/placements", p.ready(p.place))
 	mux.HandleFunc("GET /v1/placements/{cluster}/{namespace}/{name}", p.ready(p.get))
 	mux.HandleFunc("DELETE /v1/placements/{cluster}/{namespace}/{name}", p.ready(p.delete))
+	p.healthRoutes(mux)
+	return mux
+}
+
+// HealthHandler serves /healthz, /readyz and /metrics alone, never the
+// placement API: for a plain listener the kubelet's probes reach when the
+// API requires client certificates.
+func (p *Placer) HealthHandler() http.Handler {
+	mux := http.NewServeMux()
+	p.healthRoutes(mux)
+	return mux
+}
+
+func (p *Placer) healthRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !p.Ready() {
@@ -210,7 +224,6 @@ func (p *Placer) Handler() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{}))
-	return mux
 }
 
 func (p *Placer) ready(h http.HandlerFunc) http.HandlerFunc {

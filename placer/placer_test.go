@@ -293,3 +293,48 @@ func TestPlacerConcurrentPlacementsChooseApart(t *testing.T) {
 		}
 	}
 }
+
+// The health listener serves the probes and the metrics, never the
+// placement API: it is plain HTTP where the API requires client
+// certificates.
+func TestPlacerHealthHandler(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := New([]*Cluster{memberCluster(t, ctx, "a", api.Config{})})
+	srv := httptest.NewServer(p.HealthHandler())
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := srv.Client().Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if code, _ := get("/readyz"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz never 200")
+		}
+	}
+	if code, body := get("/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "corepin_placer_placements_in_flight 0") {
+		t.Errorf("/metrics: %d, want corepin_placer_placements_in_flight in %q", code, body)
+	}
+	resp, err := srv.Client().Post(srv.URL+"/v1/placements", "application/json", strings.NewReader(body("2", "db-1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("POST /v1/placements on the health listener: %s, want 404", resp.Status)
+	}
+	if code, _ := get("/v1/placements/a/default/db-1"); code != http.StatusNotFound {
+		t.Errorf("GET a placement on the health listener: %d, want 404", code)
+	}
+}

@@ -59,15 +59,18 @@ func main() {
 	certFile := flag.String("tls-cert-file", "", "serve HTTPS with this certificate (PEM); with --tls-key-file")
 	keyFile := flag.String("tls-key-file", "", "the certificate's key (PEM)")
 	clientCA := flag.String("tls-client-ca-file", "", "require client certificates signed by this CA (PEM)")
+	healthListen := flag.String("health-listen", "",
+		"also serve /healthz, /readyz and /metrics (never the placement API) on this address, plain HTTP: "+
+			"for the kubelet's probes, which present no client certificate, when --tls-client-ca-file is set")
 	wait := flag.Duration("wait", 30*time.Second, "how long a cluster's extender may take to answer a reservation before the next cluster is tried")
 	flag.Parse()
-	if err := run(clusters, *listen, *configFile, *certFile, *keyFile, *clientCA, *wait); err != nil {
+	if err := run(clusters, *listen, *healthListen, *configFile, *certFile, *keyFile, *clientCA, *wait); err != nil {
 		klog.ErrorS(err, "corepin-placer failed")
 		os.Exit(1)
 	}
 }
 
-func run(clusters clusterFlags, listen, configFile, certFile, keyFile, clientCA string, wait time.Duration) error {
+func run(clusters clusterFlags, listen, healthListen, configFile, certFile, keyFile, clientCA string, wait time.Duration) error {
 	if len(clusters) == 0 {
 		return errors.New("no --cluster NAME=KUBECONFIG given")
 	}
@@ -126,7 +129,17 @@ func run(clusters clusterFlags, listen, configFile, certFile, keyFile, clientCA 
 	} else if certFile != "" {
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	var healthSrv *http.Server
+	if healthListen != "" {
+		healthSrv = &http.Server{Addr: healthListen, Handler: p.HealthHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			klog.InfoS("Serving health and metrics", "address", healthListen)
+			if err := healthSrv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("--health-listen %s: %w", healthListen, err)
+			}
+		}()
+	}
 	go func() {
 		klog.InfoS("Serving the placement API", "address", listen, "tls", certFile != "", "clusters", len(members))
 		var err error
@@ -145,6 +158,9 @@ func run(clusters clusterFlags, listen, configFile, certFile, keyFile, clientCA 
 	case <-ctx.Done():
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if healthSrv != nil {
+			_ = healthSrv.Shutdown(shutdown)
+		}
 		return srv.Shutdown(shutdown)
 	}
 }

@@ -48,7 +48,7 @@ const (
 // deploy/'s, with the value each must have: the only labels the comparison
 // with deploy/ ignores.
 var helmAdded = map[string]string{
-	"helm.sh/chart":                "corepin-0.3.0",
+	"helm.sh/chart":                "corepin-0.3.1",
 	"app.kubernetes.io/managed-by": "Helm",
 	"app.kubernetes.io/instance":   release,
 	"app.kubernetes.io/version":    "dev",

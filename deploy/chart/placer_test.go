@@ -109,11 +109,11 @@ func placerAccepts(t *testing.T, args []string) {
 	}
 }
 
-// listenPort is the port of the placer's --listen.
-func listenPort(t *testing.T, c v1.Container) string {
+// listenPort is the port of the placer's --FLAG (listen, health-listen).
+func listenPort(t *testing.T, c v1.Container, flag string) string {
 	t.Helper()
 	for _, a := range c.Args {
-		if addr, ok := strings.CutPrefix(a, "--listen="); ok {
+		if addr, ok := strings.CutPrefix(a, "--"+flag+"="); ok {
 			_, port, err := net.SplitHostPort(addr)
 			if err != nil {
 				t.Fatalf("%s: %v", a, err)
@@ -121,7 +121,7 @@ func listenPort(t *testing.T, c v1.Container) string {
 			return port
 		}
 	}
-	t.Fatalf("args %q: no --listen", c.Args)
+	t.Fatalf("args %q: no --%s", c.Args, flag)
 	return ""
 }
 
@@ -161,27 +161,29 @@ func flagValues(args []string, name string) []string {
 	return out
 }
 
-// checkPlacerServing: the probes and the Service reach the port the placer
-// listens on, over scheme (HTTP or HTTPS, or TCP for tcpSocket probes).
+// checkPlacerServing: the Service reaches the port the placer listens on,
+// and the probes the port they can pass on, over scheme (HTTP or HTTPS):
+// under mutual TLS ("health") that is --health-listen's, plain HTTP, as
+// the kubelet presents no client certificate.
 func checkPlacerServing(t *testing.T, objs objects, scheme string) {
 	t.Helper()
 	c := placerContainer(t, objs)
-	port := listenPort(t, c)
+	port := listenPort(t, c, "listen")
+	probePort := port
+	if scheme == "health" {
+		scheme, probePort = "HTTP", listenPort(t, c, "health-listen")
+	}
 	for what, probe := range map[string]*v1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 		switch {
 		case probe == nil:
 			t.Errorf("no %s probe", what)
-		case scheme == "TCP":
-			if probe.TCPSocket == nil || probe.HTTPGet != nil || containerPort(c, probe.TCPSocket.Port) != port {
-				t.Errorf("%s probe %+v: want a tcpSocket probe on port %s", what, probe.ProbeHandler, port)
-			}
 		case probe.HTTPGet == nil || string(probe.HTTPGet.Scheme) != scheme && !(scheme == "HTTP" && probe.HTTPGet.Scheme == ""):
 			t.Errorf("%s probe %+v: want %s", what, probe.ProbeHandler, scheme)
-		case containerPort(c, probe.HTTPGet.Port) != port:
-			t.Errorf("%s probe on port %s, the placer listens on %s", what, probe.HTTPGet.Port.String(), port)
+		case containerPort(c, probe.HTTPGet.Port) != probePort:
+			t.Errorf("%s probe on port %s, want %s", what, probe.HTTPGet.Port.String(), probePort)
 		}
 	}
-	if scheme != "TCP" && c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+	if c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path != "/readyz" {
 		t.Errorf("readiness probe %s, want /readyz", c.ReadinessProbe.HTTPGet.Path)
 	}
 	var svc v1.Service
@@ -310,7 +312,7 @@ placer:
 			})
 			// The kubelet presents no client certificate: an HTTPS probe
 			// would fail every time.
-			checkPlacerServing(t, objs, "TCP")
+			checkPlacerServing(t, objs, "health")
 		},
 	}, {
 		name:   "member rbac with a binding",
