@@ -5,7 +5,7 @@
 //	corepinctl nodes [-o text|json]
 //	corepinctl node NAME [-o text|json]
 //	corepinctl explain [-n NAMESPACE] [NAMESPACE/]POD [-o text|json]
-//	corepinctl place --placer URL -f FILE
+//	corepinctl place --placer URL -f FILE [--certificate-authority CA] [--client-certificate CERT --client-key KEY]
 //
 // The cluster commands take --kubeconfig and --context, resolved as kubectl
 // resolves them.
@@ -27,7 +27,8 @@ commands:
   explain POD
              why a pod has its CPUs, or why it is pending (the engine's reasons, node by node);
              -o json prints the same as one document
-  place      send a CPUReservation (-f FILE) to corepin-placer (--placer URL) and print its answer
+  place      send a CPUReservation (-f FILE) to corepin-placer (--placer URL) and print its answer;
+             an https placer: --certificate-authority, --client-certificate and --client-key
 
 cluster commands take --kubeconfig FILE and --context NAME (as kubectl), and
 read the extender's configuration from ConfigMap corepin-system/corepin-scheduler-config
