@@ -51,17 +51,10 @@ func TestPlaceOverMutualTLS(t *testing.T) {
 	srv.StartTLS()
 	defer srv.Close()
 
-	file := filepath.Join(dir, "db-7.yaml")
-	if err := os.WriteFile(file, []byte(`apiVersion: corepin.io/v1alpha1
-kind: CPUReservation
-metadata: {name: db-7, namespace: default}
-spec:
-  template:
-    metadata: {annotations: {corepin.io/cpu-mode: exclusive}}
-    spec:
-      containers:
-      - {name: engine, resources: {limits: {cpu: "2"}}}
-`), 0o644); err != nil {
+	// JSON, which place reads as it reads YAML.
+	file := filepath.Join(dir, "db-7.json")
+	if err := os.WriteFile(file, []byte(`{"apiVersion":"corepin.io/v1alpha1","kind":"CPUReservation","metadata":{"name":"db-7","namespace":"default"},
+"spec":{"template":{"metadata":{"annotations":{"corepin.io/cpu-mode":"exclusive"}},"spec":{"containers":[{"name":"engine","resources":{"limits":{"cpu":"2"}}}]}}}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	notPEM := filepath.Join(dir, "not.pem")

@@ -4,9 +4,12 @@ package integration
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +19,7 @@ import (
 	"time"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/testpki"
 	"github.com/corepin/corepin/test/integration/framework"
 )
 
@@ -64,20 +68,7 @@ func TestReservationPlacer(t *testing.T) {
 	}
 
 	t.Run("corepinctl place fills cluster a first", func(t *testing.T) {
-		file := filepath.Join(t.TempDir(), "r1.yaml")
-		yaml := `apiVersion: corepin.io/v1alpha1
-kind: CPUReservation
-metadata: {name: r1, namespace: default}
-spec:
-  template:
-    metadata: {annotations: {corepin.io/cpu-mode: exclusive}}
-    spec:
-      containers:
-      - {name: engine, resources: {limits: {cpu: "4"}}}
-`
-		if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		file := reservationFile(t, t.TempDir(), "r1", "4")
 		var stdout, stderr bytes.Buffer
 		cmd := exec.Command(framework.RepoBinary(t, "corepinctl"), "place", "--placer", url, "-f", file)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -151,6 +142,93 @@ spec:
 			return code == http.StatusCreated && got["cluster"] == "a", fmt.Errorf("%d %v", code, got)
 		})
 	})
+}
+
+// TestPlacerMutualTLS runs corepin-placer requiring client certificates
+// (--tls-client-ca-file) with --health-listen: corepinctl place with the
+// platform's certificate is placed, a client without one is refused at the
+// handshake, and the probes' plain listener serves /readyz but no
+// placement.
+func TestPlacerMutualTLS(t *testing.T) {
+	cp := framework.StartControlPlane(t)
+	cp.ApplyReservationCRD(t)
+	cp.CreateNodes(t, "1s-vm", nil, "a-node")
+	cp.StartExtender(t)
+
+	placerCA, platformCA := testpki.NewCA(t, "placer CA"), testpki.NewCA(t, "platform CA")
+	caFile, clientCAFile := filepath.Join(cp.Dir, "placer-ca.crt"), filepath.Join(cp.Dir, "platform-ca.crt")
+	testpki.Write(t, caFile, placerCA.CertPEM)
+	testpki.Write(t, clientCAFile, platformCA.CertPEM)
+	serverCert, serverKey := placerCA.WriteFiles(t, cp.Dir, "placer", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
+	clientCert, clientKey := platformCA.WriteFiles(t, cp.Dir, "platform", x509.ExtKeyUsageClientAuth)
+
+	port, healthPort := framework.FreePort(t), framework.FreePort(t)
+	url, health := fmt.Sprintf("https://127.0.0.1:%d", port), fmt.Sprintf("http://127.0.0.1:%d", healthPort)
+	p := framework.Start(t, cp.Dir, "corepin-placer", framework.RepoBinary(t, "corepin-placer"), "--cluster", "a="+cp.Kubeconfig,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--health-listen", fmt.Sprintf("127.0.0.1:%d", healthPort),
+		"--tls-cert-file", serverCert, "--tls-key-file", serverKey, "--tls-client-ca-file", clientCAFile, "--wait", "20s")
+	// What the kubelet's readiness probe does: plain HTTP, no certificate.
+	framework.WaitServing(t, p, http.DefaultClient, health+"/readyz", 60*time.Second)
+
+	file := reservationFile(t, cp.Dir, "db-tls", "2")
+	place := func(flags ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command(framework.RepoBinary(t, "corepinctl"), append([]string{"place", "--placer", url, "-f", file}, flags...)...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+	}
+	if code, _, stderr := place("--certificate-authority", caFile); code != 1 || !strings.Contains(stderr, "certificate required") {
+		t.Fatalf("corepinctl place without a client certificate: exit %d, %q; want 1 and the handshake's refusal", code, stderr)
+	}
+	code, stdout, stderr := place("--certificate-authority", caFile, "--client-certificate", clientCert, "--client-key", clientKey)
+	var got map[string]any
+	if code != 0 || json.Unmarshal([]byte(stdout), &got) != nil || got["cluster"] != "a" || got["node"] != "a-node" {
+		t.Fatalf("corepinctl place with the platform's certificate: exit %d, %q %q; want placed on a-node", code, stdout, stderr)
+	}
+	if r := (reservations{t, cp.Dynamic}).get("db-tls"); r.Status.Phase != api.ReservationReserved || r.Status.CPUs != got["cpus"] {
+		t.Fatalf("cluster a shows %+v, the placer answered %v", r.Status, got)
+	}
+
+	// The health listener: metrics, and never the placement API.
+	resp, err := http.Get(health + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `corepin_placer_placements_total{result="placed"} 1`) {
+		t.Errorf("/metrics on the health listener lacks the placement: %.400s", metrics)
+	}
+	if code, _ := getPlacement(t, health+"/v1/placements/a/default/db-tls"); code != http.StatusNotFound {
+		t.Errorf("GET a placement on the health listener: %d, want 404", code)
+	}
+}
+
+// reservationFile writes NAME.yaml in dir, as an operator would for
+// corepinctl place: CPUReservation default/NAME of one exclusive container
+// of cpu CPUs.
+func reservationFile(t *testing.T, dir, name, cpu string) string {
+	t.Helper()
+	file := filepath.Join(dir, name+".yaml")
+	yaml := fmt.Sprintf(`apiVersion: corepin.io/v1alpha1
+kind: CPUReservation
+metadata: {name: %s, namespace: default}
+spec:
+  template:
+    metadata: {annotations: {corepin.io/cpu-mode: exclusive}}
+    spec:
+      containers:
+      - {name: engine, resources: {limits: {cpu: %q}}}
+`, name, cpu)
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 func getPlacement(t *testing.T, url string) (int, map[string]any) {
