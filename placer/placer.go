@@ -323,13 +323,16 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 	// Placements in flight hold their CPUs in the views (assumed), so
 	// concurrent ones choose apart. A cluster's extender can still refuse
 	// what its view here allowed (it saw a pod first): when every candidate
-	// refused, choose again from the views as they are now, a few rounds.
+	// refused, choose again from the views as they are now, a few rounds,
+	// each cluster's refused nodes left out (its extender knows better).
 	var reasons map[string]string
+	refused := map[string][]string{}   // cluster -> nodes its extender refused
+	lastRefusal := map[string]string{} // cluster -> its extender's last reason
 	for round := 0; round < placeRounds; round++ {
 		var cands []candidate
 		reasons = map[string]string{}
 		for _, c := range p.Clusters {
-			cand, err := c.Sched.BestNode(res)
+			cand, err := c.Sched.BestNode(res, refused[c.Name]...)
 			if err != nil {
 				p.placements.WithLabelValues("invalid").Inc()
 				writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
@@ -337,6 +340,9 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 			}
 			if cand.Node == "" {
 				reasons[c.Name] = cand.Reason
+				if why, ok := lastRefusal[c.Name]; ok {
+					reasons[c.Name] = why
+				}
 				continue
 			}
 			cands = append(cands, candidate{c, cand})
@@ -346,6 +352,10 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 		}
 		if p.tryCandidates(w, r, res, cands, reasons) {
 			return
+		}
+		for _, cand := range cands {
+			refused[cand.cluster.Name] = append(refused[cand.cluster.Name], cand.Node)
+			lastRefusal[cand.cluster.Name] = reasons[cand.cluster.Name]
 		}
 	}
 	p.placements.WithLabelValues("no_fit").Inc()

@@ -611,10 +611,10 @@ type Candidate struct {
 }
 
 // BestNode runs the reservation's template through filter and prioritize
-// over the nodes (all, or spec.nodeName) without holding anything: what
-// corepin-placer asks each member cluster's view. The error is a template
+// over the nodes (all, or spec.nodeName; none of exclude) without holding
+// anything: what corepin-placer asks each member cluster's view. The error is a template
 // corepin cannot place anywhere (malformed, or not exclusive).
-func (s *Scheduler) BestNode(r *api.CPUReservation) (Candidate, error) {
+func (s *Scheduler) BestNode(r *api.CPUReservation, exclude ...string) (Candidate, error) {
 	pod := r.Pod()
 	req, err := s.request(pod)
 	if err != nil {
@@ -629,6 +629,7 @@ func (s *Scheduler) BestNode(r *api.CPUReservation) (Candidate, error) {
 	if r.Spec.NodeName == "" {
 		names = s.NodeNames()
 	}
+	names = slices.DeleteFunc(names, func(n string) bool { return slices.Contains(exclude, n) })
 	fits, failed := s.filterRequest(req, s.pipeline(pod), names)
 	if len(fits) == 0 {
 		return Candidate{Reason: fitSummary(len(names), failed)}, nil
