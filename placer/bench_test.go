@@ -17,7 +17,7 @@ import (
 // member view and the choice. The API round trips (create, the extender's
 // placement and status write, the placer's read) are not in it.
 func BenchmarkPlacementDecision2x1000(b *testing.B) {
-	topo := flatTopology(64)
+	topo := topologyAnnotation(b, "1s-vm-64")
 	var scheds []*extender.Scheduler
 	for c := 0; c < 2; c++ {
 		s, err := extender.NewScheduler(api.Config{})

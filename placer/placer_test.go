@@ -27,20 +27,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/corepin/corepin/api"
+	"github.com/corepin/corepin/internal/testtopo"
 	extender "github.com/corepin/corepin/scheduler-extender"
 )
 
-func flatTopology(n int) string {
-	var b strings.Builder
-	b.WriteString(`{"version":1,"cpus":[`)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"id":%d,"core":%d,"socket":0,"numa":0,"l3":0}`, i, i)
+// topologyAnnotation is the named test topology (internal/testtopo) as
+// the node plugin publishes it in corepin.io/topology.
+func topologyAnnotation(t testing.TB, name string) string {
+	t.Helper()
+	value, err := json.Marshal(testtopo.MustLoad(name))
+	if err != nil {
+		t.Fatal(err)
 	}
-	b.WriteString(`],"reserved":""}`)
-	return b.String()
+	return string(value)
 }
 
 // memberCluster is a fake API server with one 8-CPU node, the cluster's
@@ -60,7 +59,7 @@ func memberClusterOf(t *testing.T, ctx context.Context, name string, placerCfg a
 	t.Helper()
 	var objs []runtime.Object
 	for _, n := range nodes {
-		objs = append(objs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Annotations: map[string]string{api.AnnotationTopology: flatTopology(8)}}})
+		objs = append(objs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Annotations: map[string]string{api.AnnotationTopology: topologyAnnotation(t, "1s-vm")}}})
 	}
 	kube := fake.NewClientset(objs...)
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
