@@ -340,10 +340,10 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 			}
 			if cand.Node == "" {
 				reasons[c.Name] = cand.Reason
-				// The extender's own refusal says more than the view
-				// of the nodes it left.
+				// The extender's own refusal first: it says more than
+				// the view of the nodes it left.
 				if why, ok := lastRefusal[c.Name]; ok {
-					reasons[c.Name] = why
+					reasons[c.Name] = why + "; then " + cand.Reason
 				}
 				continue
 			}

@@ -166,6 +166,9 @@ func TestPlacer(t *testing.T) {
 		!strings.Contains(fmt.Sprint(clusters["b"]), "exclusive limit 5 reached") {
 		t.Fatalf("r3: %d %v, want 409 with both clusters' reasons", code, got)
 	}
+	if !strings.HasSuffix(fmt.Sprint(clusters["a"]), "; then no node left but a-node") {
+		t.Errorf("r3: a's reason %q, want its extender's refusal, then that no other node is left", clusters["a"])
+	}
 	// The views hold what was reserved: 5 fit in b's view alone (a's holds
 	// r1's 4 of 8), so only b's extender is asked, and refuses.
 	code, got = call(t, srv, "POST", "/v1/placements", body("5", "r5"))

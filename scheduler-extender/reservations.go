@@ -630,6 +630,9 @@ func (s *Scheduler) BestNode(r *api.CPUReservation, exclude ...string) (Candidat
 		names = s.NodeNames()
 	}
 	names = slices.DeleteFunc(names, func(n string) bool { return slices.Contains(exclude, n) })
+	if len(names) == 0 && len(exclude) > 0 {
+		return Candidate{Reason: "no node left but " + strings.Join(exclude, ", ")}, nil
+	}
 	fits, failed := s.filterRequest(req, s.pipeline(pod), names)
 	if len(fits) == 0 {
 		return Candidate{Reason: fitSummary(len(names), failed)}, nil
