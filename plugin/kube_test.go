@@ -489,3 +489,30 @@ func TestReleaseAllFollowsTheNode(t *testing.T) {
 		})
 	}
 }
+
+// An overwrite the node watch reports while a publish is in flight is
+// newer than the publish: it is kept, so the next pass restores the
+// topology, where taking the write for the node's state lost it for good.
+func TestTopologyOverwriteSeenDuringAPublishIsKept(t *testing.T) {
+	pub := NewTopologyPublisher(nil, "node-a", nil, 0, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	watch := pub.NodeHandler()
+	node := func(topology string) *v1.Node {
+		return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{corepin.AnnotationTopology: topology}}}
+	}
+	watch(node("old"))
+	differs, watched := pub.differs("desired")
+	if !differs {
+		t.Fatal(`"old" on the node: not told it differs from "desired"`)
+	}
+	watch(node("overwritten")) // while the publish of "desired" is in flight
+	pub.applied("desired", watched)
+	if differs, _ := pub.differs("desired"); !differs {
+		t.Fatal("the overwrite seen during the publish was lost: the node is taken to hold the topology")
+	}
+	// With no report since, the write is the newest the publisher knows.
+	_, watched = pub.differs("desired")
+	pub.applied("desired", watched)
+	if differs, _ := pub.differs("desired"); differs {
+		t.Fatal("a publish with no report since it began: still taken to differ")
+	}
+}

@@ -35,9 +35,10 @@ type TopologyPublisher struct {
 
 	mu sync.Mutex
 	// onNode is the annotation as the node watch last saw it; seen: it
-	// has seen the node at all.
-	onNode string
-	seen   bool
+	// has seen the node at all; watched counts what the watch reported.
+	onNode  string
+	seen    bool
+	watched uint64
 }
 
 // NewTopologyPublisher returns a publisher; interval <= 0 discovers only
@@ -58,16 +59,29 @@ func (t *TopologyPublisher) NodeHandler() func(*v1.Node) {
 	return func(n *v1.Node) {
 		t.mu.Lock()
 		t.onNode, t.seen = n.Annotations[corepin.AnnotationTopology], true
+		t.watched++
 		t.mu.Unlock()
 		notify(t.kick)
 	}
 }
 
-// differs reports whether the node's annotation, as last seen, is not value.
-func (t *TopologyPublisher) differs(value string) bool {
+// differs reports whether the node's annotation, as last seen, is not
+// value; watched is how many reports that reading comes after.
+func (t *TopologyPublisher) differs(value string) (differs bool, watched uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.seen && t.onNode != value
+	return t.seen && t.onNode != value, t.watched
+}
+
+// applied records a publish of value that began after watched reports: the
+// node holds it now, unless the watch reported since (an overwrite seen
+// while the write was in flight is newer than it, and must not be lost).
+func (t *TopologyPublisher) applied(value string, watched uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.watched == watched {
+		t.onNode = value
+	}
 }
 
 // Run publishes until ctx is done, by server-side apply as the topology's
@@ -107,7 +121,8 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 	}
 	backoff, retry := apiBackoff(), time.Duration(0)
 	for ctx.Err() == nil {
-		if t.client != nil && desired != "" && (desired != published || t.differs(desired)) {
+		differs, watched := t.differs(desired)
+		if t.client != nil && desired != "" && (desired != published || differs) {
 			if _, err := t.writer.Apply(ctx, map[string]string{corepin.AnnotationTopology: desired}); err != nil {
 				retry = backoff.Step()
 				t.log.Warn("Publishing topology failed; retrying", "node", t.node, "err", err, "in", retry)
@@ -118,9 +133,7 @@ func (t *TopologyPublisher) Run(ctx context.Context) {
 					t.log.Info("Published topology", "node", t.node, "cpus", cpus)
 				}
 				published, backoff, retry = desired, apiBackoff(), 0
-				t.mu.Lock()
-				t.onNode = desired // until the watch says otherwise
-				t.mu.Unlock()
+				t.applied(desired, watched)
 			}
 		}
 		var wait <-chan time.Time
