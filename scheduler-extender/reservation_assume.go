@@ -43,7 +43,9 @@ var ErrPlacementInFlight = errors.New("a placement of this CPUReservation is alr
 // AssumeReservation allocates the reservation's CPUs on node in this view
 // and holds them until ForgetAssumedReservation, or until the informer shows
 // the created object (its UID set by AssumedReservationCreated) Reserved or
-// Unschedulable. An error says the node no longer fits (a concurrent
+// Unschedulable. A placement the cluster decided on those CPUs meanwhile
+// moves it to others of the node, or leaves it holding none when the node
+// is full (addDecidedLocked). An error says the node no longer fits (a concurrent
 // placement took the CPUs) or the template cannot be placed.
 func (s *Scheduler) AssumeReservation(obj *api.CPUReservation, node string) (api.AllocStatus, error) {
 	req, err := s.request(obj.Pod())
@@ -80,12 +82,19 @@ func assumedPlacement(key string, req policy.Request, cpus cpuset.CPUSet) *polic
 }
 
 // AssumedReservationCreated records the UID of the object created for an
-// assumed reservation.
+// assumed reservation. The informer may have shown that object decided
+// already (the extender answered before the create returned here): the
+// assumption ends now, or it would hold CPUs beside the reservation's.
 func (s *Scheduler) AssumedReservationCreated(key string, uid types.UID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if a := s.res.assumed[key]; a != nil {
-		a.uid = uid
+	a := s.res.assumed[key]
+	if a == nil {
+		return
+	}
+	a.uid = uid
+	if r := s.res.byKey[key]; r != nil && r.uid == uid && r.phase != api.ReservationPending {
+		s.forgetAssumedLocked(key)
 	}
 }
 

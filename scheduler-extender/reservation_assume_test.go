@@ -121,6 +121,29 @@ func TestAssumedReservationEndsWithItsObject(t *testing.T) {
 	}
 }
 
+// The extender can answer, and the informer show it, before the placer's
+// create returns: the assumption ends when its UID is recorded, holding
+// nothing beside the reservation's CPUs.
+func TestAssumedReservationDecidedBeforeItsCreateReturned(t *testing.T) {
+	s := newTestScheduler(t, testNode("n1", topologyJSON(8, "")))
+	r := testReservation("db-a", map[string]int64{"main": 2})
+	assumed, err := s.AssumeReservation(r, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpsertReservation(reservedAs(r, "n1", assumed.CPUs.String())); err != nil {
+		t.Fatal(err)
+	}
+	s.AssumedReservationCreated(r.Key(), r.UID)
+	if s.ReservationAssumed(r.Key()) {
+		t.Fatal("the assumption outlived its object, decided before its UID was known")
+	}
+	n, _ := s.NodeSnapshot("n1")
+	if !n.Exclusive().Equals(assumed.CPUs.Set()) || n.Len() != 1 {
+		t.Fatalf("node holds %s in %d placements, want the reservation's %s alone", n.Exclusive(), n.Len(), assumed.CPUs)
+	}
+}
+
 // The cluster's extender chooses the CPUs: a reservation it reserved, or a
 // pod it bound, on CPUs this view assumed for another placement in flight
 // holds them, and that assumption moves to other free CPUs of the node.

@@ -312,6 +312,7 @@ func (s *Scheduler) UpsertPod(pod *v1.Pod) error {
 		shared := *placement
 		shared.CPUs = policy.NoCPUs()
 		if addErr := st.node.Add(&shared); addErr != nil {
+			s.unconsumeLocked(key) // not recorded: it consumes nothing
 			return fmt.Errorf("pod %s: %w", key, addErr)
 		}
 		perr = fmt.Errorf("pod %s: its %s cannot be honoured: %w", key, api.AnnotationAllocStatus, err)
@@ -397,8 +398,6 @@ func (st *nodeState) place(p *policy.Placement) {
 func (s *Scheduler) removeLocked(key string) bool {
 	name, ok := s.podNode[key]
 	if !ok {
-		// A pod whose add failed may still be remembered as a consumer.
-		s.unconsumeLocked(key)
 		return false
 	}
 	if st := s.nodes[name]; st != nil {
