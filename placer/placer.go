@@ -352,10 +352,11 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 		if len(cands) == 0 {
 			break
 		}
-		if p.tryCandidates(w, r, res, cands, reasons) {
+		answered, byExtender := p.tryCandidates(w, r, res, cands, reasons)
+		if answered {
 			return
 		}
-		for _, cand := range cands {
+		for _, cand := range byExtender {
 			refused[cand.cluster.Name] = append(refused[cand.cluster.Name], cand.Node)
 			lastRefusal[cand.cluster.Name] = reasons[cand.cluster.Name]
 		}
@@ -369,13 +370,14 @@ func (p *Placer) place(w http.ResponseWriter, r *http.Request) {
 const placeRounds = 3
 
 // tryCandidates reserves in each candidate, best first, until one places
-// it; it reports whether an answer was written (placed, or an error), and
-// records each refusal in reasons.
-func (p *Placer) tryCandidates(w http.ResponseWriter, r *http.Request, res *api.CPUReservation, cands []candidate, reasons map[string]string) bool {
+// it; it reports whether an answer was written (placed, or an error) and
+// the candidates whose cluster's extender refused, and records each
+// candidate's reason in reasons.
+func (p *Placer) tryCandidates(w http.ResponseWriter, r *http.Request, res *api.CPUReservation, cands []candidate, reasons map[string]string) (answered bool, byExtender []candidate) {
 	// Highest score first; the stable sort keeps flag order among ties.
 	slices.SortStableFunc(cands, func(a, b candidate) int { return int(b.Score - a.Score) })
 	for _, cand := range cands {
-		placed, reason, err := p.reserveIn(r.Context(), cand, res)
+		placed, why, err := p.reserveIn(r.Context(), cand, res)
 		if err != nil {
 			p.placements.WithLabelValues("error").Inc()
 			var status apierrors.APIStatus
@@ -385,32 +387,45 @@ func (p *Placer) tryCandidates(w http.ResponseWriter, r *http.Request, res *api.
 				code = http.StatusConflict
 			}
 			writeJSON(w, code, errorBody{Error: err.Error()})
-			return true
+			return true, nil
 		}
 		if placed != nil {
 			p.placements.WithLabelValues("placed").Inc()
 			klog.InfoS("Placed", "reservation", klog.KObj(res), "cluster", placed.Cluster, "node", placed.Node, "cpus", placed.CPUs)
 			writeJSON(w, http.StatusCreated, placed)
-			return true
+			return true, nil
 		}
-		reasons[cand.cluster.Name] = reason
+		reasons[cand.cluster.Name] = why.reason
+		if why.byExtender {
+			byExtender = append(byExtender, cand)
+		}
 	}
-	return false
+	return false, byExtender
+}
+
+// refusal is why a candidate did not take a reservation; byExtender: the
+// cluster's extender refused it or did not answer in time, where else the
+// view here or the API was in the way (counted apart: not a refusal).
+type refusal struct {
+	reason     string
+	byExtender bool
 }
 
 // reserveIn assumes the reservation's CPUs on the candidate's node in the
 // cluster's view, creates it there with spec.nodeName and waits for that
-// cluster's extender. Unschedulable (it moved on meanwhile) or no answer in
-// time: the reservation is deleted and the reason returned, for the next
-// cluster to be tried. The assumption goes once the view holds the answer.
-func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPUReservation) (*Placement, string, error) {
+// cluster's extender. Unschedulable (it moved on meanwhile), no answer in
+// time or the object unreadable: the reservation is deleted and the reason
+// returned, for the next candidate to be tried; so is it when the client
+// went away, with an error. The assumption goes once the view holds the
+// answer.
+func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPUReservation) (*Placement, refusal, error) {
 	c, key := cand.cluster, res.Key()
 	if _, err := c.Sched.AssumeReservation(res, cand.Node); err != nil {
 		if errors.Is(err, extender.ErrPlacementInFlight) {
-			return nil, "", inFlightError{err}
+			return nil, refusal{}, inFlightError{err}
 		}
 		// A concurrent placement took the CPUs since BestNode.
-		return nil, fmt.Sprintf("node %s: %v", cand.Node, err), nil
+		return nil, refusal{reason: fmt.Sprintf("node %s: %v", cand.Node, err)}, nil
 	}
 	defer c.Sched.ForgetAssumedReservation(key)
 	kick := c.watch(key)
@@ -421,12 +436,12 @@ func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPURese
 	obj.ResourceVersion, obj.UID = "", ""
 	u, err := api.ReservationToUnstructured(obj)
 	if err != nil {
-		return nil, "", err
+		return nil, refusal{}, err
 	}
 	client := c.Dynamic.Resource(api.CPUReservationGVR).Namespace(res.Namespace)
 	created, err := client.Create(ctx, &unstructured.Unstructured{Object: u}, metav1.CreateOptions{FieldManager: "corepin-placer"})
 	if err != nil {
-		return nil, "", fmt.Errorf("cluster %s: creating CPUReservation %s: %w", c.Name, key, err)
+		return nil, refusal{}, fmt.Errorf("cluster %s: creating CPUReservation %s: %w", c.Name, key, err)
 	}
 	uid := created.GetUID()
 	c.Sched.AssumedReservationCreated(key, uid)
@@ -439,23 +454,33 @@ func (p *Placer) reserveIn(ctx context.Context, cand candidate, res *api.CPURese
 			time.Sleep(time.Millisecond)
 		}
 		return &Placement{Cluster: c.Name, Namespace: res.Namespace, Name: res.Name, Node: got.Status.Node, CPUs: got.Status.CPUs,
-			Containers: got.Status.Containers, Mems: got.Status.Mems}, "", nil
+			Containers: got.Status.Containers, Mems: got.Status.Mems}, refusal{}, nil
 	}
-	var reason string
+	var why refusal
+	var gone error
 	switch {
 	case waitErr == nil:
-		reason = got.Status.Reason
+		why = refusal{reason: got.Status.Reason, byExtender: true}
+	case ctx.Err() != nil:
+		// Nobody is left to tell where it went: it must not hold CPUs.
+		gone = fmt.Errorf("cluster %s: CPUReservation %s deleted, the client went away before its extender answered: %w", c.Name, key, ctx.Err())
 	case apierrors.IsNotFound(waitErr):
-		reason = fmt.Sprintf("node %s: CPUReservation %s was deleted in the cluster before its extender answered", cand.Node, key)
+		why.reason = fmt.Sprintf("node %s: CPUReservation %s was deleted in the cluster before its extender answered", cand.Node, key)
+	case errors.Is(waitErr, context.DeadlineExceeded):
+		why = refusal{reason: fmt.Sprintf("node %s: the cluster's extender did not answer within %s", cand.Node, p.Wait), byExtender: true}
 	default:
-		reason = fmt.Sprintf("node %s: the cluster's extender did not answer within %s", cand.Node, p.Wait)
+		why.reason = fmt.Sprintf("node %s: reading CPUReservation %s: %v", cand.Node, key, waitErr)
 	}
-	klog.InfoS("Cluster refused the placement, trying the next", "reservation", key, "cluster", c.Name, "reason", reason)
-	p.refusals.WithLabelValues(c.Name).Inc()
+	if gone == nil {
+		klog.InfoS("Cluster did not take the placement, trying the next", "reservation", key, "cluster", c.Name, "reason", why.reason)
+	}
+	if why.byExtender {
+		p.refusals.WithLabelValues(c.Name).Inc()
+	}
 	if err := client.Delete(context.Background(), res.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
-		return nil, "", fmt.Errorf("cluster %s: deleting refused CPUReservation %s: %w", c.Name, key, err)
+		return nil, refusal{}, fmt.Errorf("cluster %s: deleting CPUReservation %s it did not take: %w", c.Name, key, err)
 	}
-	return nil, reason, nil
+	return nil, why, gone
 }
 
 // await waits until the cluster's extender decided the object uid (Reserved

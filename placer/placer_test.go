@@ -3,6 +3,7 @@ package placer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -57,6 +59,14 @@ func memberCluster(t *testing.T, ctx context.Context, name string, placerCfg api
 // cluster's extender.
 func memberClusterOf(t *testing.T, ctx context.Context, name string, placerCfg api.Config, nodes ...string) (*Cluster, *dynamicfake.FakeDynamicClient, *extender.Scheduler) {
 	t.Helper()
+	return memberClusterWith(t, ctx, name, placerCfg, nil, nodes...)
+}
+
+// memberClusterWith is memberClusterOf with the test's reactors on the
+// dynamic client, added before anything reads it (the fake's reactor chain
+// is not safe to change then).
+func memberClusterWith(t *testing.T, ctx context.Context, name string, placerCfg api.Config, reactors func(*dynamicfake.FakeDynamicClient), nodes ...string) (*Cluster, *dynamicfake.FakeDynamicClient, *extender.Scheduler) {
+	t.Helper()
 	var objs []runtime.Object
 	for _, n := range nodes {
 		objs = append(objs, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Annotations: map[string]string{api.AnnotationTopology: topologyAnnotation(t, "1s-vm")}}})
@@ -72,6 +82,9 @@ func memberClusterOf(t *testing.T, ctx context.Context, name string, placerCfg a
 		}
 		return false, nil, nil
 	})
+	if reactors != nil {
+		reactors(dyn)
+	}
 	sched, err := extender.NewScheduler(api.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -372,5 +385,69 @@ func TestPlacerChoosesAnotherNodeAfterARefusal(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(p.refusals.WithLabelValues("a")); n != 1 {
 		t.Errorf("corepin_placer_cluster_refusals_total{cluster=a} %v, want 1 (n1, once)", n)
+	}
+}
+
+// A cluster whose extender does not answer (here its status writes fail)
+// is a refusal once --wait passes, and the reservation is deleted there. A
+// client that goes away first is no refusal: the reservation is deleted
+// all the same, for nobody is left to learn where it is.
+func TestPlacerClusterThatDoesNotAnswer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, dyn, _ := memberClusterWith(t, ctx, "a", api.Config{}, func(dyn *dynamicfake.FakeDynamicClient) {
+		dyn.PrependReactor("update", api.ResourceCPUReservation, func(action k8stesting.Action) (bool, runtime.Object, error) {
+			if action.GetSubresource() == "status" {
+				return true, nil, errors.New("status writes refused in this test")
+			}
+			return false, nil, nil
+		})
+	}, "n1")
+	p := New([]*Cluster{c})
+	p.Wait, p.Poll = 300*time.Millisecond, 20*time.Millisecond
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	for deadline := time.Now().Add(10 * time.Second); !p.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("placer not ready")
+		}
+	}
+	reservations := dyn.Resource(api.CPUReservationGVR).Namespace("default")
+	gone := func(name string) {
+		t.Helper()
+		if _, err := reservations.Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("CPUReservation %s left in the cluster: %v", name, err)
+		}
+	}
+
+	code, got := call(t, srv, "POST", "/v1/placements", body("2", "db-slow"))
+	clusters, _ := got["clusters"].(map[string]any)
+	if code != http.StatusConflict || !strings.Contains(fmt.Sprint(clusters["a"]), "node n1: the cluster's extender did not answer within 300ms") {
+		t.Fatalf("db-slow: %d %v, want 409 naming the extender that did not answer", code, got)
+	}
+	gone("db-slow")
+	if n := testutil.ToFloat64(p.refusals.WithLabelValues("a")); n != 1 {
+		t.Errorf("corepin_placer_cluster_refusals_total{cluster=a} %v, want 1", n)
+	}
+
+	p.Wait = 10 * time.Second
+	reqCtx, hangUp := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer hangUp()
+	req, _ := http.NewRequestWithContext(reqCtx, "POST", srv.URL+"/v1/placements", strings.NewReader(body("2", "db-gone")))
+	if resp, err := srv.Client().Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("db-gone: answered %s before the client went away", resp.Status)
+	}
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(p.placements.WithLabelValues("error")) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the placement of a client gone did not end")
+		}
+	}
+	gone("db-gone")
+	if n := testutil.ToFloat64(p.refusals.WithLabelValues("a")); n != 1 {
+		t.Errorf("corepin_placer_cluster_refusals_total{cluster=a} %v after the client went away, want still 1", n)
+	}
+	if c.Sched.AssumedReservations() != 0 {
+		t.Error("the assumption outlived the placement")
 	}
 }
