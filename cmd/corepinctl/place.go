@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -60,12 +59,17 @@ func runPlace(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "corepinctl place: %v\n", err)
 		return 2
 	}
+	if tlsConfig != nil && !strings.HasPrefix(*url, "https://") {
+		fmt.Fprintf(stderr, "corepinctl place: --placer %s is not an https:// URL, which --certificate-authority and --client-certificate need\n", *url)
+		return 2
+	}
 	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsConfig}}
 	resp, err := client.Post(strings.TrimSuffix(*url, "/")+"/v1/placements", "application/json", bytes.NewReader(body))
 	if err != nil {
 		fmt.Fprintf(stderr, "corepinctl place: %v\n", err)
-		if *certFile != "" && strings.Contains(err.Error(), "certificate required") {
+		if *certFile != "" && (strings.Contains(err.Error(), "certificate required") || strings.Contains(err.Error(), "bad certificate")) {
 			// Go sends a client certificate only when a CA the server names signed it.
+			// TLS 1.3 alerts "certificate required", 1.2 "bad certificate".
 			fmt.Fprintf(stderr, "corepinctl place: the placer trusts no CA that signed --client-certificate %s (see its --tls-client-ca-file)\n", *certFile)
 		}
 		return 1
@@ -88,7 +92,7 @@ func runPlace(args []string, stdout, stderr io.Writer) int {
 // any (the system's roots, no client certificate).
 func placeTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	if (certFile == "") != (keyFile == "") {
-		return nil, errors.New("--client-certificate and --client-key go together")
+		return nil, fmt.Errorf("--client-certificate %q and --client-key %q: give both or neither", certFile, keyFile)
 	}
 	if caFile == "" && certFile == "" {
 		return nil, nil
