@@ -183,8 +183,13 @@ func checkPlacerServing(t *testing.T, objs objects, scheme string) {
 			t.Errorf("%s probe on port %s, want %s", what, probe.HTTPGet.Port.String(), probePort)
 		}
 	}
-	if c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path != "/readyz" {
-		t.Errorf("readiness probe %s, want /readyz", c.ReadinessProbe.HTTPGet.Path)
+	for _, probe := range []struct {
+		what, path string
+		*v1.Probe
+	}{{"readiness", "/readyz", c.ReadinessProbe}, {"liveness", "/healthz", c.LivenessProbe}} {
+		if probe.Probe != nil && probe.HTTPGet != nil && probe.HTTPGet.Path != probe.path {
+			t.Errorf("%s probe %s, want %s", probe.what, probe.HTTPGet.Path, probe.path)
+		}
 	}
 	var svc v1.Service
 	into(t, objs, key("Service", namespace, "corepin-placer"), &svc)
